@@ -1,0 +1,5 @@
+//! Kernel-side modules of kproxy. The entry points live in `main.rs`.
+#![no_std]
+
+pub mod maps;
+pub mod stats;

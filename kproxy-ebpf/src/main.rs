@@ -1,0 +1,39 @@
+//! kproxy's program entry points. The logic lives in the library modules.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use kproxy_common::counters::{HOOK_TC_INGRESS, HOOK_XDP};
+use kproxy_ebpf::stats::count_packet;
+
+/// XDP on external interfaces: counts the packet and passes it to the stack.
+#[xdp]
+pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    count_packet(ctx.ingress_ifindex() as u32, HOOK_XDP, len);
+    xdp_action::XDP_PASS
+}
+
+/// TC ingress: counts the packet and lets it continue.
+#[classifier]
+pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    count_packet(ifindex, HOOK_TC_INGRESS, len as u64);
+    TC_ACT_OK
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: bpf_fib_lookup and other helpers the datapath uses are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

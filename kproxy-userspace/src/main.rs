@@ -1,0 +1,40 @@
+//! The `kproxy` command line.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kproxy::programs;
+
+#[derive(Parser)]
+#[command(name = "kproxy", version, about = "kube-proxy's service routing in eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load every kernel program through the verifier and report its size.
+    Check,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Check => check(),
+    }
+}
+
+fn check() -> anyhow::Result<()> {
+    let mut ebpf = programs::open(|_| {})?;
+    for name in programs::ALL_PROGRAMS {
+        programs::load_program(&mut ebpf, name)?;
+        let info = ebpf
+            .program(name)
+            .context("program vanished after load")?
+            .info()
+            .with_context(|| format!("read info of program {name} (BPF_OBJ_GET_INFO_BY_FD)"))?;
+        let insns = info.verified_instruction_count().unwrap_or(0);
+        println!("{name}: verified, {insns} instructions");
+    }
+    Ok(())
+}

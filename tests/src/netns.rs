@@ -1,0 +1,99 @@
+//! Network namespaces and veth links owned by a test.
+
+use std::{
+    fs::File,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Runs `ip ARGS`, panicking with the command and its stderr when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("start `ip` (iproute2 installed?)");
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A short name unique to this process and call: `{tag}{pid}x{n}`, at most 15 bytes
+/// (the kernel's interface name limit) for tags of up to 4 bytes.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    assert!(tag.len() <= 4, "tag {tag:?} too long for an interface name");
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}x{n}", std::process::id() % 1_000_000)
+}
+
+/// A network namespace created for a test and deleted when dropped (with every
+/// interface inside it).
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `kp-{unique}` with its loopback up.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("kp-{}", unique_name(tag));
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// Runs `f` on a thread that has entered only this network namespace (not the
+    /// mount namespace, so /sys/fs/bpf stays visible), and returns its result.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                    setns(file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// The ifindex of `iface` inside this namespace.
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let iface = iface.to_string();
+        self.run(move || {
+            nix::net::if_::if_nametoindex(iface.as_str()).unwrap_or_else(|e| panic!("if_nametoindex({iface}): {e}"))
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Best effort: a panic in drop would hide the test's own failure.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Joins `a` and `b` with a veth pair named `a_if`/`b_if`, gives each end its
+/// address (CIDR) and brings both up.
+pub fn veth_pair(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str) {
+    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()]);
+    a.ip(&["addr", "add", a_addr, "dev", a_if]);
+    b.ip(&["addr", "add", b_addr, "dev", b_if]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}

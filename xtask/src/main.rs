@@ -1,0 +1,50 @@
+//! `cargo xtask`: the project's own commands. Each one runs `setup` first, so a fresh
+//! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
+
+mod build;
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "kproxy's build, run and test commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (idempotent; quiet when all is present).
+    Setup,
+    /// Build the kernel programs, then the agent at target/release/kproxy with them embedded.
+    Build,
+    /// Setup, build, then run `target/release/kproxy ARGS` (no ARGS: `kproxy check`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, fmt, clippy, unit tests and the privileged suites, failing on the first failure.
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = cmd::workspace_root();
+    std::env::set_current_dir(&root)?;
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            build::all().map(|_| ())
+        }
+        Command::Run { args } => {
+            setup::run()?;
+            let agent = build::all()?;
+            let args = if args.is_empty() { vec!["check".to_string()] } else { args };
+            cmd::run(std::process::Command::new(agent).args(&args))
+        }
+        Command::Test => test::run(),
+    }
+}
