@@ -19,8 +19,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(object) = env::var_os("KPROXY_EBPF_OBJECT") {
         let object = PathBuf::from(object);
         println!("cargo:rerun-if-changed={}", object.display());
-        fs::copy(&object, &embedded)
-            .with_context(|| format!("copy eBPF object {} into {}", object.display(), embedded.display()))?;
+        fs::copy(&object, &embedded).with_context(|| {
+            format!(
+                "copy eBPF object {} into {}",
+                object.display(),
+                embedded.display()
+            )
+        })?;
         return Ok(());
     }
     if env::var_os("KPROXY_SKIP_EBPF").is_some_and(|v| v == "1") {
@@ -42,7 +47,11 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("kproxy-ebpf manifest has no parent directory"))?;
     aya_build::build_ebpf(
-        [Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() }],
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

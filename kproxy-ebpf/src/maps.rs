@@ -6,5 +6,4 @@ use kproxy_common::{CounterKey, IfaceCounters};
 
 /// Packets and bytes per (interface, hook), per CPU: what each program has seen.
 #[map(name = "KPROXY_IFACE_STATS_V1")]
-pub static IFACE_STATS: PerCpuHashMap<CounterKey, IfaceCounters> =
-    PerCpuHashMap::with_max_entries(1024, 0);
+pub static IFACE_STATS: PerCpuHashMap<CounterKey, IfaceCounters> = PerCpuHashMap::with_max_entries(1024, 0);

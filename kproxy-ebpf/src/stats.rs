@@ -8,7 +8,7 @@ use crate::maps::IFACE_STATS;
 #[inline(always)]
 pub fn count_packet(ifindex: u32, hook: u32, bytes: u64) {
     let key = CounterKey { ifindex, hook };
-    if let Some(counters) = IFACE_STATS.get_ptr_mut(&key) {
+    if let Some(counters) = IFACE_STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, so no other program writes it concurrently.
         unsafe {
             (*counters).packets += 1;
@@ -19,5 +19,5 @@ pub fn count_packet(ifindex: u32, hook: u32, bytes: u64) {
     let first = IfaceCounters { packets: 1, bytes };
     // Another CPU's first packet can race this insert: BPF_NOEXIST would lose ours,
     // BPF_ANY on a per-CPU map only writes this CPU's slot, so use it.
-    let _ = IFACE_STATS.insert(&key, &first, 0);
+    let _ = IFACE_STATS.insert(key, first, 0);
 }

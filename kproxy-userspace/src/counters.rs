@@ -15,10 +15,12 @@ pub fn iface_counters<T: Borrow<MapData>>(
     hook: u32,
 ) -> Result<IfaceCounters, MapError> {
     match map.get(&CounterKey { ifindex, hook }, 0) {
-        Ok(per_cpu) => Ok(per_cpu.iter().fold(IfaceCounters::default(), |sum, c| IfaceCounters {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        })),
+        Ok(per_cpu) => Ok(per_cpu
+            .iter()
+            .fold(IfaceCounters::default(), |sum, c| IfaceCounters {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            })),
         Err(MapError::KeyNotFound) => Ok(IfaceCounters::default()),
         Err(err) => Err(err),
     }

@@ -25,9 +25,7 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error(
-        "BPF is not permitted: run kproxy as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
-    )]
+    #[error("BPF is not permitted: run kproxy as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
     NotPermitted,
 }
 

@@ -11,7 +11,10 @@ use nix::sched::{CloneFlags, setns};
 
 /// Runs `ip ARGS`, panicking with the command and its stderr when it fails.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("start `ip` (iproute2 installed?)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("start `ip` (iproute2 installed?)");
     assert!(
         out.status.success(),
         "`ip {}` failed: {}",
@@ -76,7 +79,8 @@ impl NetNs {
     pub fn ifindex(&self, iface: &str) -> u32 {
         let iface = iface.to_string();
         self.run(move || {
-            nix::net::if_::if_nametoindex(iface.as_str()).unwrap_or_else(|e| panic!("if_nametoindex({iface}): {e}"))
+            nix::net::if_::if_nametoindex(iface.as_str())
+                .unwrap_or_else(|e| panic!("if_nametoindex({iface}): {e}"))
         })
     }
 }
@@ -91,7 +95,18 @@ impl Drop for NetNs {
 /// Joins `a` and `b` with a veth pair named `a_if`/`b_if`, gives each end its
 /// address (CIDR) and brings both up.
 pub fn veth_pair(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str) {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()]);
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]);
     a.ip(&["addr", "add", a_addr, "dev", a_if]);
     b.ip(&["addr", "add", b_addr, "dev", b_if]);
     a.ip(&["link", "set", a_if, "up"]);

@@ -4,10 +4,9 @@
 use std::{net::UdpSocket, thread, time::Duration};
 
 use aya::{
-    Ebpf,
+    Ebpf, TestRun as _, TestRunOptions,
     maps::PerCpuHashMap,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
-    TestRun as _, TestRunOptions,
 };
 use kproxy::{counters, programs};
 use kproxy_common::{
@@ -43,7 +42,9 @@ fn programs_pass_the_verifier() {
     let ebpf = load_all();
     for name in programs::ALL_PROGRAMS {
         let info = ebpf.program(name).expect("program").info().expect("program info");
-        let insns = info.verified_instruction_count().expect("verified instruction count");
+        let insns = info
+            .verified_instruction_count()
+            .expect("verified instruction count");
         assert!(insns > 0, "{name}: verifier reported {insns} instructions");
         println!("{name}: {insns} verified instructions");
     }
@@ -59,14 +60,31 @@ fn xdp_test_run_passes_and_counts() {
         let xdp: &Xdp = ebpf.program(programs::XDP_PROGRAM).unwrap().try_into().unwrap();
         for _ in 0..3 {
             let result = xdp
-                .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() })
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
                 .expect("BPF_PROG_TEST_RUN");
             assert_eq!(result.return_value, XDP_PASS);
-            assert_eq!(&out[..result.data_size_out as usize], &frame[..], "packet must pass unchanged");
+            assert_eq!(
+                &out[..result.data_size_out as usize],
+                &frame[..],
+                "packet must pass unchanged"
+            );
         }
         let c = read_counters(&ebpf, LO_IFINDEX, HOOK_XDP);
-        assert_eq!(c, IfaceCounters { packets: 3, bytes: 3 * frame.len() as u64 });
-        assert_eq!(read_counters(&ebpf, LO_IFINDEX, HOOK_TC_INGRESS), IfaceCounters::default());
+        assert_eq!(
+            c,
+            IfaceCounters {
+                packets: 3,
+                bytes: 3 * frame.len() as u64
+            }
+        );
+        assert_eq!(
+            read_counters(&ebpf, LO_IFINDEX, HOOK_TC_INGRESS),
+            IfaceCounters::default()
+        );
     });
 }
 
@@ -77,15 +95,36 @@ fn tc_test_run_passes_and_counts() {
         let ebpf = load_all();
         let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy tc");
         let mut out = vec![0u8; frame.len() + 256];
-        let tc: &SchedClassifier = ebpf.program(programs::TC_INGRESS_PROGRAM).unwrap().try_into().unwrap();
+        let tc: &SchedClassifier = ebpf
+            .program(programs::TC_INGRESS_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let result = tc
-            .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         assert_eq!(result.return_value, TC_ACT_OK);
-        assert_eq!(&out[..result.data_size_out as usize], &frame[..], "packet must pass unchanged");
+        assert_eq!(
+            &out[..result.data_size_out as usize],
+            &frame[..],
+            "packet must pass unchanged"
+        );
         let c = read_counters(&ebpf, LO_IFINDEX, HOOK_TC_INGRESS);
-        assert_eq!(c, IfaceCounters { packets: 1, bytes: frame.len() as u64 });
-        assert_eq!(read_counters(&ebpf, LO_IFINDEX, HOOK_XDP), IfaceCounters::default());
+        assert_eq!(
+            c,
+            IfaceCounters {
+                packets: 1,
+                bytes: frame.len() as u64
+            }
+        );
+        assert_eq!(
+            read_counters(&ebpf, LO_IFINDEX, HOOK_XDP),
+            IfaceCounters::default()
+        );
     });
 }
 
@@ -95,22 +134,41 @@ fn attached_to_veth_counts_real_packets() {
     let client = NetNs::new("cli");
     let node = NetNs::new("node");
     let (client_if, node_if) = (unique_name("c"), unique_name("n"));
-    veth_pair(&client, &client_if, "10.201.0.1/24", &node, &node_if, "10.201.0.2/24");
+    veth_pair(
+        &client,
+        &client_if,
+        "10.201.0.1/24",
+        &node,
+        &node_if,
+        "10.201.0.2/24",
+    );
     let node_ifindex = node.ifindex(&node_if);
 
     let mut ebpf = load_all();
     node.run(|| {
-        let xdp: &mut Xdp = ebpf.program_mut(programs::XDP_PROGRAM).unwrap().try_into().unwrap();
-        xdp.attach(&node_if, XdpMode::default()).expect("attach XDP (native) to veth");
-        let tc: &mut SchedClassifier = ebpf.program_mut(programs::TC_INGRESS_PROGRAM).unwrap().try_into().unwrap();
-        tc.attach(&node_if, TcAttachType::Ingress).expect("attach TC ingress (tcx) to veth");
+        let xdp: &mut Xdp = ebpf
+            .program_mut(programs::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        xdp.attach(&node_if, XdpMode::default())
+            .expect("attach XDP (native) to veth");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(programs::TC_INGRESS_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.attach(&node_if, TcAttachType::Ingress)
+            .expect("attach TC ingress (tcx) to veth");
     });
     assert_eq!(read_counters(&ebpf, node_ifindex, HOOK_XDP).packets, 0);
 
     client.run(|| {
         let socket = UdpSocket::bind("10.201.0.1:0").expect("bind in client namespace");
         for i in 0..DATAGRAMS {
-            socket.send_to(&i.to_be_bytes(), "10.201.0.2:9").expect("send datagram");
+            socket
+                .send_to(&i.to_be_bytes(), "10.201.0.2:9")
+                .expect("send datagram");
         }
     });
     thread::sleep(Duration::from_millis(200));
@@ -119,8 +177,15 @@ fn attached_to_veth_counts_real_packets() {
     let tc = read_counters(&ebpf, node_ifindex, HOOK_TC_INGRESS);
     // ARP and IPv6 neighbour discovery arrive too, so at least the datagrams; and TC
     // sees exactly what XDP passed.
-    assert!(xdp.packets >= DATAGRAMS, "XDP counted {} packets, sent {DATAGRAMS}", xdp.packets);
+    assert!(
+        xdp.packets >= DATAGRAMS,
+        "XDP counted {} packets, sent {DATAGRAMS}",
+        xdp.packets
+    );
     assert!(xdp.bytes >= DATAGRAMS * 50, "XDP counted {} bytes", xdp.bytes);
-    assert_eq!(xdp.packets, tc.packets, "TC ingress must see every packet XDP passed");
+    assert_eq!(
+        xdp.packets, tc.packets,
+        "TC ingress must see every packet XDP passed"
+    );
     println!("veth {node_if}: xdp {xdp:?}, tc {tc:?}");
 }

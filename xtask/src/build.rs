@@ -9,7 +9,11 @@ pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Where `ebpf()` leaves the kernel object.
 pub fn ebpf_object() -> PathBuf {
-    cmd::workspace_root().join("target").join(EBPF_TARGET).join("release").join("kproxy")
+    cmd::workspace_root()
+        .join("target")
+        .join(EBPF_TARGET)
+        .join("release")
+        .join("kproxy")
 }
 
 /// Builds `kproxy-ebpf` with nightly and build-std (cargo rebuilds it whenever a
@@ -23,7 +27,12 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
             // The same flags aya-build passes: BTF for the loader, the arch cfg for aya-ebpf.
             .env(
                 "CARGO_ENCODED_RUSTFLAGS",
-                ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+                [
+                    "--cfg=bpf_target_arch=\"x86_64\"",
+                    "-Cdebuginfo=2",
+                    "-Clink-arg=--btf",
+                ]
+                .join("\x1f"),
             ),
     )?;
     Ok(ebpf_object())
@@ -38,8 +47,13 @@ pub fn with_ebpf_object(cmd: &mut Command) -> &mut Command {
 pub fn all() -> anyhow::Result<PathBuf> {
     ebpf()?;
     println!("==> build kproxy (release)");
-    cmd::run(with_ebpf_object(
-        Command::new("cargo").args(["build", "--release", "--package", "kproxy-userspace", "--bin", "kproxy"]),
-    ))?;
+    cmd::run(with_ebpf_object(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "kproxy-userspace",
+        "--bin",
+        "kproxy",
+    ])))?;
     Ok(cmd::workspace_root().join("target/release/kproxy"))
 }

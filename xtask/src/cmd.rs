@@ -38,7 +38,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// or cannot start (used to probe what is installed).
 pub fn probe(cmd: &mut Command) -> Option<String> {
     let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A command for the nightly toolchain, with the variables the outer stable cargo

@@ -30,7 +30,14 @@ enum Command {
     Test,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let root = cmd::workspace_root();
     std::env::set_current_dir(&root)?;
     match Cli::parse().command {
@@ -42,7 +49,11 @@ fn main() -> anyhow::Result<()> {
         Command::Run { args } => {
             setup::run()?;
             let agent = build::all()?;
-            let args = if args.is_empty() { vec!["check".to_string()] } else { args };
+            let args = if args.is_empty() {
+                vec!["check".to_string()]
+            } else {
+                args
+            };
             cmd::run(std::process::Command::new(agent).args(&args))
         }
         Command::Test => test::run(),

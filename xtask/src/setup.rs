@@ -53,7 +53,10 @@ fn nightly_rust_src() -> anyhow::Result<Option<String>> {
              rustup toolchain install nightly --profile minimal --component rust-src"
         );
     };
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+    if Path::new(sysroot.trim())
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
         return Ok(None);
     }
     println!("setup: installing rust-src for the nightly toolchain");
@@ -67,7 +70,11 @@ fn is_installed(package: &str) -> bool {
 }
 
 fn apt_packages() -> anyhow::Result<Option<String>> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !is_installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(None);
     }

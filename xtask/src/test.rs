@@ -31,22 +31,60 @@ pub fn run() -> anyhow::Result<()> {
 
     stage(4, TOTAL, "clippy (userspace crates, warnings denied)");
     cmd::run(&mut cargo(&[
-        "clippy", "--release", "--workspace", "--exclude", "kproxy-ebpf", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "kproxy-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
 
-    stage(5, TOTAL, "clippy (kproxy-ebpf on nightly for its target, warnings denied)");
+    stage(
+        5,
+        TOTAL,
+        "clippy (kproxy-ebpf on nightly for its target, warnings denied)",
+    );
     cmd::run(
         cmd::nightly_cargo()
-            .args(["clippy", "--package", "kproxy-ebpf", "--release", "--target", build::EBPF_TARGET])
+            .args([
+                "clippy",
+                "--package",
+                "kproxy-ebpf",
+                "--release",
+                "--target",
+                build::EBPF_TARGET,
+            ])
             .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
     )?;
 
     stage(6, TOTAL, "unit tests");
-    cmd::run(&mut cargo(&["test", "--release", "--workspace", "--exclude", "kproxy-ebpf", "--exclude", PRIVILEGED_PACKAGE]))?;
+    cmd::run(&mut cargo(&[
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "kproxy-ebpf",
+        "--exclude",
+        PRIVILEGED_PACKAGE,
+    ]))?;
 
-    stage(7, TOTAL, "privileged suites (root: BPF programs, network namespaces)");
+    stage(
+        7,
+        TOTAL,
+        "privileged suites (root: BPF programs, network namespaces)",
+    );
     // Serial: the suites share kernel state (bpffs, iptables), so one at a time.
-    cmd::run(&mut cargo(&["test", "--release", "--package", PRIVILEGED_PACKAGE, "--", "--test-threads=1"]))?;
+    cmd::run(&mut cargo(&[
+        "test",
+        "--release",
+        "--package",
+        PRIVILEGED_PACKAGE,
+        "--",
+        "--test-threads=1",
+    ]))?;
 
     println!("\nall stages passed");
     Ok(())
