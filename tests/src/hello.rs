@@ -1,0 +1,131 @@
+//! The hello-app of the seed article, in process: a TCP server that answers an HTTP
+//! request with its pod name, and a UDP server that echoes its name; plus the clients.
+//! Sockets are created on a thread inside the pod's namespace, so they live there.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use crate::netns::NetNs;
+
+/// How long any client call may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HTTP (TCP) and UDP servers answering with `name`, stopped when dropped.
+pub struct HelloServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl HelloServer {
+    /// Starts both servers on `addr` inside `ns`.
+    pub fn start(ns: &NetNs, addr: SocketAddr, name: &str) -> Self {
+        let (tcp, udp) = ns.run(|| {
+            let tcp = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+            let udp = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+            (tcp, udp)
+        });
+        tcp.set_nonblocking(true).expect("nonblocking listener");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("udp timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = format!("Hello, world!\nVersion: 1.0.0\nHostname: {name}\n");
+        let tcp_thread = {
+            let stop = stop.clone();
+            thread::spawn(move || serve_http(tcp, &body, &stop))
+        };
+        let udp_thread = {
+            let (stop, name) = (stop.clone(), name.to_string());
+            thread::spawn(move || serve_udp(udp, &name, &stop))
+        };
+        HelloServer {
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+        }
+    }
+}
+
+impl Drop for HelloServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_http(listener: TcpListener, body: &str, stop: &AtomicBool) {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                let _ = conn.write_all(response.as_bytes());
+                let _ = conn.shutdown(Shutdown::Write);
+            }
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn serve_udp(socket: UdpSocket, name: &str, stop: &AtomicBool) {
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(name.as_bytes(), peer);
+        }
+    }
+}
+
+/// The `Hostname:` an HTTP GET to `target` from inside `ns` answers with.
+pub fn http_get_hostname(ns: &NetNs, target: SocketAddr) -> Result<String, String> {
+    ns.run(|| {
+        let mut conn =
+            TcpStream::connect_timeout(&target, IO_TIMEOUT).map_err(|e| format!("connect {target}: {e}"))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        conn.write_all(format!("GET / HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .map_err(|e| format!("send to {target}: {e}"))?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response)
+            .map_err(|e| format!("read from {target}: {e}"))?;
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix("Hostname: "))
+            .map(str::to_string)
+            .ok_or_else(|| format!("no Hostname in response from {target}: {response:?}"))
+    })
+}
+
+/// Sends one datagram from `socket` to `target` and returns the answer and the
+/// address it came from.
+pub fn udp_ask(socket: &UdpSocket, target: SocketAddr) -> Result<(String, SocketAddr), String> {
+    socket
+        .send_to(b"who?", target)
+        .map_err(|e| format!("send to {target}: {e}"))?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| format!("no UDP answer from {target}: {e}"))?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// A UDP socket bound inside `ns` (to `local`), with the client timeout.
+pub fn udp_socket(ns: &NetNs, local: SocketAddr) -> UdpSocket {
+    let socket = ns.run(|| UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind udp {local}: {e}")));
+    socket.set_read_timeout(Some(IO_TIMEOUT)).expect("udp timeout");
+    socket
+}
