@@ -7,4 +7,5 @@
 pub mod hello;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 pub mod topology;

@@ -1,0 +1,220 @@
+//! Attaching the programs to interfaces with pinned links, so the datapath keeps
+//! serving after the agent exits, and a restarted agent swaps its freshly loaded
+//! programs into the same links atomically (`bpf_link_update`) without a gap.
+//!
+//! Link pins live in `<pin dir>/links/{hook}_{ifname}_{ifindex}`: the ifindex makes a
+//! recreated interface (a pod restarted with the same veth name) a new link, and lets
+//! [`LinkPins::sweep`] drop pins of interfaces that are gone.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    pin::PinError,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+
+use crate::iface::Iface;
+
+/// Which hook a link attaches a program to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    TcIngress,
+    Xdp,
+}
+
+impl Hook {
+    fn prefix(self) -> &'static str {
+        match self {
+            Hook::TcIngress => "tc_ingress",
+            Hook::Xdp => "xdp",
+        }
+    }
+}
+
+/// Whether a link was created now or taken over from a previous agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    New,
+    Adopted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("create link directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("attach {hook:?} to {iface} (bpf_link_create): {source:#}")]
+    Attach {
+        hook: Hook,
+        iface: String,
+        source: ProgramError,
+    },
+    #[error("adopt pinned link {path} (bpf_link_update): {source:#}")]
+    Adopt { path: PathBuf, source: ProgramError },
+    #[error("open pinned link {path} (BPF_OBJ_GET): {source:#}")]
+    OpenPin { path: PathBuf, source: LinkError },
+    #[error("{hook:?} link on {iface} is not an fd link (attached via netlink?): {source}")]
+    NotFdLink {
+        hook: Hook,
+        iface: String,
+        source: LinkError,
+    },
+    #[error("take link of {hook:?} on {iface}: {source:#}")]
+    Take {
+        hook: Hook,
+        iface: String,
+        source: ProgramError,
+    },
+    #[error("pin link at {path} (BPF_OBJ_PIN): {source}")]
+    Pin { path: PathBuf, source: PinError },
+    #[error("list or remove link pins in {path}: {source}")]
+    Sweep { path: PathBuf, source: io::Error },
+}
+
+/// The pinned links under one pin directory.
+pub struct LinkPins {
+    dir: PathBuf,
+}
+
+impl LinkPins {
+    /// Link pins under `<pin_dir>/links` (created when missing).
+    pub fn new(pin_dir: &Path) -> Result<Self, AttachError> {
+        let dir = pin_dir.join("links");
+        fs::create_dir_all(&dir).map_err(|source| AttachError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(LinkPins { dir })
+    }
+
+    /// The pin path of `hook` on `iface`.
+    pub fn path(&self, hook: Hook, iface: &Iface) -> PathBuf {
+        self.dir
+            .join(format!("{}_{}_{}", hook.prefix(), iface.name, iface.index))
+    }
+
+    /// Whether `hook` on `iface` has a pinned link.
+    pub fn is_pinned(&self, hook: Hook, iface: &Iface) -> bool {
+        self.path(hook, iface).exists()
+    }
+
+    /// Opens the pinned link of `hook` on `iface`, if there is one.
+    fn open(&self, hook: Hook, iface: &Iface) -> Result<Option<FdLink>, AttachError> {
+        let path = self.path(hook, iface);
+        match PinnedLink::from_pin(&path) {
+            Ok(pinned) => Ok(Some(FdLink::from(pinned))),
+            Err(_) if !path.exists() => Ok(None),
+            Err(source) => Err(AttachError::OpenPin { path, source }),
+        }
+    }
+
+    /// Attaches `program` to TC ingress of `iface` (TCX), or swaps it into the
+    /// link a previous agent pinned there.
+    pub fn attach_tc(&self, program: &mut SchedClassifier, iface: &Iface) -> Result<Attached, AttachError> {
+        let hook = Hook::TcIngress;
+        let path = self.path(hook, iface);
+        let not_fd = |source| AttachError::NotFdLink {
+            hook,
+            iface: iface.name.clone(),
+            source,
+        };
+        let take = |source| AttachError::Take {
+            hook,
+            iface: iface.name.clone(),
+            source,
+        };
+        if let Some(fd_link) = self.open(hook, iface)? {
+            let link = SchedClassifierLink::try_from(fd_link).map_err(not_fd)?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|source| AttachError::Adopt { path, source })?;
+            // Still pinned: let go of our handle, the pin keeps the link.
+            drop(program.take_link(id).map_err(take)?);
+            return Ok(Attached::Adopted);
+        }
+        let id = program
+            .attach(&iface.name, TcAttachType::Ingress)
+            .map_err(|source| AttachError::Attach {
+                hook,
+                iface: iface.name.clone(),
+                source,
+            })?;
+        let fd_link = FdLink::try_from(program.take_link(id).map_err(take)?).map_err(not_fd)?;
+        fd_link
+            .pin(&path)
+            .map_err(|source| AttachError::Pin { path, source })?;
+        Ok(Attached::New)
+    }
+
+    /// Attaches `program` to XDP of `iface` in `mode`, or swaps it into the pinned link.
+    pub fn attach_xdp(
+        &self,
+        program: &mut Xdp,
+        iface: &Iface,
+        mode: XdpMode,
+    ) -> Result<Attached, AttachError> {
+        let hook = Hook::Xdp;
+        let path = self.path(hook, iface);
+        let not_fd = |source| AttachError::NotFdLink {
+            hook,
+            iface: iface.name.clone(),
+            source,
+        };
+        let take = |source| AttachError::Take {
+            hook,
+            iface: iface.name.clone(),
+            source,
+        };
+        if let Some(fd_link) = self.open(hook, iface)? {
+            let link = XdpLink::try_from(fd_link).map_err(not_fd)?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|source| AttachError::Adopt { path, source })?;
+            drop(program.take_link(id).map_err(take)?);
+            return Ok(Attached::Adopted);
+        }
+        let id = program
+            .attach(&iface.name, mode)
+            .map_err(|source| AttachError::Attach {
+                hook,
+                iface: iface.name.clone(),
+                source,
+            })?;
+        let fd_link = FdLink::try_from(program.take_link(id).map_err(take)?).map_err(not_fd)?;
+        fd_link
+            .pin(&path)
+            .map_err(|source| AttachError::Pin { path, source })?;
+        Ok(Attached::New)
+    }
+
+    /// Removes the pins of interfaces not in `present` (their links went with the
+    /// interface), or every pin when `all` is set (cleanup). Returns the removed names.
+    pub fn sweep(&self, present: &[Iface], all: bool) -> Result<Vec<String>, AttachError> {
+        let sweep_err = |source| AttachError::Sweep {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(sweep_err)? {
+            let entry = entry.map_err(sweep_err)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let alive = present.iter().any(|iface| {
+                [Hook::TcIngress, Hook::Xdp]
+                    .iter()
+                    .any(|&hook| self.path(hook, iface) == entry.path())
+            });
+            if all || !alive {
+                fs::remove_file(entry.path()).map_err(sweep_err)?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
