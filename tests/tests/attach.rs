@@ -41,7 +41,7 @@ fn pinned_tc_link_survives_agent_and_is_adopted_then_swept() {
     let pin_dir = PinDir::new("att");
 
     b.run(|| {
-        let iface = iface::matching(&[b_if.clone()])
+        let iface = iface::matching(std::slice::from_ref(&b_if))
             .expect("list")
             .pop()
             .expect("veth present");
@@ -85,7 +85,7 @@ fn sweep_drops_pins_of_vanished_interfaces() {
     veth_pair(&a, &a_if, "10.203.0.1/24", &b, &b_if, "10.203.0.2/24");
     let pin_dir = PinDir::new("swp");
     b.run(|| {
-        let iface = iface::matching(&[b_if.clone()])
+        let iface = iface::matching(std::slice::from_ref(&b_if))
             .expect("list")
             .pop()
             .expect("veth present");
