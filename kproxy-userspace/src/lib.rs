@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod counters;
 pub mod iface;
+pub mod netfilter;
 pub mod programs;
 pub mod watch;
 

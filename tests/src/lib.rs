@@ -4,6 +4,7 @@
 //!
 //! Names are unique per process and per call, so suites can run side by side.
 
+pub mod agent;
 pub mod hello;
 pub mod netns;
 pub mod packet;

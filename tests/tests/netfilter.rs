@@ -1,0 +1,61 @@
+//! Applying kube-proxy-style state and removing it again, with both iptables
+//! backends, inside a namespace of the test's own.
+
+use kproxy::netfilter::{self, Backend, JumpRule};
+use kproxy_tests::netns::NetNs;
+
+const PAYLOAD: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-TEST - [0:0]
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j KUBE-SVC-TEST
+-A KUBE-SVC-TEST -p tcp -j DNAT --to-destination 10.244.0.5:53
+COMMIT
+";
+
+fn portal_jump() -> JumpRule {
+    JumpRule {
+        table: "nat".into(),
+        chain: "PREROUTING".into(),
+        args: [
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
+}
+
+fn apply_then_cleanup(backend: Backend) {
+    let ns = NetNs::new("nf");
+    ns.run(|| {
+        netfilter::restore(backend, PAYLOAD).expect("restore");
+        netfilter::ensure_jump(backend, &portal_jump()).expect("jump");
+        netfilter::ensure_jump(backend, &portal_jump()).expect("jump again");
+        let saved = netfilter::save(backend, "nat").expect("save");
+        assert_eq!(
+            saved.matches("-j KUBE-SERVICES").count(),
+            1,
+            "jump ensured once:\n{saved}"
+        );
+        assert!(saved.contains("--to-destination 10.244.0.5:53"), "{saved}");
+
+        assert_eq!(netfilter::cleanup(backend).expect("cleanup"), 2);
+        let saved = netfilter::save(backend, "nat").expect("save");
+        assert!(!saved.contains("KUBE-"), "cleanup left kube state:\n{saved}");
+        assert_eq!(netfilter::cleanup(backend).expect("cleanup again"), 0);
+    });
+}
+
+#[test]
+fn nft_backend_applies_and_cleans_up() {
+    apply_then_cleanup(Backend::Nft);
+}
+
+#[test]
+fn legacy_backend_applies_and_cleans_up() {
+    apply_then_cleanup(Backend::Legacy);
+}
