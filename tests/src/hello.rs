@@ -61,22 +61,57 @@ impl Drop for HelloServer {
     }
 }
 
-fn serve_http(listener: TcpListener, body: &str, stop: &AtomicBool) {
+fn serve_http(listener: TcpListener, body: &str, stop: &Arc<AtomicBool>) {
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let name = body
+        .lines()
+        .find_map(|l| l.strip_prefix("Hostname: "))
+        .unwrap_or_default()
+        .to_string();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((mut conn, _)) => {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-                let mut request = [0u8; 1024];
-                let _ = conn.read(&mut request);
-                let _ = conn.write_all(response.as_bytes());
-                let _ = conn.shutdown(Shutdown::Write);
+            Ok((conn, _)) => {
+                let (response, name, stop) = (response.clone(), name.clone(), stop.clone());
+                thread::spawn(move || serve_connection(conn, &response, &name, &stop));
             }
             Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// An HTTP GET gets the hello-app page and the connection closes; anything else is a
+/// long-lived line protocol: every line is answered with the pod name, until EOF.
+fn serve_connection(mut conn: TcpStream, response: &str, name: &str, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 1024];
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if first && buf[..n].starts_with(b"GET ") => {
+                let _ = conn.write_all(response.as_bytes());
+                let _ = conn.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                first = false;
+                let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                for _ in 0..lines {
+                    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
         }
     }
 }
@@ -128,4 +163,36 @@ pub fn udp_socket(ns: &NetNs, local: SocketAddr) -> UdpSocket {
     let socket = ns.run(|| UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind udp {local}: {e}")));
     socket.set_read_timeout(Some(IO_TIMEOUT)).expect("udp timeout");
     socket
+}
+
+/// A long-lived TCP connection from inside `ns` speaking the line protocol.
+pub struct LineClient {
+    conn: TcpStream,
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl LineClient {
+    pub fn connect(ns: &NetNs, target: SocketAddr) -> Result<Self, String> {
+        let conn = ns
+            .run(|| TcpStream::connect_timeout(&target, IO_TIMEOUT))
+            .map_err(|e| format!("connect {target}: {e}"))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let reader = std::io::BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+        Ok(LineClient { conn, reader })
+    }
+
+    /// Asks once; the answer is the name of the pod serving this connection.
+    pub fn ask(&mut self) -> Result<String, String> {
+        use std::io::BufRead as _;
+        self.conn.write_all(b"who?\n").map_err(|e| format!("send: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        if line.is_empty() {
+            return Err("connection closed".into());
+        }
+        Ok(line.trim_end().to_string())
+    }
 }

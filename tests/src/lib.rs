@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod hello;
+pub mod manifests;
 pub mod netns;
 pub mod packet;
 pub mod pins;

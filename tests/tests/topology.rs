@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use kproxy_tests::{
-    hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
+    hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
     topology::{NODE_IP, Topology},
 };
 
@@ -32,6 +32,10 @@ fn pods_reach_each_other_and_external_client_reaches_the_node() {
         let target = at(topo.pod(name).ip, 8080);
         assert_eq!(http_get_hostname(client, target).as_deref(), Ok(name));
         assert_eq!(udp_ask(&socket, target), Ok((name.to_string(), target)));
+        let mut long = LineClient::connect(client, target).expect("long connection");
+        for _ in 0..5 {
+            assert_eq!(long.ask().as_deref(), Ok(name));
+        }
     }
     assert_eq!(
         http_get_hostname(&topo.external, at(NODE_IP, 8080)).as_deref(),
