@@ -1,0 +1,336 @@
+//! End-to-end: the real `kproxy run` on a node namespace routing between pod
+//! namespaces and an external client, with real TCP and UDP. Every scenario runs
+//! against both datapaths (`--mode ebpf` and `--mode iptables`) with the same
+//! assertions: the two views of one model must behave the same.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
+
+use kproxy_tests::{
+    agent::{Agent, run_kproxy},
+    hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
+    manifests::{CLUSTER_IP, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model},
+    netns::{NetNs, unique_name},
+    pins::PinDir,
+    topology::{EXTERNAL_CLIENT_IP, NODE_IP, Topology},
+};
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 130);
+const POD_B: Ipv4Addr = Ipv4Addr::new(172, 16, 192, 89);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 140);
+/// Requests per check: with two backends chosen at random, missing one has p = 2^-29.
+const TRIES: usize = 30;
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+fn cluster_ip() -> SocketAddr {
+    at(CLUSTER_IP, SERVICE_PORT)
+}
+
+fn node_port() -> SocketAddr {
+    at(NODE_IP, NODE_PORT)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Ebpf,
+    Iptables,
+}
+
+/// One node with hello-a, hello-b and a client pod, their servers, the model files and a
+/// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
+struct Cluster {
+    agent: Agent,
+    mode: Mode,
+    pins: PinDir,
+    model: PathBuf,
+    dir: PathBuf,
+    syncs: usize,
+    _servers: Vec<HelloServer>,
+    topo: Topology,
+}
+
+impl Cluster {
+    fn start(mode: Mode, endpoints: &[Ipv4Addr]) -> Self {
+        let topo = Topology::new(&[("hello-a", POD_A), ("hello-b", POD_B), ("client", CLIENT)]);
+        let servers = ["hello-a", "hello-b"]
+            .iter()
+            .map(|n| HelloServer::start(&topo.pod(n).ns, at(topo.pod(n).ip, TARGET_PORT), n))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("kproxy-e2e-{}", unique_name("dir")));
+        std::fs::create_dir_all(&dir).expect("model dir");
+        let model = dir.join("hello-app.yaml");
+        write_model(&model, endpoints);
+        std::fs::write(dir.join("config.yaml"), proxy_config()).expect("config");
+        let pins = PinDir::new("e2e");
+        let agent = start_agent(&topo, mode, &dir, &pins);
+        let mut cluster = Cluster {
+            agent,
+            mode,
+            pins,
+            model,
+            dir,
+            syncs: 0,
+            _servers: servers,
+            topo,
+        };
+        cluster.wait_sync();
+        cluster
+    }
+
+    fn wait_sync(&mut self) {
+        self.syncs += 1;
+        self.agent.wait_for_log("sync #", self.syncs, SYNC_TIMEOUT);
+    }
+
+    fn client(&self) -> &NetNs {
+        &self.topo.pod("client").ns
+    }
+
+    /// Replaces the model file (by rename) and waits for the agent to apply it.
+    fn set_endpoints(&mut self, endpoints: &[Ipv4Addr]) {
+        write_model(&self.model, endpoints);
+        self.wait_sync();
+    }
+
+    fn cleanup_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "cleanup".to_string(),
+            "--pin-path".into(),
+            self.pins.path().display().to_string(),
+        ];
+        if self.mode == Mode::Iptables {
+            args.push("--iptables".into());
+        }
+        args
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agent.stop();
+        let args = self.cleanup_args();
+        let _ = run_kproxy(
+            &self.topo.node,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_agent(topo: &Topology, mode: Mode, dir: &std::path::Path, pins: &PinDir) -> Agent {
+    let model = dir.join("hello-app.yaml").display().to_string();
+    let config = dir.join("config.yaml").display().to_string();
+    let pin_path = pins.path().display().to_string();
+    let mode = match mode {
+        Mode::Ebpf => "ebpf",
+        Mode::Iptables => "iptables",
+    };
+    let mut args = vec![
+        "run",
+        "--model",
+        &model,
+        "--config",
+        &config,
+        "--mode",
+        mode,
+        "--pin-path",
+        &pin_path,
+    ];
+    let patterns = topo.iface_patterns();
+    for p in &patterns {
+        args.extend(["--iface", p.as_str()]);
+    }
+    Agent::start(&topo.node, &args)
+}
+
+/// The pods that answered `TRIES` HTTP requests from `ns` to `target`.
+fn http_backends(ns: &NetNs, target: SocketAddr) -> BTreeSet<String> {
+    (0..TRIES)
+        .map(|_| http_get_hostname(ns, target).unwrap_or_else(|e| panic!("HTTP to {target}: {e}")))
+        .collect()
+}
+
+/// The pods that answered `TRIES` UDP flows (a new source port each) from `ns`, asserting
+/// every answer came from the address dialled.
+fn udp_backends(ns: &NetNs, local: Ipv4Addr, target: SocketAddr) -> BTreeSet<String> {
+    (0..TRIES)
+        .map(|_| {
+            let socket = udp_socket(ns, at(local, 0));
+            let (name, from) = udp_ask(&socket, target).unwrap_or_else(|e| panic!("UDP to {target}: {e}"));
+            assert_eq!(
+                from, target,
+                "UDP reply must come from the address the client dialled"
+            );
+            name
+        })
+        .collect()
+}
+
+fn both() -> BTreeSet<String> {
+    ["hello-a", "hello-b"].map(String::from).into()
+}
+
+fn clusterip_and_nodeport_reach_both_backends(mode: Mode) {
+    let c = Cluster::start(mode, &[POD_A, POD_B]);
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "TCP via ClusterIP from a pod"
+    );
+    assert_eq!(
+        udp_backends(c.client(), CLIENT, cluster_ip()),
+        both(),
+        "UDP via ClusterIP from a pod"
+    );
+    assert_eq!(
+        http_backends(&c.topo.external, node_port()),
+        both(),
+        "TCP via NodePort from outside"
+    );
+    assert_eq!(
+        udp_backends(&c.topo.external, EXTERNAL_CLIENT_IP, node_port()),
+        both(),
+        "UDP via NodePort"
+    );
+}
+
+fn flows_stay_on_their_backend(mode: Mode) {
+    let c = Cluster::start(mode, &[POD_A, POD_B]);
+    for target in [cluster_ip(), node_port()] {
+        let ns = if target == cluster_ip() {
+            c.client()
+        } else {
+            &c.topo.external
+        };
+        let mut conn = LineClient::connect(ns, target).expect("long TCP connection");
+        let first = conn.ask().expect("first answer");
+        for _ in 0..100 {
+            assert_eq!(
+                conn.ask().as_deref(),
+                Ok(first.as_str()),
+                "TCP flow to {target} changed backend"
+            );
+        }
+        let local = if target == cluster_ip() {
+            CLIENT
+        } else {
+            EXTERNAL_CLIENT_IP
+        };
+        let socket = udp_socket(ns, at(local, 0));
+        let (first, _) = udp_ask(&socket, target).expect("first UDP answer");
+        for _ in 0..100 {
+            assert_eq!(
+                udp_ask(&socket, target),
+                Ok((first.clone(), target)),
+                "UDP flow to {target} moved"
+            );
+        }
+    }
+}
+
+fn endpoints_follow_the_model_file(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    c.set_endpoints(&[POD_A]);
+    let only_a: BTreeSet<String> = ["hello-a".to_string()].into();
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        only_a,
+        "removed endpoint still used"
+    );
+    assert_eq!(udp_backends(c.client(), CLIENT, cluster_ip()), only_a);
+    c.set_endpoints(&[POD_A, POD_B]);
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "added endpoint not used"
+    );
+}
+
+fn broken_model_keeps_last_good_state(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    std::fs::write(
+        &c.model,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken\n",
+    )
+    .expect("write");
+    c.agent
+        .wait_for_log(&c.model.display().to_string(), 1, SYNC_TIMEOUT);
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "a broken file must not tear down the datapath"
+    );
+    c.set_endpoints(&[POD_B]);
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        ["hello-b".to_string()].into()
+    );
+}
+
+fn hairpin_pod_reaches_itself_through_its_service(mode: Mode) {
+    let c = Cluster::start(mode, &[POD_A]);
+    let pod_a = &c.topo.pod("hello-a").ns;
+    for _ in 0..5 {
+        assert_eq!(http_get_hostname(pod_a, cluster_ip()).as_deref(), Ok("hello-a"));
+    }
+    let socket = udp_socket(pod_a, at(POD_A, 0));
+    assert_eq!(
+        udp_ask(&socket, cluster_ip()),
+        Ok(("hello-a".to_string(), cluster_ip()))
+    );
+}
+
+fn datapath_outlives_agent_until_cleanup(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    assert!(c.agent.stop(), "agent must exit cleanly on SIGTERM");
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "datapath must keep serving"
+    );
+    assert_eq!(http_backends(&c.topo.external, node_port()), both());
+    let args = c.cleanup_args();
+    let out = run_kproxy(&c.topo.node, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "kproxy cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        http_get_hostname(c.client(), cluster_ip()).is_err(),
+        "ClusterIP still answers after cleanup"
+    );
+    assert!(
+        http_get_hostname(&c.topo.external, node_port()).is_err(),
+        "NodePort still answers after cleanup"
+    );
+}
+
+/// One `#[test]` per scenario and mode.
+macro_rules! both_modes {
+    ($($scenario:ident),* $(,)?) => {
+        mod ebpf {
+            $(#[test] fn $scenario() { super::$scenario(super::Mode::Ebpf) })*
+        }
+        mod iptables {
+            $(#[test] fn $scenario() { super::$scenario(super::Mode::Iptables) })*
+        }
+    };
+}
+
+both_modes!(
+    clusterip_and_nodeport_reach_both_backends,
+    flows_stay_on_their_backend,
+    endpoints_follow_the_model_file,
+    broken_model_keeps_last_good_state,
+    hairpin_pod_reaches_itself_through_its_service,
+    datapath_outlives_agent_until_cleanup,
+);
