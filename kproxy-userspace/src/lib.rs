@@ -1,8 +1,12 @@
 //! kproxy's agent library: loading the kernel programs, reading their maps, and (in
 //! later modules) the service model, BPF sync, iptables renderer and inspection.
 
+pub mod config;
 pub mod counters;
+pub mod iptables;
+pub mod model;
 pub mod programs;
+pub mod source;
 
 /// The kernel programs, built from `kproxy-ebpf` and embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kproxy"));
