@@ -80,12 +80,12 @@ pub(super) fn service_ports(
     let externally_reachable_type = service_type == "LoadBalancer"
         || service_type == "NodePort"
         || (service_type == "ClusterIP" && spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty()));
-    let external_policy_local = externally_reachable_type
-        && policy_is_local(
-            spec.external_traffic_policy.as_deref(),
-            "externalTrafficPolicy",
-            &error,
-        )?;
+    // Validated on every type (as the API does), honoured only where traffic comes from outside.
+    let external_policy_local = policy_is_local(
+        spec.external_traffic_policy.as_deref(),
+        "externalTrafficPolicy",
+        &error,
+    )? && externally_reachable_type;
     let internal_policy_local = policy_is_local(
         spec.internal_traffic_policy.as_deref(),
         "internalTrafficPolicy",
