@@ -21,11 +21,12 @@ pub struct EndpointSets<'a> {
     pub has_any: bool,
 }
 
-fn usable_fallback<'a>(
-    endpoints: &'a [Endpoint],
+/// The endpoints `preferred` selects or, when there are none, those `fallback` selects.
+fn usable_fallback(
+    endpoints: &[Endpoint],
     preferred: impl Fn(&Endpoint) -> bool,
     fallback: impl Fn(&Endpoint) -> bool,
-) -> Vec<&'a Endpoint> {
+) -> Vec<&Endpoint> {
     let chosen: Vec<&Endpoint> = endpoints.iter().filter(|e| preferred(e)).collect();
     if !chosen.is_empty() {
         return chosen;
