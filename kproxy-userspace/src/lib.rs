@@ -2,10 +2,14 @@
 //! later modules) the service model, BPF sync, iptables renderer and inspection.
 
 pub mod attach;
+pub mod config;
 pub mod counters;
 pub mod iface;
+pub mod iptables;
+pub mod model;
 pub mod netfilter;
 pub mod programs;
+pub mod source;
 pub mod watch;
 
 /// The kernel programs, built from `kproxy-ebpf` and embedded at build time.

@@ -1,5 +1,7 @@
 //! The `kproxy` command line.
 
+mod export;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kproxy::programs;
@@ -15,12 +17,20 @@ struct Cli {
 enum Command {
     /// Load every kernel program through the verifier and report its size.
     Check,
+    /// Print what another proxy would program for a service model.
+    #[command(subcommand)]
+    Export(export::Export),
+    /// Measure how fast kproxy renders large models.
+    #[command(subcommand)]
+    Bench(export::Bench),
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Check => check(),
+        Command::Export(export) => export.run(),
+        Command::Bench(bench) => bench.run(),
     }
 }
 

@@ -1,0 +1,387 @@
+//! kube-proxy's configuration file (`KubeProxyConfiguration`,
+//! kubeproxy.config.k8s.io/v1alpha1): the settings that shape the service rules.
+//! A missing file means kube-proxy's defaults.
+
+use std::{net::IpAddr, path::Path};
+
+use serde::Deserialize;
+
+use crate::model::{Cidr, IpFamily, NodeInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: field {field}: {message}")]
+    Field {
+        path: String,
+        field: &'static str,
+        message: String,
+    },
+    #[error("detectLocalMode {mode}: {message}")]
+    LocalDetection { mode: &'static str, message: String },
+}
+
+/// How kube-proxy tells pod traffic from other traffic (`detectLocalMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DetectLocalMode {
+    #[default]
+    ClusterCidr,
+    NodeCidr,
+    BridgeInterface,
+    InterfaceNamePrefix,
+}
+
+impl DetectLocalMode {
+    fn api_name(self) -> &'static str {
+        match self {
+            DetectLocalMode::ClusterCidr => "ClusterCIDR",
+            DetectLocalMode::NodeCidr => "NodeCIDR",
+            DetectLocalMode::BridgeInterface => "BridgeInterface",
+            DetectLocalMode::InterfaceNamePrefix => "InterfaceNamePrefix",
+        }
+    }
+}
+
+/// The configuration settings kproxy honours, with kube-proxy's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyConfig {
+    /// The node name; overrides the host name.
+    pub hostname_override: Option<String>,
+    /// `clusterCIDR`: pod networks, at most one per family.
+    pub cluster_cidrs: Vec<Cidr>,
+    pub detect_local_mode: DetectLocalMode,
+    pub bridge_interface: String,
+    pub interface_name_prefix: String,
+    pub masquerade_all: bool,
+    /// `iptables.masqueradeBit`: the mark bit for traffic needing SNAT.
+    pub masquerade_bit: u8,
+    /// `iptables.localhostNodePorts`: NodePorts also answer on 127.0.0.0/8 (IPv4).
+    pub localhost_node_ports: bool,
+    /// `nodePortAddresses`: empty = every local address.
+    pub node_port_addresses: Vec<NodePortAddress>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            hostname_override: None,
+            cluster_cidrs: Vec::new(),
+            detect_local_mode: DetectLocalMode::ClusterCidr,
+            bridge_interface: String::new(),
+            interface_name_prefix: String::new(),
+            masquerade_all: false,
+            masquerade_bit: 14,
+            localhost_node_ports: true,
+            node_port_addresses: Vec::new(),
+        }
+    }
+}
+
+/// One `nodePortAddresses` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Cidr(Cidr),
+    /// `primary`: the node's primary IPs.
+    Primary,
+}
+
+/// How pod traffic is recognised (kube-proxy's `LocalTrafficDetector`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalTraffic {
+    /// No detector: no masquerade of off-cluster traffic, no pod short-circuit.
+    Unknown,
+    /// Source address in the pod network.
+    SourceCidr(Cidr),
+    /// Arrives on this interface.
+    Interface(String),
+    /// Arrives on an interface whose name starts with this prefix.
+    InterfacePrefix(String),
+}
+
+/// The node addresses NodePorts answer on, for one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every local address (`nodePortAddresses` empty or containing `0.0.0.0/0`/`::/0`).
+    All,
+    /// These node addresses only (sorted).
+    Only(Vec<IpAddr>),
+}
+
+/// The file as written: every field optional, unknown fields ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    api_version: Option<String>,
+    kind: Option<String>,
+    hostname_override: Option<String>,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: Option<String>,
+    detect_local_mode: Option<String>,
+    detect_local: Option<RawDetectLocal>,
+    masquerade_all: Option<bool>,
+    iptables: Option<RawIptables>,
+    node_port_addresses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDetectLocal {
+    bridge_interface: Option<String>,
+    interface_name_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIptables {
+    masquerade_all: Option<bool>,
+    masquerade_bit: Option<i64>,
+    localhost_node_ports: Option<bool>,
+}
+
+impl ProxyConfig {
+    /// Reads the file at `path`; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(ProxyConfig::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses a `KubeProxyConfiguration` document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        let field_error = |field, message: String| ConfigError::Field {
+            path: origin.into(),
+            field,
+            message,
+        };
+        if let Some(kind) = raw.kind.as_deref().filter(|k| *k != "KubeProxyConfiguration") {
+            return Err(field_error(
+                "kind",
+                format!("{kind:?} is not KubeProxyConfiguration"),
+            ));
+        }
+        if let Some(api) = raw
+            .api_version
+            .as_deref()
+            .filter(|a| *a != "kubeproxy.config.k8s.io/v1alpha1")
+        {
+            return Err(field_error(
+                "apiVersion",
+                format!("{api:?} is not kubeproxy.config.k8s.io/v1alpha1"),
+            ));
+        }
+        let mut config = ProxyConfig {
+            hostname_override: raw
+                .hostname_override
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| h.trim().to_lowercase()),
+            ..ProxyConfig::default()
+        };
+        for text in raw
+            .cluster_cidr
+            .iter()
+            .flat_map(|c| c.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            let cidr = Cidr::parse_sloppy(text)
+                .ok_or_else(|| field_error("clusterCIDR", format!("{text:?} is not a CIDR")))?;
+            config.cluster_cidrs.push(cidr);
+        }
+        config.detect_local_mode = match raw.detect_local_mode.as_deref().unwrap_or("") {
+            "" | "ClusterCIDR" => DetectLocalMode::ClusterCidr,
+            "NodeCIDR" => DetectLocalMode::NodeCidr,
+            "BridgeInterface" => DetectLocalMode::BridgeInterface,
+            "InterfaceNamePrefix" => DetectLocalMode::InterfaceNamePrefix,
+            other => return Err(field_error("detectLocalMode", format!("unknown mode {other:?}"))),
+        };
+        let detect = raw.detect_local.unwrap_or_default();
+        config.bridge_interface = detect.bridge_interface.unwrap_or_default();
+        config.interface_name_prefix = detect.interface_name_prefix.unwrap_or_default();
+        let iptables = raw.iptables.unwrap_or_default();
+        config.masquerade_all =
+            raw.masquerade_all.unwrap_or(false) || iptables.masquerade_all.unwrap_or(false);
+        if let Some(bit) = iptables.masquerade_bit {
+            config.masquerade_bit = u8::try_from(bit)
+                .ok()
+                .filter(|b| *b <= 31)
+                .ok_or_else(|| field_error("iptables.masqueradeBit", format!("{bit} is not in 0..=31")))?;
+        }
+        config.localhost_node_ports = iptables.localhost_node_ports.unwrap_or(true);
+        for text in raw.node_port_addresses.iter().flatten() {
+            let entry = if text == "primary" {
+                NodePortAddress::Primary
+            } else {
+                NodePortAddress::Cidr(
+                    Cidr::parse_sloppy(text)
+                        .ok_or_else(|| field_error("nodePortAddresses", format!("{text:?} is not a CIDR")))?,
+                )
+            };
+            config.node_port_addresses.push(entry);
+        }
+        Ok(config)
+    }
+
+    /// The masquerade mark value (`1 << masqueradeBit`).
+    pub fn masquerade_mark(&self) -> u32 {
+        1 << self.masquerade_bit
+    }
+
+    /// The pod-traffic detector for `node`'s family.
+    pub fn local_traffic(&self, node: &NodeInfo) -> Result<LocalTraffic, ConfigError> {
+        let mode = self.detect_local_mode;
+        let fail = |message: &str| ConfigError::LocalDetection {
+            mode: mode.api_name(),
+            message: message.into(),
+        };
+        Ok(match mode {
+            DetectLocalMode::ClusterCidr => {
+                match self.cluster_cidrs.iter().find(|c| c.family() == node.family) {
+                    Some(cidr) => LocalTraffic::SourceCidr(*cidr),
+                    None => LocalTraffic::Unknown,
+                }
+            }
+            DetectLocalMode::NodeCidr => match node.pod_cidrs.iter().find(|c| c.family() == node.family) {
+                Some(cidr) => LocalTraffic::SourceCidr(*cidr),
+                None => return Err(fail("the node has no pod CIDR of this family (--pod-cidrs)")),
+            },
+            DetectLocalMode::BridgeInterface if self.bridge_interface.is_empty() => {
+                return Err(fail("detectLocal.bridgeInterface is empty"));
+            }
+            DetectLocalMode::BridgeInterface => LocalTraffic::Interface(self.bridge_interface.clone()),
+            DetectLocalMode::InterfaceNamePrefix if self.interface_name_prefix.is_empty() => {
+                return Err(fail("detectLocal.interfaceNamePrefix is empty"));
+            }
+            DetectLocalMode::InterfaceNamePrefix => {
+                LocalTraffic::InterfacePrefix(self.interface_name_prefix.clone())
+            }
+        })
+    }
+
+    /// The `nodePortAddresses` CIDRs of `family` (the primary IP counts as a host CIDR).
+    fn node_port_cidrs(&self, node: &NodeInfo) -> Vec<Cidr> {
+        self.node_port_addresses
+            .iter()
+            .filter_map(|entry| match entry {
+                NodePortAddress::Cidr(cidr) => Some(*cidr),
+                NodePortAddress::Primary => node.node_ip.map(Cidr::host),
+            })
+            .filter(|cidr| cidr.family() == node.family)
+            .collect()
+    }
+
+    /// Which node addresses NodePorts answer on.
+    pub fn node_port_addresses(&self, node: &NodeInfo) -> NodePortAddresses {
+        let cidrs = self.node_port_cidrs(node);
+        if cidrs.is_empty() || cidrs.iter().any(|c| c.prefix() == 0) {
+            return NodePortAddresses::All;
+        }
+        let mut ips: Vec<IpAddr> = node
+            .addresses
+            .iter()
+            .filter(|ip| cidrs.iter().any(|c| c.contains(ip)))
+            .copied()
+            .collect();
+        ips.sort();
+        ips.dedup();
+        NodePortAddresses::Only(ips)
+    }
+
+    /// Whether NodePorts answer on 127.0.0.0/8: IPv4 only, and only when
+    /// `nodePortAddresses` includes the loopback network (kube-proxy forces it off otherwise).
+    pub fn localhost_node_ports(&self, node: &NodeInfo) -> bool {
+        if !self.localhost_node_ports || node.family != IpFamily::V4 {
+            return false;
+        }
+        let cidrs = self.node_port_cidrs(node);
+        let loopback: IpAddr = [127, 0, 0, 0].into();
+        cidrs.is_empty()
+            || cidrs
+                .iter()
+                .any(|c| c.contains(&loopback) || c.network().is_loopback())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kube_proxys() {
+        let config = ProxyConfig::parse("kind: KubeProxyConfiguration\n", "t").unwrap();
+        assert_eq!(config, ProxyConfig::default());
+        assert_eq!(config.masquerade_mark(), 0x4000);
+        let node = NodeInfo::new("n", IpFamily::V4);
+        assert_eq!(config.local_traffic(&node).unwrap(), LocalTraffic::Unknown);
+        assert_eq!(config.node_port_addresses(&node), NodePortAddresses::All);
+        assert!(config.localhost_node_ports(&node));
+        assert!(!config.localhost_node_ports(&NodeInfo::new("n", IpFamily::V6)));
+    }
+
+    #[test]
+    fn honoured_fields_are_read() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+hostnameOverride: Host1
+clusterCIDR: 10.0.0.0/8,fd00:10::/64
+detectLocalMode: InterfaceNamePrefix
+detectLocal:
+  interfaceNamePrefix: veth
+iptables:
+  masqueradeAll: true
+  masqueradeBit: 10
+  localhostNodePorts: false
+nodePortAddresses: [192.168.0.0/24, 127.0.0.0/8]
+";
+        let config = ProxyConfig::parse(text, "t").unwrap();
+        assert_eq!(config.hostname_override.as_deref(), Some("host1"));
+        assert_eq!(config.cluster_cidrs.len(), 2);
+        assert!(config.masquerade_all);
+        assert_eq!(config.masquerade_mark(), 0x400);
+        let mut node = NodeInfo::new("n", IpFamily::V4);
+        node.addresses = vec![
+            "192.168.0.7".parse().unwrap(),
+            "10.1.1.1".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+        ];
+        assert_eq!(
+            config.local_traffic(&node).unwrap(),
+            LocalTraffic::InterfacePrefix("veth".into())
+        );
+        assert_eq!(
+            config.node_port_addresses(&node),
+            NodePortAddresses::Only(vec!["127.0.0.1".parse().unwrap(), "192.168.0.7".parse().unwrap()])
+        );
+        assert!(!config.localhost_node_ports(&node));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_field() {
+        let cases = [
+            ("iptables: {masqueradeBit: 40}", "iptables.masqueradeBit"),
+            ("clusterCIDR: 10.0.0.0/40", "clusterCIDR"),
+            ("detectLocalMode: Magic", "detectLocalMode"),
+            ("nodePortAddresses: [nonsense]", "nodePortAddresses"),
+            ("kind: Deployment", "kind"),
+        ];
+        for (text, field) in cases {
+            let err = ProxyConfig::parse(text, "cfg.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.starts_with("cfg.yaml"),
+                "{text}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! discovery.k8s.io/v1 EndpointSlices → endpoints per service port, the way kube-proxy's
+//! endpoint-slice cache builds them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{SourceError, Sourced, field_error, object_name};
+use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName, parse_ip_sloppy};
+
+/// The label naming the Service a slice belongs to.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Endpoints per service port, deduplicated and sorted by `ip:port` string.
+pub(super) fn collect_endpoints(
+    slices: &[Sourced<EndpointSlice>],
+    family: IpFamily,
+    node_name: &str,
+) -> Result<HashMap<ServicePortName, Vec<Endpoint>>, SourceError> {
+    // Slices in a fixed order (namespace, service, slice name) so duplicates resolve
+    // the same way on every run.
+    let mut ordered: Vec<(String, String, String, &Sourced<EndpointSlice>)> = Vec::new();
+    for sourced in slices {
+        let (namespace, slice_name) = object_name(&sourced.object.metadata);
+        let service = sourced
+            .object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL));
+        let Some(service) = service else {
+            log::debug!(
+                "{}: EndpointSlice {namespace}/{slice_name} has no {SERVICE_NAME_LABEL} label; skipped",
+                sourced.path.display()
+            );
+            continue;
+        };
+        ordered.push((namespace, service.clone(), slice_name, sourced));
+    }
+    ordered.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+
+    let mut by_port: HashMap<ServicePortName, BTreeMap<String, Endpoint>> = HashMap::new();
+    for (namespace, service, slice_name, sourced) in ordered {
+        let slice = &sourced.object;
+        let object = format!("{namespace}/{slice_name}");
+        let error = |field: String, message: String| {
+            field_error(&sourced.path, "EndpointSlice", &object, field, message)
+        };
+        if slice.address_type != family.api_name() {
+            continue;
+        }
+        for (p, port) in slice.ports.iter().flatten().enumerate() {
+            // kube-proxy ignores slice ports without a name (unnamed ports have "") or number.
+            let (Some(port_name), Some(number)) = (&port.name, port.port) else {
+                continue;
+            };
+            let number = u16::try_from(number).map_err(|_| {
+                error(
+                    format!("ports[{p}].port"),
+                    format!("{number} is not in 0..=65535"),
+                )
+            })?;
+            if number == 0 {
+                continue;
+            }
+            let protocol_text = port.protocol.as_deref().unwrap_or("TCP");
+            let protocol = Protocol::from_api(protocol_text).ok_or_else(|| {
+                error(
+                    format!("ports[{p}].protocol"),
+                    format!("unknown protocol {protocol_text:?} (TCP, UDP or SCTP)"),
+                )
+            })?;
+            let name = ServicePortName {
+                namespace: namespace.clone(),
+                name: service.clone(),
+                port: port_name.clone(),
+                protocol,
+            };
+            let set = by_port.entry(name).or_default();
+            for (e, endpoint) in slice.endpoints.iter().enumerate() {
+                // kube-proxy uses only the first address.
+                let Some(text) = endpoint.addresses.first() else {
+                    continue;
+                };
+                let ip = parse_ip_sloppy(text).ok_or_else(|| {
+                    error(
+                        format!("endpoints[{e}].addresses[0]"),
+                        format!("{text:?} is not an IP address"),
+                    )
+                })?;
+                if !family.contains(&ip) {
+                    continue;
+                }
+                let conditions = endpoint.conditions.as_ref();
+                let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+                let candidate = Endpoint {
+                    ip,
+                    port: number,
+                    ready,
+                    serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+                    terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                    is_local: endpoint.node_name.as_deref() == Some(node_name),
+                };
+                let address = candidate.address();
+                // Duplicates: the first one stays unless a later one is not terminating.
+                if !set.contains_key(&address) || !candidate.terminating {
+                    set.insert(address, candidate);
+                }
+            }
+        }
+    }
+    Ok(by_port
+        .into_iter()
+        .map(|(name, set)| (name, set.into_values().collect()))
+        .collect())
+}

@@ -1,0 +1,245 @@
+//! Kubernetes manifests → k8s-openapi objects → the [`crate::model`].
+//!
+//! A path is a YAML file with any number of `---` documents or a directory whose
+//! `*.yaml`/`*.yml` files are read in name order. `Service` (v1) and `EndpointSlice`
+//! (discovery.k8s.io/v1) documents are parsed with the k8s-openapi types; a `List`
+//! (any `*List` kind) is unpacked; other kinds are skipped with a debug log, so the
+//! manifests a user `kubectl apply`s can be pointed at directly.
+
+mod endpoint_slice;
+mod service;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::{IpFamily, Model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: document {document}: not valid YAML: {message}")]
+    Yaml {
+        path: PathBuf,
+        document: usize,
+        message: String,
+    },
+    #[error("{path}: {kind} {object}: field {field}: {message}")]
+    Field {
+        path: PathBuf,
+        kind: &'static str,
+        object: String,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: no such file or directory")]
+    Missing { path: PathBuf },
+}
+
+/// A parsed object and the file it came from (for error messages).
+#[derive(Clone, Debug)]
+pub struct Sourced<T> {
+    pub path: PathBuf,
+    pub object: T,
+}
+
+/// Every Service and EndpointSlice found under `paths`, in reading order.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    pub services: Vec<Sourced<Service>>,
+    pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+}
+
+/// Reads every path; fails on the first broken file.
+pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, SourceError> {
+    let mut objects = Objects::default();
+    for path in paths {
+        for file in yaml_files(path)? {
+            read_file(&file, &mut objects)?;
+        }
+    }
+    Ok(objects)
+}
+
+/// Builds the model for `family` from `objects`; `node_name` decides which endpoints are local.
+pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, SourceError> {
+    let mut service_ports = Vec::new();
+    for service in &objects.services {
+        service_ports.extend(service::service_ports(service, family)?);
+    }
+    let endpoints = endpoint_slice::collect_endpoints(&objects.endpoint_slices, family, node_name)?;
+    for port in &mut service_ports {
+        if let Some(list) = endpoints.get(&port.name) {
+            port.endpoints = list.clone();
+        }
+    }
+    // kube-proxy's test normalisation orders services by "namespace/name"; ports keep
+    // their spec order (the sort is stable).
+    service_ports.sort_by_cached_key(|p| p.name.service());
+    Ok(Model {
+        family,
+        service_ports,
+    })
+}
+
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let meta = fs::metadata(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => SourceError::Missing { path: path.into() },
+        _ => SourceError::Read {
+            path: path.into(),
+            source,
+        },
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let read_err = |source| SourceError::Read {
+        path: path.into(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(read_err)? {
+        let file = entry.map_err(read_err)?.path();
+        let is_yaml = file.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+        if is_yaml && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_file(path: &Path, objects: &mut Objects) -> Result<(), SourceError> {
+    let text = fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| SourceError::Yaml {
+        path: path.into(),
+        document: 0,
+        message: e.to_string(),
+    })?;
+    for (index, document) in documents.into_iter().enumerate() {
+        add_document(path, index + 1, document, objects)?;
+    }
+    Ok(())
+}
+
+fn add_document(
+    path: &Path,
+    index: usize,
+    document: Value,
+    objects: &mut Objects,
+) -> Result<(), SourceError> {
+    if document.is_null() {
+        return Ok(());
+    }
+    let Some(map) = document.as_object() else {
+        return Err(SourceError::Yaml {
+            path: path.into(),
+            document: index,
+            message: "not a mapping (expected a Kubernetes object)".into(),
+        });
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    match (api_version, kind) {
+        ("v1", "Service") => {
+            let object = parse_object::<Service>(path, "Service", document)?;
+            objects.services.push(Sourced {
+                path: path.into(),
+                object,
+            });
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let object = parse_object::<EndpointSlice>(path, "EndpointSlice", document)?;
+            objects.endpoint_slices.push(Sourced {
+                path: path.into(),
+                object,
+            });
+        }
+        (_, list) if list.ends_with("List") => {
+            let items = match map.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(_) => {
+                    return Err(SourceError::Field {
+                        path: path.into(),
+                        kind: "List",
+                        object: format!("document {index}"),
+                        field: "items".into(),
+                        message: "not a list".into(),
+                    });
+                }
+            };
+            for item in items {
+                add_document(path, index, item, objects)?;
+            }
+        }
+        _ => log::debug!(
+            "{}: document {index}: skipping {api_version} {kind}",
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `namespace/name` of a raw object, for errors raised before it is typed.
+fn raw_object_name(document: &Value) -> String {
+    let meta = document.get("metadata");
+    let field = |name| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
+    format!(
+        "{}/{}",
+        field("namespace").unwrap_or("default"),
+        field("name").unwrap_or("<unnamed>")
+    )
+}
+
+fn parse_object<T: DeserializeOwned>(
+    path: &Path,
+    kind: &'static str,
+    document: Value,
+) -> Result<T, SourceError> {
+    let object = raw_object_name(&document);
+    serde_path_to_error::deserialize(document).map_err(|e| SourceError::Field {
+        path: path.into(),
+        kind,
+        object,
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// The error for a field of a typed object.
+pub(crate) fn field_error(
+    path: &Path,
+    kind: &'static str,
+    object: &str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> SourceError {
+    SourceError::Field {
+        path: path.into(),
+        kind,
+        object: object.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `namespace/name` of typed object metadata (namespace defaults to `default`, as
+/// `kubectl apply` does).
+pub(crate) fn object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
