@@ -4,6 +4,46 @@
 //! layout is the same on both sides and no uninitialised byte is ever hashed.
 #![no_std]
 
+pub mod conntrack;
 pub mod counters;
+pub mod csum;
+pub mod events;
+pub mod service;
 
+pub use conntrack::{CtEntry, CtKey};
 pub use counters::{CounterKey, IfaceCounters};
+pub use service::{
+    AffinityKey, AffinityValue, Backend, Config, FlowCounters, NodeAddr, RevNat, ServiceKey, ServiceValue,
+    SlotKey,
+};
+
+/// Names of the maps in the eBPF object (versioned: a layout change gets a new name, so a
+/// new agent never adopts an old pinned map of another layout).
+pub mod map_names {
+    pub const SERVICES: &str = "KPROXY_SERVICES_V1";
+    pub const SLOTS: &str = "KPROXY_SLOTS_V1";
+    pub const BACKENDS: &str = "KPROXY_BACKENDS_V1";
+    pub const REVNAT: &str = "KPROXY_REVNAT_V1";
+    pub const CONNTRACK: &str = "KPROXY_CT_V1";
+    pub const AFFINITY: &str = "KPROXY_AFFINITY_V1";
+    pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
+    pub const CONFIG: &str = "KPROXY_CONFIG_V1";
+    pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V1";
+    pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V1";
+    pub const EVENTS: &str = "KPROXY_EVENTS_V1";
+    pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
+    /// Every pinned map (all but the per-load interface counters).
+    pub const PINNED: [&str; 11] = [
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        REVNAT,
+        CONNTRACK,
+        AFFINITY,
+        NODE_ADDRS,
+        CONFIG,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        EVENTS,
+    ];
+}

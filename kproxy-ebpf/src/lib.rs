@@ -1,5 +1,25 @@
 //! Kernel-side modules of kproxy. The entry points live in `main.rs`.
+//!
+//! Layout (Cilium bpf/lib style, one concern per module):
+//! - [`ctx`]: the packet-context abstraction (TC via checksum helpers, XDP via RFC 1624);
+//! - [`parse`]: Ethernet/IPv4/TCP/UDP into a [`parse::Flow`];
+//! - [`lb`]: frontend lookup (exact, then NodePort on node addresses) and backend choice;
+//! - [`conntrack`]: both directions' entries, timeouts, TCP state;
+//! - [`nat`]: DNAT, masquerade and reverse NAT;
+//! - [`datapath`]: the packet walk every hook runs;
+//! - [`maps`], [`stats`].
+//!
+//! A service without backends drops its packets and counts them (`no_backend_drops`,
+//! `EV_DROP_NO_BACKEND`): kube-proxy REJECTs with ICMP port-unreachable, which needs a
+//! generated reply packet; dropping is the documented minimum (clients time out instead
+//! of failing fast).
 #![no_std]
 
+pub mod conntrack;
+pub mod ctx;
+pub mod datapath;
+pub mod lb;
 pub mod maps;
+pub mod nat;
+pub mod parse;
 pub mod stats;

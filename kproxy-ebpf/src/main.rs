@@ -3,12 +3,15 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use kproxy_common::counters::{HOOK_TC_INGRESS, HOOK_XDP};
-use kproxy_ebpf::stats::count_packet;
+use kproxy_ebpf::{
+    datapath::{Verdict, handle},
+    stats::count_packet,
+};
 
 /// XDP on external interfaces: counts the packet and passes it to the stack.
 #[xdp]
@@ -18,13 +21,17 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// TC ingress: counts the packet and lets it continue.
+/// TC ingress on pod-facing veths (host side) and external interfaces: counts the
+/// packet, then translates service traffic and its replies (see `datapath`).
 #[classifier]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count_packet(ifindex, HOOK_TC_INGRESS, len as u64);
-    TC_ACT_OK
+    match handle(&ctx) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
 }
 
 #[cfg(not(test))]

@@ -1,9 +1,66 @@
 //! Every map the programs use, in one place, each with its purpose.
-//! Names carry a version suffix so a layout change never reuses an old pinned map.
+//! Names carry a version suffix so a layout change never reuses an old pinned map
+//! (userspace names: `kproxy_common::map_names`). All but the per-interface counters are
+//! pinned by name under the agent's pin directory, so they survive agent restarts.
 
-use aya_ebpf::{macros::map, maps::PerCpuHashMap};
-use kproxy_common::{CounterKey, IfaceCounters};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use kproxy_common::{
+    AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
+    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, events::EV_MAX,
+};
+
+/// Hash maps the agent writes: not preallocated, so an update replaces an element
+/// atomically and a reader never sees a recycled one.
+const NO_PREALLOC: u32 = 1;
 
 /// Packets and bytes per (interface, hook), per CPU: what each program has seen.
 #[map(name = "KPROXY_IFACE_STATS_V1")]
 pub static IFACE_STATS: PerCpuHashMap<CounterKey, IfaceCounters> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// Frontends (address, port, protocol, scope) → service id, backend count, slot base, flags.
+#[map(name = "KPROXY_SERVICES_V1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// (service id, slot) → backend id: the service's usable backends, chosen at random.
+#[map(name = "KPROXY_SLOTS_V1")]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(262_144, NO_PREALLOC);
+
+/// Backend id → backend address and port.
+#[map(name = "KPROXY_BACKENDS_V1")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// Service id (reverse-NAT id) → frontend address and port, for inspection; replies use
+/// the address recorded in conntrack (a NodePort frontend has no single address).
+#[map(name = "KPROXY_REVNAT_V1")]
+pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(65_536, NO_PREALLOC);
+
+/// Conntrack of translated flows: pre-DNAT tuple and reply tuple → the flow (LRU).
+#[map(name = "KPROXY_CT_V1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// ClientIP session affinity: (client, service) → backend and when last chosen (LRU).
+#[map(name = "KPROXY_AFFINITY_V1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+
+/// The node's addresses NodePort frontends answer on (address, network order → flags).
+#[map(name = "KPROXY_NODE_ADDRS_V1")]
+pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC);
+
+/// Node-wide settings written by the agent (one entry: masquerade address).
+#[map(name = "KPROXY_CONFIG_V1")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Per-service packets, bytes, new flows and no-backend drops, per CPU (by service id).
+#[map(name = "KPROXY_SERVICE_STATS_V1")]
+pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
+
+/// Per-backend packets, bytes and new flows, per CPU (by backend id).
+#[map(name = "KPROXY_BACKEND_STATS_V1")]
+pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
+
+/// Global event counters, per CPU (indexes `kproxy_common::events::EV_*`).
+#[map(name = "KPROXY_EVENTS_V1")]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);

@@ -1,8 +1,9 @@
-//! Per-interface packet counters.
+//! Counters: per interface and hook, per service, per backend, and global events.
 
-use kproxy_common::{CounterKey, IfaceCounters};
+use aya_ebpf::maps::PerCpuHashMap;
+use kproxy_common::{CounterKey, FlowCounters, IfaceCounters};
 
-use crate::maps::IFACE_STATS;
+use crate::maps::{BACKEND_STATS, EVENTS, IFACE_STATS, SERVICE_STATS};
 
 /// Adds one packet of `bytes` length to the counters of `hook` on `ifindex`.
 #[inline(always)]
@@ -20,4 +21,55 @@ pub fn count_packet(ifindex: u32, hook: u32, bytes: u64) {
     // Another CPU's first packet can race this insert: BPF_NOEXIST would lose ours,
     // BPF_ANY on a per-CPU map only writes this CPU's slot, so use it.
     let _ = IFACE_STATS.insert(key, first, 0);
+}
+
+/// Bumps the global event counter `ev` (`kproxy_common::events::EV_*`).
+#[inline(always)]
+pub fn event(ev: u32) {
+    if let Some(c) = EVENTS.get_ptr_mut(ev) {
+        // SAFETY: per-CPU slot of an array map: valid and written by this CPU only.
+        unsafe { *c += 1 };
+    }
+}
+
+/// What one packet adds to a flow counter.
+#[derive(Clone, Copy)]
+pub struct Delta {
+    pub bytes: u64,
+    pub new_flow: bool,
+    pub no_backend_drop: bool,
+}
+
+#[inline(always)]
+fn add(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, d: Delta) {
+    if let Some(c) = map.get_ptr_mut(id) {
+        // SAFETY: per-CPU value, written only by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += d.bytes;
+            (*c).new_flows += d.new_flow as u64;
+            (*c).no_backend_drops += d.no_backend_drop as u64;
+        }
+        return;
+    }
+    let first = FlowCounters {
+        packets: 1,
+        bytes: d.bytes,
+        new_flows: d.new_flow as u64,
+        no_backend_drops: d.no_backend_drop as u64,
+    };
+    // BPF_ANY: only this CPU's slot is written (see count_packet).
+    let _ = map.insert(id, first, 0);
+}
+
+/// Counts a packet of service `id`.
+#[inline(always)]
+pub fn count_service(id: u32, d: Delta) {
+    add(&SERVICE_STATS, id, d);
+}
+
+/// Counts a packet sent to backend `id`.
+#[inline(always)]
+pub fn count_backend(id: u32, d: Delta) {
+    add(&BACKEND_STATS, id, d);
 }

@@ -2,6 +2,7 @@
 //! later modules) the service model, BPF sync, iptables renderer and inspection.
 
 pub mod attach;
+pub mod bpf;
 pub mod config;
 pub mod counters;
 pub mod iface;

@@ -2,9 +2,8 @@
 
 mod export;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kproxy::programs;
+use kproxy::bpf;
 
 #[derive(Parser)]
 #[command(name = "kproxy", version, about = "kube-proxy's service routing in eBPF")]
@@ -35,15 +34,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn check() -> anyhow::Result<()> {
-    let mut ebpf = programs::open(|_| {})?;
-    for name in programs::ALL_PROGRAMS {
-        programs::load_program(&mut ebpf, name)?;
-        let info = ebpf
-            .program(name)
-            .context("program vanished after load")?
-            .info()
-            .with_context(|| format!("read info of program {name} (BPF_OBJ_GET_INFO_BY_FD)"))?;
-        let insns = info.verified_instruction_count().unwrap_or(0);
+    // The maps are pinned by name: load them under a scratch directory, never the
+    // agent's, and remove it afterwards.
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/kproxy-check-{}", std::process::id()));
+    let opts = bpf::LoadOptions {
+        pin_dir: pin_dir.clone(),
+        conntrack_max: Some(1024),
+    };
+    let loaded = bpf::Datapath::load(&opts);
+    let unpinned = bpf::unpin_all(&pin_dir);
+    let datapath = loaded?;
+    unpinned?;
+    for (name, insns) in datapath.instruction_counts() {
+        anyhow::ensure!(insns > 0, "{name}: no verified instruction count");
         println!("{name}: verified, {insns} instructions");
     }
     Ok(())

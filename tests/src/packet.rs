@@ -1,13 +1,181 @@
-//! Building test packets (with correct checksums, by etherparse).
+//! Building test packets (with correct checksums, by etherparse) and checking the
+//! checksums of packets a program rewrote, with an independent one's-complement sum.
+
+use std::net::SocketAddrV4;
 
 use etherparse::PacketBuilder;
 
+const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
 /// An Ethernet + IPv4 + UDP frame from `src` to `dst` carrying `payload`.
 pub fn udp4(src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
         .ipv4(src.0, dst.0, 64)
         .udp(src.1, dst.1);
     let mut frame = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut frame, payload).expect("write UDP frame");
     frame
+}
+
+/// [`udp4`] with socket addresses.
+pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    udp4(
+        (src.ip().octets(), src.port()),
+        (dst.ip().octets(), dst.port()),
+        payload,
+    )
+}
+
+/// TCP flags of a test segment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tcp {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: Tcp = Tcp {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+pub const SYN_ACK: Tcp = Tcp {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const ACK: Tcp = Tcp {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const FIN_ACK: Tcp = Tcp {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+
+/// An Ethernet + IPv4 + TCP frame from `src` to `dst` with `flags` and `payload`
+/// (fixed sequence numbers and window, so two frames differ only where asked).
+pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: Tcp, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.ip().octets(), dst.ip().octets(), 64)
+        .tcp(src.port(), dst.port(), 1000, 64240);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.ack {
+        b = b.ack(2000);
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload).expect("write TCP frame");
+    frame
+}
+
+/// An IPv6 + TCP frame.
+pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn();
+    let mut frame = Vec::with_capacity(b.size(0));
+    b.write(&mut frame, &[]).expect("write TCP/IPv6 frame");
+    frame
+}
+
+/// An ARP request frame (who-has `target`).
+pub fn arp(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+fn sum16(bytes: &[u8], mut sum: u32) -> u32 {
+    for w in bytes.chunks(2) {
+        let hi = w[0] as u32;
+        let lo = if w.len() > 1 { w[1] as u32 } else { 0 };
+        sum += (hi << 8) | lo;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Recomputes the IPv4 header checksum of `frame` in place (after editing the header).
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    frame[24] = 0;
+    frame[25] = 0;
+    let c = !fold(sum16(&frame[14..14 + ihl], 0));
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// `frame` (IPv4) with 4 bytes of NOP options inserted in its IPv4 header; every
+/// checksum stays valid (options are not in the L4 pseudo header).
+pub fn with_ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 1]);
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x46;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    f
+}
+
+/// `frame` (IPv4) marked as a fragment: more-fragments set and `offset` (8-byte units).
+pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let v = (if more { 0x2000 } else { 0 }) | offset;
+    f[20..22].copy_from_slice(&v.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    f
+}
+
+/// Panics unless the IPv4 header checksum and the TCP/UDP checksum of `frame` are
+/// valid (a UDP checksum of 0 means none and is accepted).
+pub fn assert_checksums_valid(frame: &[u8]) {
+    assert!(frame.len() >= 34, "frame too short for IPv4");
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    assert_eq!(
+        fold(sum16(&frame[14..14 + ihl], 0)),
+        0xffff,
+        "bad IPv4 header checksum"
+    );
+    let tot = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let l4 = &frame[14 + ihl..14 + tot];
+    let proto = frame[23];
+    if proto == 17 && l4[6] == 0 && l4[7] == 0 {
+        return;
+    }
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&frame[26..34]);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    let s = sum16(l4, sum16(&pseudo, 0));
+    assert_eq!(fold(s), 0xffff, "bad L4 (proto {proto}) checksum");
 }

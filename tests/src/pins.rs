@@ -1,18 +1,18 @@
-//! A bpffs pin directory owned by a test, removed (with every pin in it) on drop.
+//! A bpffs pin directory owned by a test: every kproxy map pinned under it is removed
+//! when it is dropped (also when the test fails).
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
+
+use kproxy::bpf::{Datapath, LoadOptions, unpin_all};
 
 use crate::netns::unique_name;
 
+/// `/sys/fs/bpf/kproxy-test-{unique}`, unpinned on drop.
 pub struct PinDir {
     path: PathBuf,
 }
 
 impl PinDir {
-    /// `/sys/fs/bpf/kproxy-test-{unique}` (not created: the code under test creates it).
     pub fn new(tag: &str) -> Self {
         PinDir {
             path: PathBuf::from(format!("/sys/fs/bpf/kproxy-test-{}", unique_name(tag))),
@@ -22,10 +22,23 @@ impl PinDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Loads the datapath with its maps pinned here (small conntrack for tests).
+    pub fn load(&self) -> Datapath {
+        Datapath::load(&LoadOptions {
+            pin_dir: self.path.clone(),
+            conntrack_max: Some(4096),
+        })
+        .unwrap_or_else(|e| panic!("load datapath under {}: {e}", self.path.display()))
+    }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        if let Err(e) = unpin_all(&self.path) {
+            eprintln!("cleanup of {}: {e}", self.path.display());
+        }
+        // Link pins and anything else a test left below it.
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

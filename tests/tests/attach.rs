@@ -5,6 +5,7 @@
 use aya::programs::{SchedClassifier, TcAttachType};
 use kproxy::{
     attach::{Attached, Hook, LinkPins},
+    bpf::Datapath,
     iface::{self, Iface},
     programs,
 };
@@ -47,7 +48,7 @@ fn pinned_tc_link_survives_agent_and_is_adopted_then_swept() {
             .expect("veth present");
         let pins = LinkPins::new(pin_dir.path()).expect("link dir");
 
-        let (first, outcome, first_id) = agent_attach(&pins, &iface);
+        let (first, outcome, first_id) = agent_attach(&pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::New);
         assert!(pins.is_pinned(Hook::TcIngress, &iface));
         drop(first); // the agent exits
@@ -57,7 +58,7 @@ fn pinned_tc_link_survives_agent_and_is_adopted_then_swept() {
             "datapath must keep serving without the agent"
         );
 
-        let (second, outcome, second_id) = agent_attach(&pins, &iface);
+        let (second, outcome, second_id) = agent_attach(&pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::Adopted);
         assert_ne!(first_id, second_id);
         assert_eq!(
@@ -90,7 +91,7 @@ fn sweep_drops_pins_of_vanished_interfaces() {
             .pop()
             .expect("veth present");
         let pins = LinkPins::new(pin_dir.path()).expect("link dir");
-        let (_ebpf, outcome, _) = agent_attach(&pins, &iface);
+        let (_ebpf, outcome, _) = agent_attach(&pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::New);
         b.ip(&["link", "del", &b_if]);
         let present = iface::list().expect("list");

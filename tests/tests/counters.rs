@@ -16,6 +16,7 @@ use kproxy_common::{
 use kproxy_tests::{
     netns::{NetNs, unique_name, veth_pair},
     packet::udp4,
+    pins::PinDir,
 };
 
 const XDP_PASS: u32 = 2;
@@ -23,12 +24,9 @@ const TC_ACT_OK: u32 = 0;
 /// The loopback device's ifindex: test runs without a context run on it.
 const LO_IFINDEX: u32 = 1;
 
-fn load_all() -> Ebpf {
-    let mut ebpf = programs::open(|_| {}).unwrap_or_else(|e| panic!("{e}"));
-    for name in programs::ALL_PROGRAMS {
-        programs::load_program(&mut ebpf, name).unwrap_or_else(|e| panic!("{e}"));
-    }
-    ebpf
+/// Loads every program with the datapath maps pinned under `pins` (never shared).
+fn load_all(pins: &PinDir) -> Ebpf {
+    pins.load().ebpf
 }
 
 fn read_counters(ebpf: &Ebpf, ifindex: u32, hook: u32) -> IfaceCounters {
@@ -39,7 +37,8 @@ fn read_counters(ebpf: &Ebpf, ifindex: u32, hook: u32) -> IfaceCounters {
 
 #[test]
 fn programs_pass_the_verifier() {
-    let ebpf = load_all();
+    let pins = PinDir::new("ver");
+    let ebpf = load_all(&pins);
     for name in programs::ALL_PROGRAMS {
         let info = ebpf.program(name).expect("program").info().expect("program info");
         let insns = info
@@ -53,8 +52,9 @@ fn programs_pass_the_verifier() {
 #[test]
 fn xdp_test_run_passes_and_counts() {
     let ns = NetNs::new("xtr");
+    let pins = PinDir::new("cnt");
     ns.run(|| {
-        let ebpf = load_all();
+        let ebpf = load_all(&pins);
         let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy");
         let mut out = vec![0u8; frame.len() + 256];
         let xdp: &Xdp = ebpf.program(programs::XDP_PROGRAM).unwrap().try_into().unwrap();
@@ -91,8 +91,9 @@ fn xdp_test_run_passes_and_counts() {
 #[test]
 fn tc_test_run_passes_and_counts() {
     let ns = NetNs::new("ttr");
+    let pins = PinDir::new("cnt");
     ns.run(|| {
-        let ebpf = load_all();
+        let ebpf = load_all(&pins);
         let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy tc");
         let mut out = vec![0u8; frame.len() + 256];
         let tc: &SchedClassifier = ebpf
@@ -144,7 +145,8 @@ fn attached_to_veth_counts_real_packets() {
     );
     let node_ifindex = node.ifindex(&node_if);
 
-    let mut ebpf = load_all();
+    let pins = PinDir::new("veth");
+    let mut ebpf = load_all(&pins);
     node.run(|| {
         let xdp: &mut Xdp = ebpf
             .program_mut(programs::XDP_PROGRAM)
@@ -161,7 +163,8 @@ fn attached_to_veth_counts_real_packets() {
         tc.attach(&node_if, TcAttachType::Ingress)
             .expect("attach TC ingress (tcx) to veth");
     });
-    assert_eq!(read_counters(&ebpf, node_ifindex, HOOK_XDP).packets, 0);
+    // No "zero before traffic" check: the fresh veth's IPv6 neighbour discovery can
+    // already have reached the programs (seen flaking once the load took longer).
 
     client.run(|| {
         let socket = UdpSocket::bind("10.201.0.1:0").expect("bind in client namespace");

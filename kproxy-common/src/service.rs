@@ -1,0 +1,198 @@
+//! Service frontends, their backend slots, backends and reverse-NAT entries.
+//!
+//! Addresses and ports are stored in network byte order: the packet's bytes read as a
+//! native integer (`u32::from_ne_bytes(octets)`, `u16::from_ne_bytes(bytes)`), so the
+//! datapath compares and copies them without swapping. [`be_addr`] and friends convert.
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Frontend scope: the key's address is the frontend address (ClusterIP, externalIP,
+/// LoadBalancer IP).
+pub const SCOPE_EXACT: u8 = 0;
+/// Frontend scope: NodePort. The key's address is 0.0.0.0 and matches any address in
+/// the node-address map (`KPROXY_NODE_ADDRS_V1`).
+pub const SCOPE_NODE_PORT: u8 = 1;
+
+/// Service flag: ClientIP session affinity (timeout in [`ServiceValue::affinity_timeout_s`]).
+pub const SVC_F_AFFINITY: u16 = 1 << 0;
+
+/// Slots of one service are written at base 0 or at base [`SLOT_BASE_ALT`], alternately,
+/// so an update writes the new set beside the old one and then flips the service value.
+pub const SLOT_BASE_ALT: u32 = 1 << 16;
+/// At most this many backends per service (the slot count is a u16).
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
+
+/// Frontend a client addresses: address, port, protocol and scope (key of `KPROXY_SERVICES_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Frontend address (network order); 0 for [`SCOPE_NODE_PORT`].
+    pub addr: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SCOPE_EXACT`] or [`SCOPE_NODE_PORT`].
+    pub scope: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// What a frontend leads to: its id, how many backend slots it has and where (value of
+/// `KPROXY_SERVICES_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Service id, also the reverse-NAT id and the counters' key; never 0.
+    pub id: u32,
+    /// Number of usable backends: slots `slot_base .. slot_base + count`. 0 = reject.
+    pub count: u16,
+    /// `SVC_F_*` bits.
+    pub flags: u16,
+    /// First slot of the current backend set: 0 or [`SLOT_BASE_ALT`].
+    pub slot_base: u32,
+    /// ClientIP affinity timeout in seconds (with [`SVC_F_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// One backend slot of a service (key of `KPROXY_SLOTS_V1`, value: backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub service_id: u32,
+    /// `slot_base + index`.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
+
+/// Backend flag: reserved for terminating/serving states (0 today).
+pub const BACKEND_F_NONE: u8 = 0;
+
+/// A backend endpoint (value of `KPROXY_BACKENDS_V1`, keyed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Address (network order).
+    pub addr: u32,
+    /// Port (network order).
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// The frontend replies are translated back to (value of `KPROXY_REVNAT_V1`, keyed by
+/// service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    /// Frontend address (network order); 0 for a NodePort frontend (then the address the
+    /// client used is in the conntrack entry).
+    pub addr: u32,
+    /// Frontend port (network order).
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+
+/// ClientIP affinity: which client, which service (key of `KPROXY_AFFINITY_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client address (network order).
+    pub client_addr: u32,
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+/// The backend a client sticks to and when that was last decided (value of `KPROXY_AFFINITY_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Value of `KPROXY_NODE_ADDRS_V1`, keyed by a node address (network order): NodePort
+/// frontends match packets to these addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Reserved (0).
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<NodeAddr>() == 4);
+
+/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Source address for masqueraded (hairpin) flows, network order; 0 = no masquerade.
+    /// Must not be an address the node owns (a packet arriving with a local source is a
+    /// martian), e.g. a link-local 169.254.x.y routed nowhere: replies come back to the
+    /// node by the pod's default route and are translated before routing.
+    pub masq_addr: u32,
+    /// Reserved (0).
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+/// Packets and bytes translated to a service or backend, per CPU (values of
+/// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows (conntrack entries) created.
+    pub new_flows: u64,
+    /// Packets dropped because the service had no usable backend.
+    pub no_backend_drops: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
+
+/// Converts an address to the maps' network-order representation.
+#[inline(always)]
+pub const fn be_addr(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of a network-order address from the maps.
+#[inline(always)]
+pub const fn addr_octets(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}
+
+/// Converts a host-order port to the maps' network order.
+#[inline(always)]
+pub const fn be_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Converts a network-order port from the maps to host order.
+#[inline(always)]
+pub const fn host_port(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (all below): repr(C), integer fields only, padding spelled out as fields,
+    // sizes asserted above.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowCounters {}
+}

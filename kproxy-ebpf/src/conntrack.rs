@@ -1,0 +1,176 @@
+//! Conntrack of translated flows: keys of both directions, freshness, TCP state.
+
+use kproxy_common::{
+    Backend, CtEntry, CtKey,
+    conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, ct_timeout_ns},
+    service::PROTO_TCP,
+};
+
+use crate::{
+    maps::CONNTRACK,
+    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// The conntrack map refused an entry (an LRU map evicts, so this is rare).
+pub struct CtFull;
+
+/// The service-direction key of `flow` (client → frontend, before DNAT).
+#[inline(always)]
+pub fn service_key(flow: &Flow) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        dir: CT_DIR_SERVICE,
+        _pad: [0; 2],
+    }
+}
+
+/// The reply-direction key of `flow` as it arrives (backend → client or masquerade).
+#[inline(always)]
+pub fn reply_key(flow: &Flow) -> CtKey {
+    CtKey {
+        dir: CT_DIR_REPLY,
+        ..service_key(flow)
+    }
+}
+
+/// The key of the replies of the flow `e` (protocol `proto`).
+#[inline(always)]
+pub fn reply_key_of(e: &CtEntry, proto: u8) -> CtKey {
+    CtKey {
+        saddr: e.backend_addr,
+        daddr: if e.flags & CT_F_MASQ != 0 {
+            e.masq_addr
+        } else {
+            e.client_addr
+        },
+        sport: e.backend_port,
+        dport: e.masq_port,
+        proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// The key of the client's packets of the flow `e`.
+#[inline(always)]
+pub fn service_key_of(e: &CtEntry, proto: u8) -> CtKey {
+    CtKey {
+        saddr: e.client_addr,
+        daddr: e.frontend_addr,
+        sport: e.client_port,
+        dport: e.frontend_port,
+        proto,
+        dir: CT_DIR_SERVICE,
+        _pad: [0; 2],
+    }
+}
+
+/// Whether `e` was seen within its idle timeout (a timestamp in the future counts as fresh).
+#[inline(always)]
+pub fn is_fresh(e: &CtEntry, proto: u8, now: u64) -> bool {
+    now.saturating_sub(e.last_seen_ns) <= ct_timeout_ns(proto, e.state)
+}
+
+/// Whether the flow of `e` is alive: either direction seen within its timeout (so a flow
+/// whose client is quiet but whose server keeps sending keeps its backend).
+#[inline(always)]
+pub fn flow_alive(e: &CtEntry, proto: u8, now: u64, other_dir: CtKey) -> bool {
+    if is_fresh(e, proto, now) {
+        return true;
+    }
+    match CONNTRACK.get_ptr(other_dir) {
+        // SAFETY: map value pointer, read at once.
+        Some(o) => is_fresh(unsafe { &*o }, proto, now),
+        None => false,
+    }
+}
+
+/// Whether `flags` close a TCP flow.
+#[inline(always)]
+pub fn closes(flow: &Flow) -> bool {
+    flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// Whether `flow` opens a new TCP connection (SYN without ACK).
+#[inline(always)]
+pub fn opens(flow: &Flow) -> bool {
+    flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn state_after(state: u8, flow: &Flow) -> u8 {
+    if flow.proto != PROTO_TCP {
+        return state;
+    }
+    let mut s = state;
+    if flow.tcp_flags & TCP_ACK != 0 {
+        s |= CT_ST_ESTABLISHED;
+    }
+    if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        s |= CT_ST_CLOSING;
+    }
+    s
+}
+
+/// Records a packet of `flow` on the entry at `e`.
+///
+/// # Safety
+/// `e` must be a conntrack value pointer from a lookup in this program run (concurrent
+/// writers on other CPUs race benignly: timestamps and monotonic state bits).
+#[inline(always)]
+pub unsafe fn touch(e: *mut CtEntry, flow: &Flow, now: u64) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        (*e).last_seen_ns = now;
+        (*e).state = state_after((*e).state, flow);
+    }
+}
+
+/// Marks the entry `key` (the other direction of a closing flow) as closing.
+#[inline(always)]
+pub fn mark_closing(key: CtKey) {
+    if let Some(o) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a live map value pointer.
+        unsafe { (*o).state |= CT_ST_CLOSING };
+    }
+}
+
+/// Creates both entries of a new flow of `flow` to backend `backend_id` of service
+/// `rev_nat_id`, masqueraded to `masq_addr` unless it is 0.
+#[inline(always)]
+pub fn create(
+    flow: &Flow,
+    rev_nat_id: u32,
+    backend_id: u32,
+    b: &Backend,
+    masq_addr: u32,
+    now: u64,
+) -> Result<CtEntry, CtFull> {
+    let e = CtEntry {
+        last_seen_ns: now,
+        created_ns: now,
+        backend_id,
+        rev_nat_id,
+        frontend_addr: flow.daddr,
+        backend_addr: b.addr,
+        client_addr: flow.saddr,
+        masq_addr,
+        frontend_port: flow.dport,
+        backend_port: b.port,
+        client_port: flow.sport,
+        masq_port: flow.sport,
+        state: state_after(0, flow),
+        flags: if masq_addr != 0 { CT_F_MASQ } else { 0 },
+        _pad: [0; 6],
+    };
+    // Reply entry first: a reply can only follow the forwarded packet.
+    CONNTRACK
+        .insert(reply_key_of(&e, flow.proto), e, 0)
+        .map_err(|_| CtFull)?;
+    CONNTRACK.insert(service_key(flow), e, 0).map_err(|_| CtFull)?;
+    Ok(e)
+}

@@ -1,0 +1,177 @@
+//! The packet walk shared by every hook: parse, frontend lookup, conntrack, backend
+//! choice, translation; replies are reverse-translated. Anything not ours passes
+//! untouched.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
+use aya_log_ebpf::debug;
+use kproxy_common::{
+    CtEntry, ServiceValue,
+    conntrack::CT_ST_CLOSING,
+    events::{
+        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE, EV_MASQ,
+        EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
+    },
+};
+
+use crate::{
+    conntrack as ct,
+    ctx::Packet,
+    lb,
+    maps::{CONFIG, CONNTRACK},
+    nat,
+    parse::{Flow, NotHandled, parse_ipv4},
+    stats::{self, Delta, event},
+};
+
+/// What the hook does with the packet (each entry point maps it to its return code).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Continue through the stack (translated or untouched).
+    Pass,
+    /// Drop (no backend, or a rewrite that could not be completed).
+    Drop,
+}
+
+/// Runs the datapath on the packet in `ctx`.
+#[inline(always)]
+pub fn handle<C: Packet + EbpfContext>(ctx: &C) -> Verdict {
+    let flow = match parse_ipv4(ctx) {
+        Ok(flow) => flow,
+        Err(NotHandled::Unsupported) => {
+            event(EV_PASS_UNHANDLED);
+            return Verdict::Pass;
+        }
+        Err(NotHandled::Other) => return Verdict::Pass,
+    };
+    match lb::lookup_service(&flow) {
+        Some(svc) => to_service(ctx, &flow, &svc),
+        None => reply(ctx, &flow),
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A packet to a frontend: follow its flow's conntrack entry, or start a flow.
+#[inline(always)]
+fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue) -> Verdict {
+    let bytes = ctx.packet_len() as u64;
+    if svc.count == 0 {
+        // kube-proxy REJECTs; we drop and count (see the crate docs).
+        event(EV_DROP_NO_BACKEND);
+        stats::count_service(
+            svc.id,
+            Delta {
+                bytes,
+                new_flow: false,
+                no_backend_drop: true,
+            },
+        );
+        debug!(ctx, "kproxy: service {} has no backends, dropped", svc.id);
+        return Verdict::Drop;
+    }
+    let now = now();
+    let key = ct::service_key(flow);
+    let mut existing: Option<CtEntry> = None;
+    if let Some(p) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: map value pointer, copied at once.
+        let e = unsafe { *p };
+        if follows(&e, flow, svc, now) {
+            // SAFETY: `p` comes from the lookup above.
+            unsafe { ct::touch(p, flow, now) };
+            if ct::closes(flow) {
+                ct::mark_closing(ct::reply_key_of(&e, flow.proto));
+            }
+            event(EV_CT_HIT);
+            existing = Some(e);
+        } else {
+            // Stale, another service's, a new connection on a closed one, or its backend
+            // is gone: choose again (the new backend's stack resets a mid-stream TCP
+            // packet; UDP just moves on).
+            event(EV_RESELECT);
+            let _ = CONNTRACK.remove(ct::reply_key_of(&e, flow.proto));
+        }
+    }
+    let (e, new_flow) = match existing {
+        Some(e) => (e, false),
+        None => {
+            let Some((backend_id, b)) = lb::select_backend(svc, flow.saddr, now) else {
+                event(EV_DROP_INCONSISTENT);
+                return Verdict::Drop;
+            };
+            // Hairpin: the client is its own backend. Its reply would go straight back
+            // to itself, so the source becomes the masquerade address.
+            let masq = if b.addr == flow.saddr { masq_addr() } else { 0 };
+            let Ok(e) = ct::create(flow, svc.id, backend_id, &b, masq, now) else {
+                event(EV_DROP_CT_FULL);
+                return Verdict::Drop;
+            };
+            event(EV_NEW_FLOW);
+            if masq != 0 {
+                event(EV_MASQ);
+            }
+            (e, true)
+        }
+    };
+    let delta = Delta {
+        bytes,
+        new_flow,
+        no_backend_drop: false,
+    };
+    stats::count_service(svc.id, delta);
+    stats::count_backend(e.backend_id, delta);
+    if nat::dnat(ctx, flow, &e).is_err() {
+        event(EV_DROP_REWRITE);
+        return Verdict::Drop;
+    }
+    Verdict::Pass
+}
+
+/// Whether the packet `flow` of service `svc` keeps following the conntrack entry `e`.
+#[inline(always)]
+fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
+    if e.rev_nat_id != svc.id {
+        return false;
+    }
+    if ct::opens(flow) && e.state & CT_ST_CLOSING != 0 {
+        return false;
+    }
+    if !ct::flow_alive(e, flow.proto, now, ct::reply_key_of(e, flow.proto)) {
+        return false;
+    }
+    matches!(lb::backend(e.backend_id), Some(b) if b.addr == e.backend_addr && b.port == e.backend_port)
+}
+
+#[inline(always)]
+fn masq_addr() -> u32 {
+    CONFIG.get(0).map(|c| c.masq_addr).unwrap_or(0)
+}
+
+/// A packet that is not to a frontend: a reply of a translated flow gets its frontend
+/// (and client, if masqueraded) back; anything else passes untouched.
+#[inline(always)]
+fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
+    let Some(p) = CONNTRACK.get_ptr_mut(ct::reply_key(flow)) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: map value pointer, copied at once.
+    let e = unsafe { *p };
+    let now = now();
+    if !ct::flow_alive(&e, flow.proto, now, ct::service_key_of(&e, flow.proto)) {
+        return Verdict::Pass;
+    }
+    // SAFETY: `p` comes from the lookup above.
+    unsafe { ct::touch(p, flow, now) };
+    if ct::closes(flow) {
+        ct::mark_closing(ct::service_key_of(&e, flow.proto));
+    }
+    event(EV_REPLY_NAT);
+    if nat::rev_nat(ctx, flow, &e).is_err() {
+        event(EV_DROP_REWRITE);
+        return Verdict::Drop;
+    }
+    Verdict::Pass
+}

@@ -1,0 +1,98 @@
+//! Load balancing: which frontend a packet addresses, and which backend serves a new flow.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use kproxy_common::{
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey,
+    service::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
+};
+
+use crate::{
+    maps::{AFFINITY, BACKENDS, NODE_ADDRS, SERVICES, SLOTS},
+    parse::Flow,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The service of the frontend `flow` is sent to: an exact frontend (ClusterIP,
+/// externalIP, LoadBalancer IP), else a NodePort frontend if the destination is one of
+/// the node's addresses.
+#[inline(always)]
+pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
+    let exact = ServiceKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: SCOPE_EXACT,
+    };
+    if let Some(v) = SERVICES.get_ptr(exact) {
+        // SAFETY: a map value pointer, valid for this program run; copied at once.
+        return Some(unsafe { *v });
+    }
+    NODE_ADDRS.get_ptr(flow.daddr)?;
+    let node_port = ServiceKey {
+        addr: 0,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: SCOPE_NODE_PORT,
+    };
+    // SAFETY: as above.
+    SERVICES.get_ptr(node_port).map(|v| unsafe { *v })
+}
+
+/// Backend `id`, if it still exists.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    // SAFETY: a map value pointer, valid for this program run; copied at once.
+    BACKENDS.get_ptr(id).map(|b| unsafe { *b })
+}
+
+/// Chooses the backend of a new flow of `svc` from `client`: the client's affinity
+/// backend if the service has ClientIP affinity and it is recent and alive, else one of
+/// the service's `count` slots uniformly at random. None if the maps are inconsistent
+/// (a slot or backend missing).
+#[inline(always)]
+pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Option<(u32, Backend)> {
+    let affinity = svc.flags & SVC_F_AFFINITY != 0;
+    let akey = AffinityKey {
+        client_addr: client,
+        service_id: svc.id,
+    };
+    if affinity && let Some(a) = AFFINITY.get_ptr(akey) {
+        // SAFETY: map value pointer, copied at once.
+        let a = unsafe { *a };
+        let timeout = svc.affinity_timeout_s as u64 * NS_PER_SEC;
+        if now.saturating_sub(a.last_used_ns) <= timeout
+            && let Some(b) = backend(a.backend_id)
+        {
+            remember(akey, a.backend_id, now);
+            return Some((a.backend_id, b));
+        }
+    }
+    let count = svc.count as u32;
+    if count == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let index = unsafe { bpf_get_prandom_u32() } % count;
+    let slot = SlotKey {
+        service_id: svc.id,
+        slot: svc.slot_base + index,
+    };
+    // SAFETY: map value pointer, copied at once.
+    let id = unsafe { *SLOTS.get_ptr(slot)? };
+    let b = backend(id)?;
+    if affinity {
+        remember(akey, id, now);
+    }
+    Some((id, b))
+}
+
+#[inline(always)]
+fn remember(key: AffinityKey, backend_id: u32, now: u64) {
+    let value = AffinityValue {
+        last_used_ns: now,
+        backend_id,
+        _pad: 0,
+    };
+    let _ = AFFINITY.insert(key, value, 0);
+}
