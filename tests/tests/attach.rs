@@ -21,17 +21,17 @@ fn tc_programs(iface: &str) -> Vec<u32> {
 }
 
 /// Loads a fresh copy of the programs and attaches TC ingress to `iface` through `pins`.
-fn agent_attach(pins: &LinkPins, iface: &Iface) -> (aya::Ebpf, Attached, u32) {
-    let mut ebpf = programs::open(|_| {}).expect("open object");
-    programs::load_program(&mut ebpf, programs::TC_INGRESS_PROGRAM).expect("load");
-    let tc: &mut SchedClassifier = ebpf
+fn agent_attach(pin_dir: &PinDir, pins: &LinkPins, iface: &Iface) -> (Datapath, Attached, u32) {
+    let mut datapath = pin_dir.load();
+    let tc: &mut SchedClassifier = datapath
+        .ebpf
         .program_mut(programs::TC_INGRESS_PROGRAM)
         .unwrap()
         .try_into()
         .unwrap();
     let outcome = pins.attach_tc(tc, iface).expect("attach");
     let id = tc.info().expect("info").id();
-    (ebpf, outcome, id)
+    (datapath, outcome, id)
 }
 
 #[test]
