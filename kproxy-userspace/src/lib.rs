@@ -11,6 +11,7 @@ pub mod model;
 pub mod netfilter;
 pub mod programs;
 pub mod source;
+pub mod state;
 pub mod watch;
 
 /// The kernel programs, built from `kproxy-ebpf` and embedded at build time.

@@ -1,0 +1,204 @@
+//! What the agent last applied, recorded beside the pins so `kproxy inspect` can show
+//! the model behind the live maps while the agent runs and after it stopped.
+//!
+//! bpffs holds only BPF objects, so the record lives in a regular directory derived
+//! from the pin path: `/run/kproxy/<pin path, '/' → '_'>/` holding `applied.json`
+//! (mode, node facts, sync number), `config.yaml` (when one was given) and `model/`
+//! (a copy of every model file as it was when applied).
+
+use std::{
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Root of every agent's state directory.
+pub const STATE_ROOT: &str = "/run/kproxy";
+
+/// The state directory of the agent pinning under `pin_path`.
+pub fn state_dir(pin_path: &Path) -> PathBuf {
+    let flat = pin_path.to_string_lossy().trim_matches('/').replace('/', "_");
+    Path::new(STATE_ROOT).join(flat)
+}
+
+/// Facts about the last applied sync.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `ebpf` or `iptables`.
+    pub mode: String,
+    /// The iptables backend (`system`, `nft`, `legacy`) in iptables mode.
+    pub iptables_backend: Option<String>,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    /// The node's local addresses at the sync (NodePort addresses are chosen from them).
+    pub node_addresses: Vec<IpAddr>,
+    /// The masquerade (hairpin) source address in eBPF mode.
+    pub masquerade_address: Option<IpAddr>,
+    /// The `--model` paths as given.
+    pub model_paths: Vec<PathBuf>,
+    /// Sync counter since the agent started.
+    pub sync: u64,
+    /// Seconds since the Unix epoch.
+    pub applied_at_unix: u64,
+}
+
+/// A recorded state: the facts, and where the copies of its inputs are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    pub applied: Applied,
+    /// Directory holding the model files as applied (load it with `model::load`).
+    pub model_dir: PathBuf,
+    /// The configuration as applied, if one was given.
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("write agent state {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "read agent state {path}: {source} (no agent has synced with this --pin-path on this machine since boot?)"
+    )]
+    Read { path: PathBuf, source: io::Error },
+    #[error("decode agent state {path}: {source}")]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// The YAML files `paths` name (files as given; `*.yaml`/`*.yml` inside directories).
+fn model_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Records `applied` with copies of its model files and configuration, replacing the
+/// previous record (written aside, then renamed into place).
+pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Result<(), StateError> {
+    let dir = state_dir(pin_path);
+    let staging = dir.with_extension("new");
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Write { path, source }
+    };
+    let _ = fs::remove_dir_all(&staging);
+    let model_dir = staging.join("model");
+    fs::create_dir_all(&model_dir).map_err(write_err(&model_dir))?;
+    let files = model_files(&applied.model_paths).map_err(write_err(&model_dir))?;
+    for (i, file) in files.iter().enumerate() {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Numbered so files of the same name in different directories keep their order.
+        let copy = model_dir.join(format!("{i:04}-{name}"));
+        let copy = if copy.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            copy
+        } else {
+            copy.with_extension("yaml")
+        };
+        fs::copy(file, &copy).map_err(write_err(file))?;
+    }
+    if let Some(config) = config {
+        let copy = staging.join("config.yaml");
+        fs::copy(config, &copy).map_err(write_err(config))?;
+    }
+    let json = serde_json::to_vec_pretty(applied).expect("Applied serializes");
+    let applied_path = staging.join("applied.json");
+    fs::write(&applied_path, json).map_err(write_err(&applied_path))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&staging, &dir).map_err(write_err(&dir))
+}
+
+/// The record of the agent pinning under `pin_path`.
+pub fn load(pin_path: &Path) -> Result<Recorded, StateError> {
+    let dir = state_dir(pin_path);
+    let applied_path = dir.join("applied.json");
+    let text = fs::read(&applied_path).map_err(|source| StateError::Read {
+        path: applied_path.clone(),
+        source,
+    })?;
+    let applied = serde_json::from_slice(&text).map_err(|source| StateError::Decode {
+        path: applied_path,
+        source,
+    })?;
+    let config = dir.join("config.yaml");
+    Ok(Recorded {
+        applied,
+        model_dir: dir.join("model"),
+        config: config.exists().then_some(config),
+    })
+}
+
+/// Removes the record (cleanup).
+pub fn remove(pin_path: &Path) -> Result<(), StateError> {
+    let dir = state_dir(pin_path);
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::Write { path: dir, source: e }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_flattens_the_pin_path() {
+        assert_eq!(
+            state_dir(Path::new("/sys/fs/bpf/kproxy")),
+            PathBuf::from("/run/kproxy/sys_fs_bpf_kproxy")
+        );
+    }
+
+    #[test]
+    fn record_then_load_round_trips_and_copies_inputs() {
+        let tmp = std::env::temp_dir().join(format!("kproxy-state-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(tmp.join("models")).unwrap();
+        fs::write(tmp.join("models/a.yaml"), "a: 1\n").unwrap();
+        fs::write(tmp.join("models/b.yml"), "b: 2\n").unwrap();
+        fs::write(tmp.join("models/skip.txt"), "no\n").unwrap();
+        fs::write(tmp.join("single.yaml"), "c: 3\n").unwrap();
+        fs::write(tmp.join("config.yaml"), "hostnameOverride: n1\n").unwrap();
+        let pin = tmp.join("pins");
+        let applied = Applied {
+            mode: "ebpf".into(),
+            node_name: "n1".into(),
+            model_paths: vec![tmp.join("models"), tmp.join("single.yaml")],
+            sync: 3,
+            ..Applied::default()
+        };
+        record(&pin, &applied, Some(&tmp.join("config.yaml"))).unwrap();
+        let loaded = load(&pin).unwrap();
+        assert_eq!(loaded.applied, applied);
+        let mut copies: Vec<String> = fs::read_dir(&loaded.model_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        copies.sort();
+        assert_eq!(copies, ["0000-a.yaml", "0001-b.yml", "0002-single.yaml"]);
+        assert_eq!(
+            fs::read_to_string(loaded.config.unwrap()).unwrap(),
+            "hostnameOverride: n1\n"
+        );
+        remove(&pin).unwrap();
+        assert!(load(&pin).is_err());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+}
