@@ -12,6 +12,7 @@ pub mod netfilter;
 pub mod programs;
 pub mod source;
 pub mod state;
+pub mod sync;
 pub mod watch;
 
 /// The kernel programs, built from `kproxy-ebpf` and embedded at build time.
