@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each one runs `setup` first, so a fresh
 //! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
 
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -28,6 +29,12 @@ enum Command {
     },
     /// Setup, build, fmt, clippy, unit tests and the privileged suites, failing on the first failure.
     Test,
+    /// eBPF against iptables as services grow: `[--services 1,1000,10000] [--modes ...]
+    /// [--duration SECS] [--quick] [--out DIR]` (`-- --help` for all options).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -57,5 +64,6 @@ fn run() -> anyhow::Result<()> {
             cmd::run(std::process::Command::new(agent).args(&args))
         }
         Command::Test => test::run(),
+        Command::Bench { args } => bench::run(&args),
     }
 }

@@ -7,13 +7,15 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the agent and tests drive.
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the agent, tests and bench
+/// drive (`conntrack` flushes the node's table between bench runs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "iptables",
     "iproute2",
     "bpftool",
+    "conntrack",
 ];
 
 /// The bpf-linker this toolchain links with (0.13's default feature targets LLVM 23,
