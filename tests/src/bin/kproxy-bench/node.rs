@@ -306,9 +306,12 @@ pub fn scratch_full_sync(
 ) -> anyhow::Result<SyncOutcome> {
     let ns = NetNs::new("scr");
     let link = unique_name(EXTERNAL_IFACE_PREFIX);
-    ns.ip(&["link", "add", &link, "type", "dummy"]);
+    // A veth with both ends inside (this kernel has no dummy links) carries the node's address.
+    let peer = unique_name("kpx");
+    ns.ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
     ns.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", &link]);
     ns.ip(&["link", "set", &link, "up"]);
+    ns.ip(&["link", "set", &peer, "up"]);
     let pins = PinDir::new("scr");
     let args = agent_args(mode, model_dir, config, pins.path(), true)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
