@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod config;
 pub mod counters;
 pub mod iface;
+pub mod inspect;
 pub mod iptables;
 pub mod model;
 pub mod netfilter;

@@ -149,8 +149,11 @@ pub struct ServiceOptions {
 pub struct ServiceEntry {
     pub frontend: Frontend,
     pub id: ServiceId,
-    /// Backends in slot order.
+    /// Backends in slot order (stops at the first missing slot).
     pub backends: Vec<BackendId>,
+    /// How many slots the service value declares (more than `backends` when slots are
+    /// missing: inspection reports it).
+    pub slot_count: u16,
     pub options: ServiceOptions,
 }
 
@@ -542,6 +545,7 @@ impl DatapathMaps {
                 frontend,
                 id: ServiceId(v.id),
                 backends: self.slot_backends(&v)?,
+                slot_count: v.count,
                 options: ServiceOptions {
                     client_ip_affinity: (v.flags & SVC_F_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
@@ -607,6 +611,12 @@ impl DatapathMaps {
             .ok_or(MapsError::NoServiceId(self.used_ids.len()))
     }
 
+    /// The reverse-NAT entry of service `id`: the address replies are rewritten to come
+    /// from (0.0.0.0 for a NodePort: the node address the client used).
+    pub fn rev_nat(&self, id: ServiceId) -> Result<Option<SocketAddrV4>, MapsError> {
+        Ok(found(self.revnat.get(&id.0, 0), names::REVNAT)?.map(|r| sock(r.addr, r.port)))
+    }
+
     // ---- node ----
 
     /// Sets the addresses NodePort frontends answer on (adds new ones before removing
@@ -653,6 +663,12 @@ impl DatapathMaps {
             flags: 0,
         };
         self.config.set(0, value, 0).map_err(update_err(names::CONFIG))
+    }
+
+    /// The masquerade (hairpin) source address, if set.
+    pub fn masquerade_address(&self) -> Result<Option<Ipv4Addr>, MapsError> {
+        let value = self.config.get(&0, 0).map_err(lookup_err(names::CONFIG))?;
+        Ok((value.masq_addr != 0).then(|| Ipv4Addr::from(addr_octets(value.masq_addr))))
     }
 
     // ---- counters ----
