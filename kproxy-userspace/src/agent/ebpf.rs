@@ -11,12 +11,13 @@ use super::{AgentError, AgentOptions, Datapath};
 use crate::{
     attach::{AttachError, LinkPins},
     bpf::{self, LoadOptions, LoaderError, MapsError},
-    config::{NodePortAddresses, ProxyConfig},
+    config::ProxyConfig,
     iface::{self, Iface, IfaceError},
     model::{Model, NodeInfo},
     programs,
     state::Applied,
-    sync::{MapSync, desired_state},
+    inspect::{Drift, verify},
+    sync::{MapSync, desired_state, node_port_addresses},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,19 +103,16 @@ fn accept_local_source(iface: &str) -> Result<(), EbpfModeError> {
     std::fs::write(&path, "1").map_err(|source| EbpfModeError::Sysctl { path, source })
 }
 
-/// The IPv4 addresses NodePorts answer on.
-fn node_port_addresses(config: &ProxyConfig, node: &NodeInfo) -> Vec<Ipv4Addr> {
-    let chosen = match config.node_port_addresses(node) {
-        NodePortAddresses::All => node.addresses.clone(),
-        NodePortAddresses::Only(addrs) => addrs,
-    };
-    chosen
-        .into_iter()
-        .filter_map(|a| match a {
-            std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
-            _ => None,
-        })
-        .collect()
+/// Logs what `kproxy inspect --verify` would report right after a sync (nothing, unless
+/// something else writes to the maps or the sync has a bug).
+fn log_drift(drift: &[Drift]) {
+    const SHOWN: usize = 10;
+    for d in drift.iter().take(SHOWN) {
+        warn!("drift: {} ({} in {})", d, d.kind(), d.map());
+    }
+    if drift.len() > SHOWN {
+        warn!("drift: {} more differences (kproxy inspect --verify lists them)", drift.len() - SHOWN);
+    }
 }
 
 impl Datapath for EbpfMode {
@@ -132,6 +130,10 @@ impl Datapath for EbpfMode {
             self.unsupported = desired.unsupported.clone();
         }
         let s = self.sync.apply(maps, &desired).map_err(EbpfModeError::from)?;
+        match verify(maps, &desired, &addrs) {
+            Ok(drift) => log_drift(&drift),
+            Err(err) => warn!("drift check (kproxy inspect --verify) failed: {err}"),
+        }
         Ok(format!(
             "maps: {} frontends (+{} ~{} -{}), {} backends (+{} -{}), {} NodePort addresses",
             s.frontends,

@@ -281,7 +281,7 @@ impl<'a> Walker<'a> {
             }
             let share = remaining * probability.unwrap_or(1.0);
             match probability {
-                Some(p) => self.note(
+                Some(_) => self.note(
                     depth + 1,
                     format!("{}   [random: {:.1}% of new flows]", rule_line(rule), share * 100.0),
                 ),

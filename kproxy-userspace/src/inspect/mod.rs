@@ -22,7 +22,7 @@ pub mod verify;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -30,7 +30,7 @@ pub use verify::{Drift, verify};
 
 use crate::{
     bpf::{DatapathMaps, Frontend, MapsError},
-    config::{ConfigError, NodePortAddresses, ProxyConfig},
+    config::{ConfigError, ProxyConfig},
     iptables::{self, RenderOptions, Ruleset, Runtime, jumps::JumpRule},
     model::{self, IpFamily, Model, NodeInfo, ServicePort},
     source::SourceError,
@@ -127,7 +127,7 @@ impl Inspection {
 
     /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
     pub fn expected_node_addresses(&self) -> Vec<Ipv4Addr> {
-        node_port_addresses(&self.config, &self.node)
+        sync::node_port_addresses(&self.config, &self.node)
     }
 
     /// The service port named `ns/name[:port]`, or every port.
@@ -167,19 +167,4 @@ pub fn port_desired(family: IpFamily, port: &ServicePort) -> DesiredState {
         family,
         service_ports: vec![port.clone()],
     })
-}
-
-/// The IPv4 addresses NodePorts answer on for `node` under `config`'s `nodePortAddresses`.
-pub fn node_port_addresses(config: &ProxyConfig, node: &NodeInfo) -> Vec<Ipv4Addr> {
-    let v4 = |ip: &IpAddr| match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    };
-    let mut out: Vec<Ipv4Addr> = match config.node_port_addresses(node) {
-        NodePortAddresses::All => node.addresses.iter().filter_map(v4).collect(),
-        NodePortAddresses::Only(ips) => ips.iter().filter_map(v4).collect(),
-    };
-    out.sort();
-    out.dedup();
-    out
 }
