@@ -10,4 +10,5 @@ pub mod manifests;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod tempdir;
 pub mod topology;

@@ -14,8 +14,9 @@ use kproxy_tests::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
     manifests::{CLUSTER_IP, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model},
-    netns::{NetNs, unique_name},
+    netns::NetNs,
     pins::PinDir,
+    tempdir::TempDir,
     topology::{EXTERNAL_CLIENT_IP, NODE_IP, Topology},
 };
 
@@ -48,10 +49,9 @@ enum Mode {
 /// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
 struct Cluster {
     agent: Agent,
-    mode: Mode,
     pins: PinDir,
     model: PathBuf,
-    dir: PathBuf,
+    _dir: TempDir,
     syncs: usize,
     _servers: Vec<HelloServer>,
     topo: Topology,
@@ -64,19 +64,17 @@ impl Cluster {
             .iter()
             .map(|n| HelloServer::start(&topo.pod(n).ns, at(topo.pod(n).ip, TARGET_PORT), n))
             .collect();
-        let dir = std::env::temp_dir().join(format!("kproxy-e2e-{}", unique_name("dir")));
-        std::fs::create_dir_all(&dir).expect("model dir");
-        let model = dir.join("hello-app.yaml");
+        let dir = TempDir::new("e2e");
+        let model = dir.path().join("hello-app.yaml");
         write_model(&model, endpoints);
-        std::fs::write(dir.join("config.yaml"), proxy_config()).expect("config");
+        std::fs::write(dir.path().join("config.yaml"), proxy_config()).expect("config");
         let pins = PinDir::new("e2e");
-        let agent = start_agent(&topo, mode, &dir, &pins);
+        let agent = start_agent(&topo, mode, dir.path(), &pins);
         let mut cluster = Cluster {
             agent,
-            mode,
             pins,
             model,
-            dir,
+            _dir: dir,
             syncs: 0,
             _servers: servers,
             topo,
@@ -101,15 +99,11 @@ impl Cluster {
     }
 
     fn cleanup_args(&self) -> Vec<String> {
-        let mut args = vec![
+        vec![
             "cleanup".to_string(),
             "--pin-path".into(),
             self.pins.path().display().to_string(),
-        ];
-        if self.mode == Mode::Iptables {
-            args.push("--iptables".into());
-        }
-        args
+        ]
     }
 }
 
@@ -121,7 +115,6 @@ impl Drop for Cluster {
             &self.topo.node,
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
