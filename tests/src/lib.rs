@@ -5,6 +5,7 @@
 //! Names are unique per process and per call, so suites can run side by side.
 
 pub mod agent;
+pub mod cluster;
 pub mod hello;
 pub mod manifests;
 pub mod netns;
