@@ -33,7 +33,13 @@ pub struct InspectArgs {
     /// Compare the maps with the recorded model; exit status 1 on any difference.
     #[arg(long, conflicts_with = "service")]
     verify: bool,
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
     output: Output,
 }
 
@@ -57,7 +63,11 @@ impl InspectArgs {
         let json = self.output == Output::Json;
         if let Some(InspectWhat::Conntrack) = self.what {
             let flows = inspection.conntrack()?;
-            return print_flushed(&if json { json::to_string(&flows) } else { table::flows(&flows) });
+            return print_flushed(&if json {
+                json::to_string(&flows)
+            } else {
+                table::flows(&flows)
+            });
         }
         if self.verify {
             let drift = verify(
@@ -70,14 +80,22 @@ impl InspectArgs {
                 inspection.recorded.applied.sync,
                 &drift,
             );
-            print_flushed(&if json { json::to_string(&report) } else { table::drift(&drift) })?;
+            print_flushed(&if json {
+                json::to_string(&report)
+            } else {
+                table::drift(&drift)
+            })?;
             if !drift.is_empty() {
                 std::process::exit(1);
             }
             return Ok(());
         }
         let report = inspection.report(self.service.as_deref())?;
-        print_flushed(&if json { json::to_string(&report) } else { table::report(&report) })
+        print_flushed(&if json {
+            json::to_string(&report)
+        } else {
+            table::report(&report)
+        })
     }
 }
 

@@ -3,6 +3,8 @@
 //! against both datapaths (`--mode ebpf` and `--mode iptables`) with the same
 //! assertions: the two views of one model must behave the same.
 
+use std::collections::BTreeSet;
+
 use kproxy_tests::{
     agent::run_kproxy,
     cluster::{

@@ -11,7 +11,9 @@ use kproxy::{
     model::{Protocol, ServicePortName},
 };
 use kproxy_tests::{
-    cluster::{CLIENT, Cluster, Mode, POD_A, POD_B, both, cluster_ip, http_backends, node_port, udp_backends},
+    cluster::{
+        CLIENT, Cluster, Mode, POD_A, POD_B, both, cluster_ip, http_backends, node_port, udp_backends,
+    },
     hello::{LineClient, udp_ask, udp_socket},
     manifests::TARGET_PORT,
     topology::EXTERNAL_CLIENT_IP,
@@ -57,22 +59,22 @@ fn json(out: &Output, what: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}):\n{text}"))
 }
 
-fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["services"]
+/// The element of the array `value[list]` whose `field` is `wanted`.
+fn element<'a>(value: &'a Value, list: &str, field: &str, wanted: &str) -> &'a Value {
+    value[list]
         .as_array()
-        .expect("services array")
+        .unwrap_or_else(|| panic!("no array {list} in {value:#}"))
         .iter()
-        .find(|s| s["service"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {report:#}"))
+        .find(|item| item[field] == wanted)
+        .unwrap_or_else(|| panic!("no {field} {wanted} in {list} of {value:#}"))
+}
+
+fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
+    element(report, "services", "service", name)
 }
 
 fn frontend<'a>(service: &'a Value, key: &str) -> &'a Value {
-    service["frontends"]
-        .as_array()
-        .expect("frontends array")
-        .iter()
-        .find(|f| f["frontend"] == key)
-        .unwrap_or_else(|| panic!("no frontend {key} in {service:#}"))
+    element(service, "frontends", "frontend", key)
 }
 
 fn u64_at(value: &Value, pointer: &str) -> u64 {
@@ -111,14 +113,17 @@ fn inspect_shows_backends_chains_and_counters_after_traffic() {
     let http = service(&report, HTTP);
     assert_eq!(http["chains"]["cluster"], HTTP_SVC);
     assert_eq!(http["chains"]["external"], HTTP_EXT);
-    assert_eq!(http["chains"]["local"], Value::Null, "no KUBE-SVL for cluster policies");
+    assert_eq!(
+        http["chains"]["local"],
+        Value::Null,
+        "no KUBE-SVL for cluster policies"
+    );
     assert!(
-        http["rules"]
-            .as_array()
+        http["rules"].as_array().unwrap().iter().any(|r| r
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|r| r.as_str().unwrap().starts_with("nat: -A KUBE-SERVICES")
-                && r.as_str().unwrap().ends_with(&format!("-j {HTTP_SVC}"))),
+            .starts_with("nat: -A KUBE-SERVICES")
+            && r.as_str().unwrap().ends_with(&format!("-j {HTTP_SVC}"))),
         "{http:#}"
     );
 
@@ -131,7 +136,9 @@ fn inspect_shows_backends_chains_and_counters_after_traffic() {
         .into();
     let got = slots(cluster);
     assert_eq!(
-        got.iter().map(|(a, c, _)| (a.clone(), c.clone())).collect::<BTreeSet<_>>(),
+        got.iter()
+            .map(|(a, c, _)| (a.clone(), c.clone()))
+            .collect::<BTreeSet<_>>(),
         expected,
         "both backends, each with the KUBE-SEP chain kube-proxy would use"
     );
@@ -151,14 +158,24 @@ fn inspect_shows_backends_chains_and_counters_after_traffic() {
     let udp_cluster = frontend(udp, "10.104.81.240:80/udp");
     assert!(u64_at(udp_cluster, "/map/counters/new_flows") >= 30);
     // UDP entries live 60 s: every flow just made is live.
-    assert!(u64_at(udp_cluster, "/map/conntrack_flows") >= 30, "{udp_cluster:#}");
+    assert!(
+        u64_at(udp_cluster, "/map/conntrack_flows") >= 30,
+        "{udp_cluster:#}"
+    );
     assert_eq!(
         u64_at(udp, "/counters/packets"),
-        u64_at(udp_cluster, "/map/counters/packets") + u64_at(frontend(udp, "nodeport *:30811/udp"), "/map/counters/packets")
+        u64_at(udp_cluster, "/map/counters/packets")
+            + u64_at(frontend(udp, "nodeport *:30811/udp"), "/map/counters/packets")
     );
 
     let table = stdout(&c.kproxy(&["inspect", "--service", HTTP]), "inspect");
-    for needle in [HTTP, HTTP_SVC, HTTP_EXT, "10.104.81.240:80/tcp", "rev-nat 10.104.81.240:80"] {
+    for needle in [
+        HTTP,
+        HTTP_SVC,
+        HTTP_EXT,
+        "10.104.81.240:80/tcp",
+        "rev-nat 10.104.81.240:80",
+    ] {
         assert!(table.contains(needle), "table lacks {needle}:\n{table}");
     }
     assert!(!table.contains(UDP), "--service selects one port:\n{table}");
@@ -174,14 +191,21 @@ fn inspect_conntrack_labels_flows_with_service_and_endpoint_chain() {
     let udp_client = socket.local_addr().expect("local address").to_string();
     let pod_ip = |name: &str| if name == "hello-a" { POD_A } else { POD_B };
 
-    let flows = json(&c.kproxy(&["inspect", "conntrack", "-o", "json"]), "inspect conntrack");
+    let flows = json(
+        &c.kproxy(&["inspect", "conntrack", "-o", "json"]),
+        "inspect conntrack",
+    );
     let flows = flows.as_array().expect("flow array");
     let tcp = flows
         .iter()
         .find(|f| f["protocol"] == "tcp" && f["state"] == "established")
         .unwrap_or_else(|| panic!("no established TCP flow in {flows:#?}"));
     assert_eq!(tcp["frontend"], "10.104.81.240:80");
-    assert_eq!(tcp["backend"], backend(pod_ip(&tcp_pod)), "the backend that answered");
+    assert_eq!(
+        tcp["backend"],
+        backend(pod_ip(&tcp_pod)),
+        "the backend that answered"
+    );
     assert_eq!(tcp["service"], HTTP);
     assert_eq!(tcp["backend_chain"], sep("http", Protocol::Tcp, pod_ip(&tcp_pod)));
     assert!(tcp["client"].as_str().unwrap().starts_with("172.16.166.140:"));
@@ -190,7 +214,11 @@ fn inspect_conntrack_labels_flows_with_service_and_endpoint_chain() {
         .iter()
         .find(|f| f["protocol"] == "udp" && f["client"] == udp_client.as_str())
         .unwrap_or_else(|| panic!("no UDP flow from {udp_client} in {flows:#?}"));
-    assert_eq!(udp["frontend"], node_port().to_string(), "NodePort flows keep the node address used");
+    assert_eq!(
+        udp["frontend"],
+        node_port().to_string(),
+        "NodePort flows keep the node address used"
+    );
     assert_eq!(udp["backend"], backend(pod_ip(&udp_pod)));
     assert_eq!(udp["service"], UDP);
     assert_eq!(udp["backend_chain"], sep("udp", Protocol::Udp, pod_ip(&udp_pod)));
@@ -251,7 +279,11 @@ fn verify_is_clean_then_reports_a_backend_deleted_behind_the_agent() {
         ["10.104.81.240:80/tcp", "10.104.81.240:80/udp", "nodeport"].into(),
         "{drift:#?}"
     );
-    assert_eq!(drift.len(), 5, "one missing backend, four dangling slots: {drift:#?}");
+    assert_eq!(
+        drift.len(),
+        5,
+        "one missing backend, four dangling slots: {drift:#?}"
+    );
 
     // The agent runs the same check after its next sync and logs what it finds.
     c.set_endpoints(&[POD_B, POD_A]);
@@ -265,7 +297,9 @@ fn verify_is_clean_then_reports_a_backend_deleted_behind_the_agent() {
 /// `kproxy explain -o json` for a TCP packet.
 fn explain(c: &Cluster, src: &str, dst: &str) -> Value {
     json(
-        &c.kproxy(&["explain", "--proto", "tcp", "--src", src, "--dst", dst, "-o", "json"]),
+        &c.kproxy(&[
+            "explain", "--proto", "tcp", "--src", src, "--dst", dst, "-o", "json",
+        ]),
         "explain",
     )
 }
@@ -293,7 +327,10 @@ fn dnat_to(e: &Value, view: &str) -> BTreeSet<String> {
 fn explain_gives_the_same_verdict_in_both_views() {
     let mut c = Cluster::start(Mode::Ebpf, &[POD_A, POD_B]);
     let two: BTreeSet<String> = [backend(POD_A), backend(POD_B)].into();
-    let seps = [sep("http", Protocol::Tcp, POD_A), sep("http", Protocol::Tcp, POD_B)];
+    let seps = [
+        sep("http", Protocol::Tcp, POD_A),
+        sep("http", Protocol::Tcp, POD_B),
+    ];
 
     let e = explain(&c, "172.16.166.140", "10.104.81.240:80");
     assert_eq!(e["agree"], true, "{e:#}");
@@ -324,7 +361,11 @@ fn explain_gives_the_same_verdict_in_both_views() {
         "{path:?}"
     );
     assert!(
-        e["iptables"]["choices"].as_array().unwrap().iter().all(|c| c["masquerade"] == true),
+        e["iptables"]["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["masquerade"] == true),
         "NodePort traffic is masqueraded by kube-proxy: {e:#}"
     );
     assert_eq!(e["bpf"]["frontend"], "nodeport *:30811/tcp");
@@ -337,10 +378,23 @@ fn explain_gives_the_same_verdict_in_both_views() {
     assert_eq!(e["service"], Value::Null);
 
     let text = stdout(
-        &c.kproxy(&["explain", "--proto", "tcp", "--src", "172.16.166.140:40000", "--dst", "10.104.81.240:80"]),
+        &c.kproxy(&[
+            "explain",
+            "--proto",
+            "tcp",
+            "--src",
+            "172.16.166.140:40000",
+            "--dst",
+            "10.104.81.240:80",
+        ]),
         "explain",
     );
-    for needle in [HTTP_SVC, seps[0].as_str(), "KPROXY_SERVICES_V1[10.104.81.240:80/tcp]", "both views agree"] {
+    for needle in [
+        HTTP_SVC,
+        seps[0].as_str(),
+        "KPROXY_SERVICES_V1[10.104.81.240:80/tcp]",
+        "both views agree",
+    ] {
         assert!(text.contains(needle), "explain lacks {needle}:\n{text}");
     }
 
@@ -350,7 +404,10 @@ fn explain_gives_the_same_verdict_in_both_views() {
     assert_eq!(e["agree"], true, "{e:#}");
     assert_eq!(e["iptables"]["verdict"]["action"], "refused");
     assert_eq!(e["bpf"]["verdict"]["action"], "refused");
-    assert!(!chains(&e).contains(&HTTP_SVC.to_string()), "no KUBE-SVC without endpoints");
+    assert!(
+        !chains(&e).contains(&HTTP_SVC.to_string()),
+        "no KUBE-SVC without endpoints"
+    );
     assert!(
         e["iptables"]["trace"]
             .as_array()
@@ -373,6 +430,8 @@ fn inspect_in_iptables_mode_shows_the_rules_without_maps() {
     let http = service(&report, HTTP);
     assert_eq!(http["chains"]["cluster"], HTTP_SVC);
     assert_eq!(frontend(http, "10.104.81.240:80/tcp")["map"], Value::Null);
+    let table = stdout(&c.kproxy(&["inspect"]), "inspect");
+    assert!(table.contains("BPF maps: none (the agent runs in iptables mode)"), "{table}");
     let e = explain(&c, "172.16.166.140", "10.104.81.240:80");
     assert_eq!(e["bpf"], Value::Null);
     assert_eq!(dnat_to(&e, "iptables"), [backend(POD_A), backend(POD_B)].into());

@@ -13,10 +13,10 @@ use crate::{
     bpf::{self, LoadOptions, LoaderError, MapsError},
     config::ProxyConfig,
     iface::{self, Iface, IfaceError},
+    inspect::{Drift, verify},
     model::{Model, NodeInfo},
     programs,
     state::Applied,
-    inspect::{Drift, verify},
     sync::{MapSync, desired_state, node_port_addresses},
 };
 
@@ -111,7 +111,10 @@ fn log_drift(drift: &[Drift]) {
         warn!("drift: {} ({} in {})", d, d.kind(), d.map());
     }
     if drift.len() > SHOWN {
-        warn!("drift: {} more differences (kproxy inspect --verify lists them)", drift.len() - SHOWN);
+        warn!(
+            "drift: {} more differences (kproxy inspect --verify lists them)",
+            drift.len() - SHOWN
+        );
     }
 }
 

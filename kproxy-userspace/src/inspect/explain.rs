@@ -196,18 +196,21 @@ impl<'a> Walker<'a> {
                     })
                 }
                 Part::InInterface { negated, name } => {
-                    let on = self.probe.in_iface.as_deref().is_some_and(|i| match name.strip_suffix('+') {
-                        Some(prefix) => i.starts_with(prefix),
-                        None => i == name,
-                    });
+                    let on = self
+                        .probe
+                        .in_iface
+                        .as_deref()
+                        .is_some_and(|i| match name.strip_suffix('+') {
+                            Some(prefix) => i.starts_with(prefix),
+                            None => i == name,
+                        });
                     (on == *negated).then(|| match &self.probe.in_iface {
                         Some(i) => format!("interface {i} vs {name}"),
                         None => format!("arriving interface unknown (not {name}; see --in-iface)"),
                     })
                 }
-                Part::DestinationPort(port) => {
-                    (flow.dst.port() != *port).then(|| format!("destination port {} is not {port}", flow.dst.port()))
-                }
+                Part::DestinationPort(port) => (flow.dst.port() != *port)
+                    .then(|| format!("destination port {} is not {port}", flow.dst.port())),
                 Part::AddrTypeLocal(side) => {
                     let (what, ip) = match side {
                         AddrTypeSide::Source => ("source", *flow.src.ip()),
@@ -219,13 +222,18 @@ impl<'a> Walker<'a> {
                     probability = p.parse::<f64>().ok();
                     None
                 }
-                Part::RecentCheck { name, .. } => Some(format!("no affinity entry in {name} for a new client")),
+                Part::RecentCheck { name, .. } => {
+                    Some(format!("no affinity entry in {name} for a new client"))
+                }
                 Part::Mark { negated, mark } => {
                     let set = flow.mark & mark == *mark;
-                    (set == *negated).then(|| format!("mark {mark:#x} {}", if set { "set" } else { "not set" }))
+                    (set == *negated)
+                        .then(|| format!("mark {mark:#x} {}", if set { "set" } else { "not set" }))
                 }
                 Part::ConnState { negated, states } => {
-                    let matched = states.split(',').any(|s| s == "NEW" || (s == "DNAT" && flow.dnat));
+                    let matched = states
+                        .split(',')
+                        .any(|s| s == "NEW" || (s == "DNAT" && flow.dnat));
                     (matched == *negated).then(|| format!("a new connection is not {states}"))
                 }
             };
@@ -283,7 +291,11 @@ impl<'a> Walker<'a> {
             match probability {
                 Some(_) => self.note(
                     depth + 1,
-                    format!("{}   [random: {:.1}% of new flows]", rule_line(rule), share * 100.0),
+                    format!(
+                        "{}   [random: {:.1}% of new flows]",
+                        rule_line(rule),
+                        share * 100.0
+                    ),
                 ),
                 None => self.note(depth + 1, format!("{}   [match]", rule_line(rule))),
             }
@@ -395,7 +407,9 @@ impl Inspection {
                 let dst = IpAddr::V4(*probe.dst.ip());
                 p.name.protocol == probe.protocol
                     && ((p.port == probe.dst.port()
-                        && (p.cluster_ip == dst || p.external_ips.contains(&dst) || p.load_balancer_ips.contains(&dst)))
+                        && (p.cluster_ip == dst
+                            || p.external_ips.contains(&dst)
+                            || p.load_balancer_ips.contains(&dst)))
                         || (p.node_port == probe.dst.port() && local.contains(probe.dst.ip())))
             })
             .map(|p| p.name.to_string());
@@ -469,7 +483,12 @@ impl Inspection {
         }
     }
 
-    fn bpf_path(&self, maps: &DatapathMaps, probe: &Probe, local: &[Ipv4Addr]) -> Result<BpfPath, InspectError> {
+    fn bpf_path(
+        &self,
+        maps: &DatapathMaps,
+        probe: &Probe,
+        local: &[Ipv4Addr],
+    ) -> Result<BpfPath, InspectError> {
         let mut trace = Vec::new();
         let mut path = BpfPath {
             trace: Vec::new(),
@@ -499,7 +518,10 @@ impl Inspection {
         };
         let services = maps.services()?;
         let find = |f: Frontend| services.iter().find(|s| s.frontend == f);
-        let exact = Frontend::Address { addr: probe.dst, proto };
+        let exact = Frontend::Address {
+            addr: probe.dst,
+            proto,
+        };
         let mut found = find(exact);
         trace.push(format!(
             "KPROXY_SERVICES_V1[{exact}] -> {}",
@@ -566,7 +588,10 @@ impl Inspection {
                 probe.src, probe.dst, flow.backend
             ));
         }
-        let port = self.frontend_index().get(&svc.frontend).map(|(p, _)| (*p).clone());
+        let port = self
+            .frontend_index()
+            .get(&svc.frontend)
+            .map(|(p, _)| (*p).clone());
         let by_id: std::collections::HashMap<_, _> = maps.backends()?.into_iter().collect();
         let masq = maps.masquerade_address()?;
         let share = 1.0 / f64::from(svc.slot_count);
@@ -578,7 +603,9 @@ impl Inspection {
                 ));
                 continue;
             };
-            let chain = port.as_ref().map(|p| endpoint_chain(&p.name, &backend.to_string()));
+            let chain = port
+                .as_ref()
+                .map(|p| endpoint_chain(&p.name, &backend.to_string()));
             trace.push(format!(
                 "KPROXY_SLOTS_V1[{}, {slot}] -> backend {id} -> KPROXY_BACKENDS_V1[{id}] = {backend}{}   [random: {:.1}%]",
                 svc.id.0,
@@ -610,8 +637,14 @@ impl Inspection {
                 r.port(),
                 probe.dst
             ),
-            Some(r) => format!("KPROXY_REVNAT_V1[{}] = {r}: replies are rewritten to come from it", svc.id.0),
-            None => format!("KPROXY_REVNAT_V1[{}] -> miss: replies would leave untranslated", svc.id.0),
+            Some(r) => format!(
+                "KPROXY_REVNAT_V1[{}] = {r}: replies are rewritten to come from it",
+                svc.id.0
+            ),
+            None => format!(
+                "KPROXY_REVNAT_V1[{}] -> miss: replies would leave untranslated",
+                svc.id.0
+            ),
         });
         path.verdict = if path.choices.is_empty() {
             Verdict::Refused
@@ -698,25 +731,50 @@ mod tests {
         assert_eq!(nat_path, ["PREROUTING", "KUBE-SERVICES", HELLO_SVC, SEP_A, SEP_B]);
         assert!(!e.iptables.chains.iter().any(|c| c == "KUBE-NODEPORTS"));
         assert_eq!(e.service.as_deref(), Some("default/hello-app-service"));
-        assert_eq!((e.bpf.is_none(), e.agree), (true, None), "no maps in iptables mode");
+        assert_eq!(
+            (e.bpf.is_none(), e.agree),
+            (true, None),
+            "no maps in iptables mode"
+        );
     }
 
     #[test]
     fn cluster_ip_from_outside_the_pod_network_is_masqueraded() {
         let e = explain(&inspection(examples()), "192.168.77.100:5555", "10.104.81.240:80");
         assert_eq!(e.iptables.verdict, Verdict::Dnat { backends: both() });
-        assert!(e.iptables.choices.iter().all(|c| c.masquerade), "{:#?}", e.iptables);
-        assert!(e.iptables.trace.iter().any(|l| l.contains("-j KUBE-MARK-MASQ   [match]")));
+        assert!(
+            e.iptables.choices.iter().all(|c| c.masquerade),
+            "{:#?}",
+            e.iptables
+        );
+        assert!(
+            e.iptables
+                .trace
+                .iter()
+                .any(|l| l.contains("-j KUBE-MARK-MASQ   [match]"))
+        );
     }
 
     #[test]
     fn node_port_goes_through_the_external_chain_and_masquerades() {
-        let e = explain(&inspection(examples()), "192.168.77.100:5555", "192.168.77.10:30811");
+        let e = explain(
+            &inspection(examples()),
+            "192.168.77.100:5555",
+            "192.168.77.10:30811",
+        );
         assert_eq!(e.iptables.verdict, Verdict::Dnat { backends: both() });
         let nat_path: Vec<&str> = e.iptables.chains.iter().map(String::as_str).take(7).collect();
         assert_eq!(
             nat_path,
-            ["PREROUTING", "KUBE-SERVICES", "KUBE-NODEPORTS", HELLO_EXT, "KUBE-MARK-MASQ", HELLO_SVC, SEP_A]
+            [
+                "PREROUTING",
+                "KUBE-SERVICES",
+                "KUBE-NODEPORTS",
+                HELLO_EXT,
+                "KUBE-MARK-MASQ",
+                HELLO_SVC,
+                SEP_A
+            ]
         );
         assert!(e.iptables.choices.iter().all(|c| c.masquerade));
         assert_eq!(e.service.as_deref(), Some("default/hello-app-service"));
@@ -752,7 +810,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let yaml = std::fs::read_to_string(examples().join("hello-app.yaml")).unwrap();
         let cut = yaml.find("endpoints:\n").unwrap();
-        std::fs::write(dir.join("hello-app.yaml"), format!("{}endpoints: []\n", &yaml[..cut])).unwrap();
+        std::fs::write(
+            dir.join("hello-app.yaml"),
+            format!("{}endpoints: []\n", &yaml[..cut]),
+        )
+        .unwrap();
         let inspection = inspection(dir.clone());
         std::fs::remove_dir_all(&dir).unwrap();
 

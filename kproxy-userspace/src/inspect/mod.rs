@@ -45,7 +45,7 @@ pub enum InspectError {
     #[error("the recorded configuration: {0}")]
     Config(#[from] ConfigError),
     #[error("the recorded model in {dir}: {source}")]
-    Model { dir: PathBuf, source: SourceError },
+    Model { dir: PathBuf, source: Box<SourceError> },
     #[error("no pinned maps under {}: the agent ran in {mode} mode, which uses none", pin_path.display())]
     NoMaps { pin_path: PathBuf, mode: String },
     #[error(transparent)]
@@ -82,10 +82,17 @@ impl Inspection {
     }
 
     /// An inspection of `recorded` beside `maps` (None: iptables mode).
-    pub fn new(pin_path: &Path, recorded: Recorded, maps: Option<DatapathMaps>) -> Result<Self, InspectError> {
+    pub fn new(
+        pin_path: &Path,
+        recorded: Recorded,
+        maps: Option<DatapathMaps>,
+    ) -> Result<Self, InspectError> {
         let applied = &recorded.applied;
         let config = ProxyConfig::load(recorded.config.as_deref())?;
-        let family = applied.node_ip.map(|ip| IpFamily::of(&ip)).unwrap_or(IpFamily::V4);
+        let family = applied
+            .node_ip
+            .map(|ip| IpFamily::of(&ip))
+            .unwrap_or(IpFamily::V4);
         let mut node = NodeInfo::new(&applied.node_name, family);
         node.node_ip = applied.node_ip;
         node.addresses = applied.node_addresses.clone();
@@ -93,7 +100,7 @@ impl Inspection {
             model::load(std::slice::from_ref(&recorded.model_dir), &config, &node).map_err(|source| {
                 InspectError::Model {
                     dir: recorded.model_dir.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         let render_options = RenderOptions::new(&config, &node, Runtime::default())?;

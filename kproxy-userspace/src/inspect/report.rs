@@ -199,13 +199,19 @@ fn kind_of(port: &ServicePort, frontend: &Frontend) -> &'static str {
     match frontend {
         Frontend::NodePort { .. } => "node_port",
         Frontend::Address { addr, .. } if IpAddr::V4(*addr.ip()) == port.cluster_ip => "cluster_ip",
-        Frontend::Address { addr, .. } if port.external_ips.contains(&IpAddr::V4(*addr.ip())) => "external_ip",
+        Frontend::Address { addr, .. } if port.external_ips.contains(&IpAddr::V4(*addr.ip())) => {
+            "external_ip"
+        }
         Frontend::Address { .. } => "load_balancer_ip",
     }
 }
 
 /// The rule of a fixed chain that catches packets to `frontend` of `port`.
-fn entry_rule<'a>(inspection: &'a Inspection, port: &ServicePort, frontend: &Frontend) -> Option<(Table, &'a Rule)> {
+fn entry_rule<'a>(
+    inspection: &'a Inspection,
+    port: &ServicePort,
+    frontend: &Frontend,
+) -> Option<(Table, &'a Rule)> {
     let name = port.name.to_string();
     let (ip, dport) = match frontend {
         Frontend::Address { addr, .. } => (Some(IpAddr::V4(*addr.ip())), addr.port()),
@@ -256,7 +262,11 @@ impl Inspection {
             Some(maps) => {
                 let live: BTreeMap<Frontend, ServiceEntry> =
                     maps.services()?.into_iter().map(|s| (s.frontend, s)).collect();
-                let events = maps.events()?.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+                let events = maps
+                    .events()?
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect();
                 (
                     live,
                     live_flows(maps)?,
@@ -324,8 +334,10 @@ impl Inspection {
         }
         let sep_of = |addr: &SocketAddrV4| endpoint_chain(&port.name, &addr.to_string());
 
-        let mut desired: Vec<(Frontend, FrontendState)> =
-            port_desired(self.model.family, port).frontends.into_iter().collect();
+        let mut desired: Vec<(Frontend, FrontendState)> = port_desired(self.model.family, port)
+            .frontends
+            .into_iter()
+            .collect();
         // ClusterIP first, then external IPs and LoadBalancer IPs, NodePort last.
         let rank = |f: &Frontend| match kind_of(port, f) {
             "cluster_ip" => 0,

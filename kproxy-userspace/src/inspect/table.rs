@@ -13,7 +13,13 @@ use super::{
 fn columns(out: &mut String, indent: &str, rows: &[Vec<String>]) {
     let width = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..width)
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let mut line = indent.to_string();
@@ -30,10 +36,14 @@ fn columns(out: &mut String, indent: &str, rows: &[Vec<String>]) {
 }
 
 fn counter_cells(c: &Counters) -> [String; 3] {
-    [c.packets.to_string(), c.bytes.to_string(), c.new_flows.to_string()]
+    [
+        c.packets.to_string(),
+        c.bytes.to_string(),
+        c.new_flows.to_string(),
+    ]
 }
 
-fn service(out: &mut String, svc: &ServiceReport) {
+fn service(out: &mut String, svc: &ServiceReport, maps: bool) {
     let _ = writeln!(out, "\n{} ({})", svc.service, svc.protocol);
     let chains = &svc.chains;
     let named: Vec<&str> = [&chains.cluster, &chains.local, &chains.external, &chains.firewall]
@@ -44,7 +54,11 @@ fn service(out: &mut String, svc: &ServiceReport) {
     let _ = writeln!(
         out,
         "  iptables chains: {}",
-        if named.is_empty() { "(none: no endpoints)".to_string() } else { named.join("  ") }
+        if named.is_empty() {
+            "(none: no endpoints)".to_string()
+        } else {
+            named.join("  ")
+        }
     );
     for sep in &chains.endpoints {
         let _ = writeln!(out, "    {}  {}", sep.chain, sep.endpoint);
@@ -53,11 +67,17 @@ fn service(out: &mut String, svc: &ServiceReport) {
     for rule in &svc.rules {
         let _ = writeln!(out, "    {rule}");
     }
+    if !maps {
+        let _ = writeln!(out, "  BPF maps: none (the agent runs in iptables mode)");
+        return;
+    }
     let _ = writeln!(out, "  BPF maps:");
     let mut rows = vec![
-        ["frontend", "kind", "id", "slots", "iptables", "packets", "bytes", "flows", "live"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "frontend", "kind", "id", "slots", "iptables", "packets", "bytes", "flows", "live",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for f in &svc.frontends {
         let target = f.iptables_target.clone().unwrap_or_else(|| "-".into());
@@ -90,9 +110,11 @@ fn service(out: &mut String, svc: &ServiceReport) {
             continue;
         }
         let mut rows = vec![
-            ["slot", "backend", "address", "iptables", "packets", "bytes", "flows"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "slot", "backend", "address", "iptables", "packets", "bytes", "flows",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for b in &m.backends {
             let mut row = vec![
@@ -126,11 +148,16 @@ pub fn report(report: &Report) -> String {
     let _ = writeln!(
         out,
         "node addresses (NodePorts): {}   masquerade (hairpin) source: {}",
-        if agent.node_addresses.is_empty() { "-".to_string() } else { agent.node_addresses.join(", ") },
+        if agent.node_addresses.is_empty() {
+            "-".to_string()
+        } else {
+            agent.node_addresses.join(", ")
+        },
         agent.masquerade_address.as_deref().unwrap_or("-")
     );
+    let maps = agent.mode != "iptables";
     for svc in &report.services {
-        service(&mut out, svc);
+        service(&mut out, svc, maps);
     }
     if !report.unsupported.is_empty() {
         let _ = writeln!(out, "\nnot handled by the eBPF datapath:");
@@ -145,9 +172,19 @@ pub fn report(report: &Report) -> String {
 /// `kproxy inspect conntrack`.
 pub fn flows(flows: &[FlowReport]) -> String {
     let mut rows = vec![
-        ["proto", "client", "frontend", "backend", "state", "age", "idle", "service", "backend chain"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "proto",
+            "client",
+            "frontend",
+            "backend",
+            "state",
+            "age",
+            "idle",
+            "service",
+            "backend chain",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for f in flows {
         let backend = match &f.masquerade {
@@ -194,7 +231,10 @@ pub fn explanation(e: &Explanation) -> String {
         out,
         "packet {} (new flow){}",
         e.packet,
-        e.service.as_ref().map(|s| format!(", service {s}")).unwrap_or_default()
+        e.service
+            .as_ref()
+            .map(|s| format!(", service {s}"))
+            .unwrap_or_default()
     );
     let _ = writeln!(out, "\niptables (kube-proxy's rules for the recorded model):");
     for line in &e.iptables.trace {

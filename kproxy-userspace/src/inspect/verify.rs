@@ -156,7 +156,11 @@ impl fmt::Display for Drift {
                 "frontend {frontend} slot {slot} names backend {backend}, which is not in the backends map"
             ),
             Drift::MissingRevNat { frontend, id } => {
-                write!(f, "frontend {frontend} (service id {}) has no reverse-NAT entry", id.0)
+                write!(
+                    f,
+                    "frontend {frontend} (service id {}) has no reverse-NAT entry",
+                    id.0
+                )
             }
             Drift::StaleRevNat {
                 frontend,
@@ -293,7 +297,15 @@ pub fn verify(
 
     let want_addrs: BTreeSet<Ipv4Addr> = node_addresses.iter().copied().collect();
     let have_addrs: BTreeSet<Ipv4Addr> = maps.node_addresses()?.into_iter().collect();
-    drift.extend(want_addrs.difference(&have_addrs).map(|a| Drift::MissingNodeAddress(*a)));
-    drift.extend(have_addrs.difference(&want_addrs).map(|a| Drift::ExtraNodeAddress(*a)));
+    drift.extend(
+        want_addrs
+            .difference(&have_addrs)
+            .map(|a| Drift::MissingNodeAddress(*a)),
+    );
+    drift.extend(
+        have_addrs
+            .difference(&want_addrs)
+            .map(|a| Drift::ExtraNodeAddress(*a)),
+    );
     Ok(drift)
 }
