@@ -431,7 +431,10 @@ fn inspect_in_iptables_mode_shows_the_rules_without_maps() {
     assert_eq!(http["chains"]["cluster"], HTTP_SVC);
     assert_eq!(frontend(http, "10.104.81.240:80/tcp")["map"], Value::Null);
     let table = stdout(&c.kproxy(&["inspect"]), "inspect");
-    assert!(table.contains("BPF maps: none (the agent runs in iptables mode)"), "{table}");
+    assert!(
+        table.contains("BPF maps: none (the agent runs in iptables mode)"),
+        "{table}"
+    );
     let e = explain(&c, "172.16.166.140", "10.104.81.240:80");
     assert_eq!(e["bpf"], Value::Null);
     assert_eq!(dnat_to(&e, "iptables"), [backend(POD_A), backend(POD_B)].into());
