@@ -50,6 +50,7 @@ pub enum Mode {
 /// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
 pub struct Cluster {
     pub agent: Agent,
+    mode: Mode,
     pub pins: PinDir,
     pub model: PathBuf,
     _dir: TempDir,
@@ -73,6 +74,7 @@ impl Cluster {
         let agent = start_agent(&topo, mode, dir.path(), &pins);
         let mut cluster = Cluster {
             agent,
+            mode,
             pins,
             model,
             _dir: dir,
@@ -87,6 +89,14 @@ impl Cluster {
     pub fn wait_sync(&mut self) {
         self.syncs += 1;
         self.agent.wait_for_log("sync #", self.syncs, SYNC_TIMEOUT);
+    }
+
+    /// Starts a new agent on the same pins and model (the old one must have stopped)
+    /// and waits for its first sync.
+    pub fn restart_agent(&mut self) {
+        self.agent = start_agent(&self.topo, self.mode, self._dir.path(), &self.pins);
+        self.syncs = 0;
+        self.wait_sync();
     }
 
     pub fn client(&self) -> &NetNs {

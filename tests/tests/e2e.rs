@@ -3,7 +3,7 @@
 //! against both datapaths (`--mode ebpf` and `--mode iptables`) with the same
 //! assertions: the two views of one model must behave the same.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use kproxy_tests::{
     agent::run_kproxy,
@@ -151,6 +151,47 @@ fn datapath_outlives_agent_until_cleanup(mode: Mode) {
     );
 }
 
+fn new_pod_interfaces_are_attached(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A]);
+    // A pod created after the agent started: its veth must be picked up by the scan.
+    const LATE: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 150);
+    let late_ns = &c.topo.add_pod("late", LATE).ns;
+    let answer = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            http_get_hostname(late_ns, cluster_ip()).ok()
+        })
+        .expect("a pod created after the agent never reached the ClusterIP");
+    assert_eq!(answer, "hello-a");
+    c.set_endpoints(&[POD_A, POD_B]);
+    assert_eq!(http_backends(&c.topo.pod("late").ns, cluster_ip()), both());
+}
+
+fn restarted_agent_keeps_established_flows(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    let mut conn = LineClient::connect(c.client(), cluster_ip()).expect("long TCP connection");
+    let first = conn.ask().expect("first answer");
+    assert!(c.agent.stop(), "agent must exit cleanly");
+    assert_eq!(
+        conn.ask().as_deref(),
+        Ok(first.as_str()),
+        "flow broke while no agent ran"
+    );
+    c.restart_agent();
+    for _ in 0..20 {
+        assert_eq!(
+            conn.ask().as_deref(),
+            Ok(first.as_str()),
+            "restart moved or dropped an established flow"
+        );
+    }
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "new flows after the restart"
+    );
+}
+
 /// One `#[test]` per scenario and mode.
 macro_rules! both_modes {
     ($($scenario:ident),* $(,)?) => {
@@ -170,4 +211,6 @@ both_modes!(
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
     datapath_outlives_agent_until_cleanup,
+    new_pod_interfaces_are_attached,
+    restarted_agent_keeps_established_flows,
 );
