@@ -44,7 +44,7 @@ fn demo(mode: &str) {
         "{stdout}"
     );
     let programmed = if mode == "ebpf" {
-        "*:30811/tcp (NodePort)"
+        "nodeport *:30811/tcp  node_port"
     } else {
         "KUBE-SEP-7I3URQ2O437FVP5U"
     };

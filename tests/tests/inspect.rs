@@ -292,6 +292,12 @@ fn verify_is_clean_then_reports_a_backend_deleted_behind_the_agent() {
         log.contains(&format!("drift: backend {pod_a} is not in the backends map")),
         "{log}"
     );
+    assert!(log.contains("drift repaired"), "{log}");
+    assert_eq!(
+        verify(&c),
+        (Some(0), vec![]),
+        "the agent repairs the drift it finds"
+    );
 }
 
 /// `kproxy explain -o json` for a TCP packet.

@@ -134,7 +134,15 @@ impl Datapath for EbpfMode {
         }
         let s = self.sync.apply(maps, &desired).map_err(EbpfModeError::from)?;
         match verify(maps, &desired, &addrs) {
-            Ok(drift) => log_drift(&drift),
+            Ok(drift) if drift.is_empty() => {}
+            Ok(drift) => {
+                // Something changed the maps behind our back: trust the maps, not our
+                // memory of them, and write the difference again.
+                log_drift(&drift);
+                self.sync = MapSync::adopt(maps).map_err(EbpfModeError::from)?;
+                let fixed = self.sync.apply(maps, &desired).map_err(EbpfModeError::from)?;
+                info!("drift repaired: {} map changes from the model", fixed.changes());
+            }
             Err(err) => warn!("drift check (kproxy inspect --verify) failed: {err}"),
         }
         Ok(format!(

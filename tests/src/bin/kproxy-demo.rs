@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kproxy::bpf::{DatapathMaps, Frontend};
 use kproxy_tests::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, http_get_hostname},
@@ -189,8 +188,8 @@ fn run() -> anyhow::Result<()> {
         println!("{}\n", chain.trim_end());
     }
     if opts.mode == "ebpf" {
-        println!("== What kproxy programmed: the BPF maps under {pin_path}");
-        print_maps(&pin_path)?;
+        println!("== What kproxy programmed: kproxy inspect --pin-path {pin_path}");
+        println!("{}", kproxy_out(&["inspect", "--pin-path", &pin_path])?);
     } else {
         println!("== What kproxy programmed: the live chain in the node's nat table");
         let out = Command::new("nsenter")
@@ -241,37 +240,4 @@ fn print_split(split: &BTreeMap<String, usize>) {
     for (pod, n) in split {
         println!("   {pod:<28} {n:>3}  {}", "#".repeat(*n * 40 / total.max(1)));
     }
-}
-
-fn print_maps(pin_path: &str) -> anyhow::Result<()> {
-    let maps = DatapathMaps::open_pinned(std::path::Path::new(pin_path))?;
-    let backends: BTreeMap<_, _> = maps.backends()?.into_iter().collect();
-    println!("   KPROXY_SERVICES_V1 (frontend → service id, backend slots) with KPROXY_SERVICE_STATS_V1");
-    for svc in maps.services()? {
-        let counters = maps.service_counters(svc.id)?;
-        let shown = match svc.frontend {
-            Frontend::NodePort { port, proto } => format!("*:{port}/{proto} (NodePort)"),
-            other => other.to_string(),
-        };
-        println!(
-            "   {shown:<30} id {:<3} {} flows, {} packets, {} bytes",
-            svc.id.0, counters.new_flows, counters.packets, counters.bytes
-        );
-        for (slot, id) in svc.backends.iter().enumerate() {
-            let addr = backends
-                .get(id)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "?".into());
-            let c = maps.backend_counters(*id)?;
-            println!(
-                "      slot {slot} → backend {id} {addr:<21} {} packets",
-                c.packets
-            );
-        }
-    }
-    println!(
-        "   KPROXY_CT_V1: {} conntrack entries (two per flow)",
-        maps.conntrack()?.len()
-    );
-    Ok(())
 }
