@@ -5,9 +5,11 @@
 //! Names are unique per process and per call, so suites can run side by side.
 
 pub mod agent;
+pub mod forwarding;
 pub mod hello;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod prog_test_run;
 pub mod topology;
