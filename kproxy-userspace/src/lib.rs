@@ -1,6 +1,7 @@
 //! kproxy's agent library: loading the kernel programs, reading their maps, and (in
 //! later modules) the service model, BPF sync, iptables renderer and inspection.
 
+pub mod agent;
 pub mod attach;
 pub mod bpf;
 pub mod config;

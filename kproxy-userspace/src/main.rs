@@ -1,6 +1,7 @@
 //! The `kproxy` command line.
 
 mod export;
+mod lifecycle;
 
 use clap::{Parser, Subcommand};
 use kproxy::bpf;
@@ -14,6 +15,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: program the datapath from the model and keep it in step.
+    Run(lifecycle::Run),
+    /// Remove everything kproxy installed: links, programs, pinned maps, iptables chains.
+    Cleanup(lifecycle::Cleanup),
     /// Load every kernel program through the verifier and report its size.
     Check,
     /// Print what another proxy would program for a service model.
@@ -27,6 +32,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Run(run) => run.run(),
+        Command::Cleanup(cleanup) => cleanup.run(),
         Command::Check => check(),
         Command::Export(export) => export.run(),
         Command::Bench(bench) => bench.run(),

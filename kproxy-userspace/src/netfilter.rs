@@ -39,15 +39,6 @@ pub enum NetfilterError {
     Failed { command: String, stderr: String },
 }
 
-/// A rule in a built-in chain that jumps into kube-proxy's chains.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JumpRule {
-    pub table: String,
-    pub chain: String,
-    /// The rule's match and target arguments, e.g. `["-m", "comment", …, "-j", "KUBE-SERVICES"]`.
-    pub args: Vec<String>,
-}
-
 fn run(backend: Backend, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
     let binary = backend.binary(tool);
     let command = format!("{binary} {}", args.join(" "));
@@ -94,17 +85,28 @@ pub fn save(backend: Backend, table: &str) -> Result<String, NetfilterError> {
     run(backend, "iptables-save", &["-t", table], None)
 }
 
-/// Inserts `rule` at the top of its chain unless an identical rule exists.
-pub fn ensure_jump(backend: Backend, rule: &JumpRule) -> Result<(), NetfilterError> {
-    let args: Vec<&str> = rule.args.iter().map(String::as_str).collect();
-    let mut check = vec!["-w", "-t", &rule.table, "-C", &rule.chain];
+/// Inserts the rule `args` at the top of `chain` in `table` unless an identical rule
+/// exists (kube-proxy's `-C` then `-I CHAIN 1` for its jumps from built-in chains).
+pub fn ensure_rule(
+    backend: Backend,
+    table: &str,
+    chain: &str,
+    args: &[String],
+) -> Result<(), NetfilterError> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut check = vec!["-w", "-t", table, "-C", chain];
     check.extend_from_slice(&args);
     if run(backend, "iptables", &check, None).is_ok() {
         return Ok(());
     }
-    let mut insert = vec!["-w", "-t", &rule.table, "-I", &rule.chain, "1"];
+    let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
     insert.extend_from_slice(&args);
     run(backend, "iptables", &insert, None).map(|_| ())
+}
+
+/// Whether this backend's binaries are installed.
+pub fn available(backend: Backend) -> bool {
+    run(backend, "iptables", &["--version"], None).is_ok()
 }
 
 /// Chains whose names mark them as kube-proxy's (and so kproxy's in iptables mode).

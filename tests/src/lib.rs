@@ -12,4 +12,5 @@ pub mod netns;
 pub mod packet;
 pub mod pins;
 pub mod prog_test_run;
+pub mod tempdir;
 pub mod topology;

@@ -14,8 +14,9 @@ use kproxy_tests::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
     manifests::{CLUSTER_IP, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model},
-    netns::{NetNs, unique_name},
+    netns::NetNs,
     pins::PinDir,
+    tempdir::TempDir,
     topology::{EXTERNAL_CLIENT_IP, NODE_IP, Topology},
 };
 
@@ -48,10 +49,9 @@ enum Mode {
 /// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
 struct Cluster {
     agent: Agent,
-    mode: Mode,
     pins: PinDir,
     model: PathBuf,
-    dir: PathBuf,
+    _dir: TempDir,
     syncs: usize,
     _servers: Vec<HelloServer>,
     topo: Topology,
@@ -64,19 +64,17 @@ impl Cluster {
             .iter()
             .map(|n| HelloServer::start(&topo.pod(n).ns, at(topo.pod(n).ip, TARGET_PORT), n))
             .collect();
-        let dir = std::env::temp_dir().join(format!("kproxy-e2e-{}", unique_name("dir")));
-        std::fs::create_dir_all(&dir).expect("model dir");
-        let model = dir.join("hello-app.yaml");
+        let dir = TempDir::new("e2e");
+        let model = dir.path().join("hello-app.yaml");
         write_model(&model, endpoints);
-        std::fs::write(dir.join("config.yaml"), proxy_config()).expect("config");
+        std::fs::write(dir.path().join("config.yaml"), proxy_config()).expect("config");
         let pins = PinDir::new("e2e");
-        let agent = start_agent(&topo, mode, &dir, &pins);
+        let agent = start_agent(&topo, mode, dir.path(), &pins);
         let mut cluster = Cluster {
             agent,
-            mode,
             pins,
             model,
-            dir,
+            _dir: dir,
             syncs: 0,
             _servers: servers,
             topo,
@@ -101,15 +99,11 @@ impl Cluster {
     }
 
     fn cleanup_args(&self) -> Vec<String> {
-        let mut args = vec![
+        vec![
             "cleanup".to_string(),
             "--pin-path".into(),
             self.pins.path().display().to_string(),
-        ];
-        if self.mode == Mode::Iptables {
-            args.push("--iptables".into());
-        }
-        args
+        ]
     }
 }
 
@@ -121,7 +115,6 @@ impl Drop for Cluster {
             &self.topo.node,
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -314,6 +307,49 @@ fn datapath_outlives_agent_until_cleanup(mode: Mode) {
     );
 }
 
+fn new_pod_interfaces_are_attached(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A]);
+    // A pod created after the agent started: its veth must be picked up by the scan.
+    const LATE: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 150);
+    let late_ns = &c.topo.add_pod("late", LATE).ns;
+    let answer = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            http_get_hostname(late_ns, cluster_ip()).ok()
+        })
+        .expect("a pod created after the agent never reached the ClusterIP");
+    assert_eq!(answer, "hello-a");
+    c.set_endpoints(&[POD_A, POD_B]);
+    assert_eq!(http_backends(&c.topo.pod("late").ns, cluster_ip()), both());
+}
+
+fn restarted_agent_keeps_established_flows(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    let mut conn = LineClient::connect(c.client(), cluster_ip()).expect("long TCP connection");
+    let first = conn.ask().expect("first answer");
+    assert!(c.agent.stop(), "agent must exit cleanly");
+    assert_eq!(
+        conn.ask().as_deref(),
+        Ok(first.as_str()),
+        "flow broke while no agent ran"
+    );
+    c.agent = start_agent(&c.topo, mode, c._dir.path(), &c.pins);
+    c.syncs = 0;
+    c.wait_sync();
+    for _ in 0..20 {
+        assert_eq!(
+            conn.ask().as_deref(),
+            Ok(first.as_str()),
+            "restart moved or dropped an established flow"
+        );
+    }
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "new flows after the restart"
+    );
+}
+
 /// One `#[test]` per scenario and mode.
 macro_rules! both_modes {
     ($($scenario:ident),* $(,)?) => {
@@ -333,4 +369,6 @@ both_modes!(
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
     datapath_outlives_agent_until_cleanup,
+    new_pod_interfaces_are_attached,
+    restarted_agent_keeps_established_flows,
 );

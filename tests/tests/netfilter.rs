@@ -1,7 +1,7 @@
 //! Applying kube-proxy-style state and removing it again, with both iptables
 //! backends, inside a namespace of the test's own.
 
-use kproxy::netfilter::{self, Backend, JumpRule};
+use kproxy::netfilter::{self, Backend};
 use kproxy_tests::netns::NetNs;
 
 const PAYLOAD: &str = "*nat
@@ -12,29 +12,25 @@ const PAYLOAD: &str = "*nat
 COMMIT
 ";
 
-fn portal_jump() -> JumpRule {
-    JumpRule {
-        table: "nat".into(),
-        chain: "PREROUTING".into(),
-        args: [
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ]
-        .map(String::from)
-        .to_vec(),
-    }
+fn ensure_portal_jump(backend: Backend) {
+    let args = [
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        "KUBE-SERVICES",
+    ]
+    .map(String::from);
+    netfilter::ensure_rule(backend, "nat", "PREROUTING", &args).expect("ensure jump");
 }
 
 fn apply_then_cleanup(backend: Backend) {
     let ns = NetNs::new("nf");
     ns.run(|| {
         netfilter::restore(backend, PAYLOAD).expect("restore");
-        netfilter::ensure_jump(backend, &portal_jump()).expect("jump");
-        netfilter::ensure_jump(backend, &portal_jump()).expect("jump again");
+        ensure_portal_jump(backend);
+        ensure_portal_jump(backend);
         let saved = netfilter::save(backend, "nat").expect("save");
         assert_eq!(
             saved.matches("-j KUBE-SERVICES").count(),

@@ -1,0 +1,189 @@
+//! `kproxy run`: the agent. It loads the model, programs one datapath from it (eBPF
+//! maps and programs, or kube-proxy's iptables rules), then watches the model files
+//! and the interfaces and keeps the datapath in step, until SIGINT/SIGTERM.
+//!
+//! On exit it leaves the datapath serving (pinned programs, links and maps, or the
+//! rules), as kube-proxy does; a restarted agent adopts that state, and `kproxy
+//! cleanup` removes it. A model that fails to load is reported and the last good
+//! state stays in force.
+
+mod ebpf;
+mod iptables;
+mod node;
+mod signals;
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use log::{error, info, warn};
+
+pub use self::node::node_info;
+use crate::{
+    config::{ConfigError, ProxyConfig},
+    model::{self, Model, NodeInfo},
+    netfilter::Backend,
+    state::{self, Applied},
+    watch::ModelWatcher,
+};
+
+/// How often the loop wakes: model changes are applied within about two of these
+/// (the watcher waits for a file to settle), well inside a second.
+const TICK: Duration = Duration::from_millis(100);
+/// How often interfaces are rescanned for new matches (pods come and go).
+const IFACE_SCAN: Duration = Duration::from_millis(500);
+
+/// Which datapath the agent programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// TC (and XDP) programs with BPF maps.
+    Ebpf,
+    /// kube-proxy's iptables rules, applied with iptables-restore.
+    Iptables,
+}
+
+/// Everything `kproxy run` is told.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub models: Vec<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub mode: Mode,
+    /// Interface name globs the TC program is attached to.
+    pub ifaces: Vec<String>,
+    pub pin_path: PathBuf,
+    pub iptables_backend: Backend,
+    /// The node's primary IP; default: its first non-loopback IPv4 address.
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Source address of masqueraded (hairpin) flows in eBPF mode.
+    pub masquerade_address: Ipv4Addr,
+    /// Stop after the first sync (for scripts and tests): the datapath stays.
+    pub once: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfModeError),
+    #[error(transparent)]
+    Iptables(#[from] iptables::IptablesModeError),
+    #[error("install signal handlers (sigaction): {0}")]
+    Signals(#[source] nix::Error),
+    #[error("read node addresses (getifaddrs): {0}")]
+    Node(#[source] nix::Error),
+}
+
+/// One datapath the agent keeps in step with the model.
+trait Datapath {
+    /// Applies `model`; returns a one-line summary of what changed.
+    fn sync(&mut self, model: &Model, node: &NodeInfo, config: &ProxyConfig) -> Result<String, AgentError>;
+    /// Attaches to interfaces that appeared since the last call (eBPF only).
+    fn scan_interfaces(&mut self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    /// Periodic housekeeping (eBPF: drains the programs' log buffer).
+    fn tick(&mut self) {}
+    /// Facts for the state record.
+    fn describe(&self, applied: &mut Applied);
+}
+
+/// Runs the agent until SIGINT/SIGTERM (or after one sync with `once`).
+pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
+    let stop = signals::install()?;
+    let mut datapath: Box<dyn Datapath> = match opts.mode {
+        Mode::Ebpf => Box::new(ebpf::EbpfMode::start(opts)?),
+        Mode::Iptables => Box::new(iptables::IptablesMode::new(opts)),
+    };
+    let mut watcher = ModelWatcher::new(opts.models.clone());
+    let mut syncs = 0u64;
+    let mut last_scan = Instant::now();
+    datapath.scan_interfaces()?;
+    let mut synced = sync_once(opts, datapath.as_mut(), &mut syncs);
+    loop {
+        if signals::stopped(stop) || (opts.once && synced) {
+            break;
+        }
+        thread::sleep(TICK);
+        datapath.tick();
+        if last_scan.elapsed() >= IFACE_SCAN {
+            if let Err(err) = datapath.scan_interfaces() {
+                warn!("{err}");
+            }
+            last_scan = Instant::now();
+        }
+        if watcher.poll() {
+            synced |= sync_once(opts, datapath.as_mut(), &mut syncs);
+        }
+    }
+    datapath.tick();
+    info!(
+        "stopping; the datapath stays in place (`kproxy cleanup --pin-path {}` removes it)",
+        opts.pin_path.display()
+    );
+    Ok(())
+}
+
+/// Loads the model and applies it; on any failure logs it and keeps the last state.
+fn sync_once(opts: &AgentOptions, datapath: &mut dyn Datapath, syncs: &mut u64) -> bool {
+    let started = Instant::now();
+    let loaded = (|| {
+        let config = ProxyConfig::load(opts.config.as_deref())?;
+        let node = node_info(&config, opts.node_ip)?;
+        let model = model::load(&opts.models, &config, &node).map_err(|e| e.to_string());
+        Ok::<_, AgentError>((config, node, model))
+    })();
+    let (config, node, model) = match loaded {
+        Ok((config, node, Ok(model))) => (config, node, model),
+        Ok((_, _, Err(err))) => {
+            error!("model not applied, keeping the last good state: {err}");
+            return false;
+        }
+        Err(err) => {
+            error!("model not applied, keeping the last good state: {err}");
+            return false;
+        }
+    };
+    match datapath.sync(&model, &node, &config) {
+        Ok(summary) => {
+            *syncs += 1;
+            let ports = model.service_ports.len();
+            let services: std::collections::BTreeSet<String> =
+                model.service_ports.iter().map(|p| p.name.service()).collect();
+            info!(
+                "sync #{syncs}: {} services, {ports} ports, {} endpoints; {summary}; {:.1} ms",
+                services.len(),
+                model.total_endpoints(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            record_state(opts, datapath, &node, *syncs);
+            true
+        }
+        Err(err) => {
+            error!("sync failed, the datapath may be partly updated; retrying on the next change: {err}");
+            false
+        }
+    }
+}
+
+fn record_state(opts: &AgentOptions, datapath: &dyn Datapath, node: &NodeInfo, sync: u64) {
+    let mut applied = Applied {
+        node_name: node.name.clone(),
+        node_ip: node.node_ip,
+        node_addresses: node.addresses.clone(),
+        model_paths: opts.models.clone(),
+        sync,
+        applied_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        ..Applied::default()
+    };
+    datapath.describe(&mut applied);
+    if let Err(err) = state::record(&opts.pin_path, &applied, opts.config.as_deref()) {
+        warn!("{err} (`kproxy inspect` will show an older model)");
+    }
+}

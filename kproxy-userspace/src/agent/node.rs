@@ -1,0 +1,41 @@
+//! What the node knows about itself: its name and addresses.
+
+use std::net::IpAddr;
+
+use nix::ifaddrs::getifaddrs;
+
+use super::AgentError;
+use crate::{
+    config::ProxyConfig,
+    model::{IpFamily, NodeInfo},
+};
+
+/// The node's IPv4 addresses (every interface of this network namespace).
+fn local_addresses() -> Result<Vec<IpAddr>, AgentError> {
+    let mut addrs: Vec<IpAddr> = getifaddrs()
+        .map_err(AgentError::Node)?
+        .filter_map(|ifa| {
+            ifa.address
+                .and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+        })
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+/// The node's facts: name from `hostnameOverride` or the hostname, its addresses, and
+/// its primary IP (`node_ip`, else the first non-loopback address).
+pub fn node_info(config: &ProxyConfig, node_ip: Option<IpAddr>) -> Result<NodeInfo, AgentError> {
+    let name = match &config.hostname_override {
+        Some(name) => name.clone(),
+        None => nix::unistd::gethostname()
+            .map_err(AgentError::Node)?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let mut node = NodeInfo::new(&name, IpFamily::V4);
+    node.addresses = local_addresses()?;
+    node.node_ip = node_ip.or_else(|| node.addresses.iter().find(|a| !a.is_loopback()).copied());
+    Ok(node)
+}

@@ -1,0 +1,114 @@
+//! `kproxy run` and `kproxy cleanup`: the agent's command line.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use kproxy::{
+    agent::{self, AgentOptions, Mode},
+    attach::LinkPins,
+    bpf, iface,
+    netfilter::{self, Backend},
+    state,
+};
+use log::info;
+
+/// Default source address of masqueraded (hairpin) flows: link-local, owned by no node,
+/// so the kernel accepts the rewritten packets and pods route the replies to the node.
+const DEFAULT_MASQUERADE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+#[derive(Args)]
+pub struct Run {
+    /// Service/EndpointSlice YAML files or directories (repeatable); watched for changes.
+    #[arg(long = "model", required = true, value_name = "PATH")]
+    models: Vec<PathBuf>,
+    /// A KubeProxyConfiguration file (missing: kube-proxy's defaults).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Interfaces (names or globs such as 'veth*') to attach TC ingress to; interfaces
+    /// that appear later and match are attached too.
+    #[arg(long = "iface", value_name = "PATTERN")]
+    ifaces: Vec<String>,
+    /// Which datapath to program.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    mode: Mode,
+    /// bpffs directory for the pinned maps and links.
+    #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+    pin_path: PathBuf,
+    /// iptables implementation for --mode iptables.
+    #[arg(long, value_enum, default_value = "system")]
+    iptables_backend: Backend,
+    /// The node's primary IP (default: its first non-loopback IPv4 address).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Source address for hairpin flows in eBPF mode (must not be a node address).
+    #[arg(long, default_value_t = DEFAULT_MASQUERADE_ADDRESS)]
+    masquerade_address: Ipv4Addr,
+    /// Exit after the first successful sync, leaving the datapath in place.
+    #[arg(long)]
+    once: bool,
+}
+
+impl Run {
+    pub fn run(self) -> anyhow::Result<()> {
+        if self.mode == Mode::Ebpf && self.ifaces.is_empty() {
+            anyhow::bail!(
+                "--mode ebpf needs at least one --iface PATTERN to attach to (e.g. --iface 'veth*' --iface eth0)"
+            );
+        }
+        let opts = AgentOptions {
+            models: self.models,
+            config: self.config,
+            mode: self.mode,
+            ifaces: self.ifaces,
+            pin_path: self.pin_path,
+            iptables_backend: self.iptables_backend,
+            node_ip: self.node_ip,
+            masquerade_address: self.masquerade_address,
+            once: self.once,
+        };
+        Ok(agent::run(&opts)?)
+    }
+}
+
+#[derive(Args)]
+pub struct Cleanup {
+    /// bpffs directory the agent pinned under.
+    #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+    pin_path: PathBuf,
+    /// Only this iptables backend (default: both nft and legacy).
+    #[arg(long, value_enum)]
+    iptables_backend: Option<Backend>,
+}
+
+impl Cleanup {
+    pub fn run(self) -> anyhow::Result<()> {
+        let links_dir = self.pin_path.join("links");
+        if links_dir.exists() {
+            let pins = LinkPins::new(&self.pin_path)?;
+            let removed = pins.sweep(&iface::list()?, true)?;
+            info!("removed {} link pins (programs detached)", removed.len());
+            std::fs::remove_dir(&links_dir).with_context(|| format!("remove {}", links_dir.display()))?;
+        }
+        bpf::unpin_all(&self.pin_path)?;
+        state::remove(&self.pin_path)?;
+        let backends = match self.iptables_backend {
+            Some(only) => vec![only],
+            None => vec![Backend::Nft, Backend::Legacy],
+        };
+        for backend in backends {
+            if !netfilter::available(backend) {
+                continue;
+            }
+            let chains = netfilter::cleanup(backend)?;
+            if chains > 0 {
+                info!("removed {chains} KUBE-* chains and their jumps ({backend:?})");
+            }
+        }
+        info!("cleanup of {} done", self.pin_path.display());
+        Ok(())
+    }
+}
