@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! KPROXY_EBPF_OBJECT=$PWD/target/bpfel-unknown-none/release/kproxy \
-//!     cargo run --release -p kproxy-tests --example nodeport_bench [-- SECONDS ROUNDS]
+//!     cargo run --release -p kproxy-tests --example nodeport_bench [-- SECONDS ROUNDS SERVICES]
 //! ```
 //!
 //! 1. Per packet: BPF_PROG_TEST_RUN of one NodePort packet through each program (the
@@ -15,13 +15,16 @@
 //! 2. Connections per second: the seed topology (external client → node → two pods),
 //!    sequential one-request TCP connections to the NodePort from two client threads
 //!    for SECONDS (default 2), ROUNDS times (default 3, modes rotated each round; the
-//!    median is printed). Modes: iptables (nft and legacy), TC ingress on every
-//!    interface, XDP on the external link (native, to the stack), XDP redirecting to the
-//!    pod veths (generic mode; native mode with GRO on in the pods).
+//!    median is printed), with SERVICES NodePort services programmed (default 1000: the
+//!    hello-app plus fillers with the same two pods; iptables walks its rules for each
+//!    new connection, kproxy looks up a hash). Modes: iptables (nft and legacy), TC
+//!    ingress on every interface, XDP on the external link (native, to the stack), XDP
+//!    redirecting to the pod veths (generic mode; native mode with GRO on in the pods).
 //!
 //! The machine is shared: compare modes within one run, as ratios.
 
 use std::{
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
@@ -61,6 +64,8 @@ const CLIENTS: usize = 2;
 /// Hard caps on the connection loop, whatever SECONDS says.
 const MAX_CONNECTIONS: u64 = 200_000;
 const MAX_SECONDS: u64 = 10;
+/// Filler NodePorts take 30000.. (skipping the hello-app's): at most the default range.
+const MAX_SERVICES: usize = 2700;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -70,10 +75,15 @@ fn main() {
         .unwrap_or(2)
         .min(MAX_SECONDS);
     let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3).clamp(1, 9);
+    let services: usize = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, MAX_SERVICES);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.trim());
     per_packet();
-    connection_rate(Duration::from_secs(seconds), rounds);
+    connection_rate(Duration::from_secs(seconds), rounds, services);
 }
 
 // ---- 1. per packet ----
@@ -305,27 +315,73 @@ fn rate(ns: &NetNs, target: SocketAddr, duration: Duration) -> (f64, u64) {
     (ok as f64 / start.elapsed().as_secs_f64(), failed)
 }
 
-/// The hello-app's kube-proxy rules, as kproxy's exporter renders them for this node.
-fn kube_proxy_rules(dir: &std::path::Path) -> (String, String) {
+/// The NodePorts of the `services - 1` filler services (the hello-app's is skipped).
+fn filler_ports(services: usize) -> impl Iterator<Item = u16> {
+    (30000..).filter(|&p| p != NODE_PORT).take(services - 1)
+}
+
+/// Services and EndpointSlices for the filler NodePorts, each served by both pods.
+fn filler_manifests(services: usize) -> String {
+    let mut out = String::new();
+    for (i, port) in filler_ports(services).enumerate() {
+        let ip = Ipv4Addr::new(10, 96, 100 + (i / 250) as u8, 1 + (i % 250) as u8);
+        let _ = write!(
+            out,
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bench-filler-{i:04}, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ports:\n  \
+             - {{name: http, protocol: TCP, port: 80, targetPort: {TARGET_PORT}, nodePort: {port}}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: bench-filler-{i:04}-abc\n  \
+             namespace: default\n  labels: {{kubernetes.io/service-name: bench-filler-{i:04}}}\n\
+             addressType: IPv4\nports:\n- {{name: http, protocol: TCP, port: {TARGET_PORT}}}\nendpoints:\n"
+        );
+        for pod in [POD_A, POD_B] {
+            let _ = write!(
+                out,
+                "- addresses: [\"{pod}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  \
+                 nodeName: {NODE_NAME}\n"
+            );
+        }
+        out.push_str("---\n");
+    }
+    out
+}
+
+/// The hello-app's and the fillers' kube-proxy rules, as kproxy's exporter renders them
+/// for this node; prints where the hello-app's NodePort rule sits.
+fn kube_proxy_rules(dir: &std::path::Path, services: usize) -> (String, String) {
     let model_path = dir.join("hello-app.yaml");
     write_model(&model_path, &[POD_A, POD_B]);
+    let fillers = dir.join("fillers.yaml");
+    std::fs::write(&fillers, filler_manifests(services)).expect("write fillers");
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, proxy_config()).expect("write config");
     let config = ProxyConfig::load(Some(&config_path)).expect("config");
     let mut node = NodeInfo::new(NODE_NAME, IpFamily::V4);
     node.node_ip = Some(NODE_IP.into());
     node.addresses.push(NODE_IP.into());
-    let model = model::load(&[model_path], &config, &node).expect("model");
+    let model = model::load(&[model_path, fillers], &config, &node).expect("model");
     let options = RenderOptions::new(&config, &node, Runtime::default()).expect("render options");
     let ruleset = iptables::render(&model, &options);
-    (
-        iptables::restore::payload(&ruleset, None),
-        jumps::restore_payload(&jumps::jump_rules(&options)),
-    )
+    let payload = iptables::restore::payload(&ruleset, None);
+    let nodeports: Vec<&str> = payload
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-NODEPORTS") && l.contains("--dport"))
+        .collect();
+    let at = nodeports
+        .iter()
+        .position(|l| l.contains(&format!("--dport {NODE_PORT} ")));
+    println!(
+        "    (iptables: {} rules; the hello-app's TCP NodePort is rule {} of {} in KUBE-NODEPORTS, \
+         after every KUBE-SERVICES rule)",
+        payload.lines().filter(|l| l.starts_with("-A ")).count(),
+        at.map_or("?".to_string(), |i| (i + 1).to_string()),
+        nodeports.len()
+    );
+    (payload, jumps::restore_payload(&jumps::jump_rules(&options)))
 }
 
 /// Builds a fresh topology, sets `mode` up on its node, and measures.
-fn measure(mode: Mode, duration: Duration, dir: &std::path::Path) -> (f64, u64) {
+fn measure(mode: Mode, duration: Duration, dir: &std::path::Path, services: usize) -> (f64, u64) {
     let topo = Topology::new(&[("a", POD_A), ("b", POD_B)]);
     // TIME_WAIT sockets on the servers would collide with reused client ports.
     for pod in &topo.pods {
@@ -351,7 +407,7 @@ fn measure(mode: Mode, duration: Duration, dir: &std::path::Path) -> (f64, u64) 
             } else {
                 Backend::Legacy
             };
-            let (payload, jumps) = kube_proxy_rules(dir);
+            let (payload, jumps) = kube_proxy_rules(dir, services);
             topo.node.run(|| {
                 netfilter::restore(backend, &payload).expect("iptables-restore");
                 netfilter::restore(backend, &jumps).expect("iptables-restore the jumps");
@@ -361,6 +417,15 @@ fn measure(mode: Mode, duration: Duration, dir: &std::path::Path) -> (f64, u64) 
             let mut d = pins.load();
             let backends = [POD_A, POD_B].map(|ip| SocketAddrV4::new(ip, TARGET_PORT));
             seed_node_port(&mut d.maps, NODE_IP, NODE_PORT, &backends);
+            for port in filler_ports(services) {
+                let f = Frontend::NodePort {
+                    port,
+                    proto: Protocol::Tcp,
+                };
+                d.maps
+                    .upsert_service(f, &[BackendId(1), BackendId(2)], ServiceOptions::default())
+                    .expect("filler NodePort");
+            }
             attach(&topo, &mut d, path);
             dp = Some(d);
         }
@@ -382,19 +447,19 @@ fn measure(mode: Mode, duration: Duration, dir: &std::path::Path) -> (f64, u64) 
     result
 }
 
-fn connection_rate(duration: Duration, rounds: usize) {
+fn connection_rate(duration: Duration, rounds: usize, services: usize) {
     let dir = std::env::temp_dir().join(format!("kproxy-bench-{}", unique_name("bch")));
     std::fs::create_dir_all(&dir).expect("bench dir");
     println!(
-        "\nNodePort connections per second (external client → node → 2 pods; {CLIENTS} client threads, \
-         one request per connection, {}s x {rounds} rounds, median [min-max]):",
+        "\nNodePort connections per second ({services} NodePort services; external client → node → 2 pods; \
+         {CLIENTS} client threads, one request per connection, {}s x {rounds} rounds, median [min-max]):",
         duration.as_secs()
     );
     let mut results: Vec<(Mode, Vec<f64>, u64)> = MODES.iter().map(|&m| (m, Vec::new(), 0)).collect();
     for round in 0..rounds {
         for k in 0..MODES.len() {
             let i = (k + round) % MODES.len();
-            let (r, failed) = measure(MODES[i], duration, &dir);
+            let (r, failed) = measure(MODES[i], duration, &dir, services);
             results[i].1.push(r);
             results[i].2 += failed;
         }
