@@ -320,10 +320,15 @@ fn filler_ports(services: usize) -> impl Iterator<Item = u16> {
     (30000..).filter(|&p| p != NODE_PORT).take(services - 1)
 }
 
-/// Services and EndpointSlices for the filler NodePorts, each served by both pods.
-fn filler_manifests(services: usize) -> String {
+/// Services and EndpointSlices for the filler NodePorts, each served by both pods, in
+/// files of at most 250 services (the YAML reader caps documents per file).
+fn filler_manifests(services: usize) -> Vec<String> {
+    let mut files = Vec::new();
     let mut out = String::new();
     for (i, port) in filler_ports(services).enumerate() {
+        if i > 0 && i % 250 == 0 {
+            files.push(std::mem::take(&mut out));
+        }
         let ip = Ipv4Addr::new(10, 96, 100 + (i / 250) as u8, 1 + (i % 250) as u8);
         let _ = write!(
             out,
@@ -343,7 +348,8 @@ fn filler_manifests(services: usize) -> String {
         }
         out.push_str("---\n");
     }
-    out
+    files.push(out);
+    files
 }
 
 /// The hello-app's and the fillers' kube-proxy rules, as kproxy's exporter renders them
@@ -351,8 +357,12 @@ fn filler_manifests(services: usize) -> String {
 fn kube_proxy_rules(dir: &std::path::Path, services: usize) -> (String, String) {
     let model_path = dir.join("hello-app.yaml");
     write_model(&model_path, &[POD_A, POD_B]);
-    let fillers = dir.join("fillers.yaml");
-    std::fs::write(&fillers, filler_manifests(services)).expect("write fillers");
+    let fillers = dir.join("fillers");
+    let _ = std::fs::remove_dir_all(&fillers);
+    std::fs::create_dir_all(&fillers).expect("fillers dir");
+    for (n, text) in filler_manifests(services).iter().enumerate() {
+        std::fs::write(fillers.join(format!("fillers-{n}.yaml")), text).expect("write fillers");
+    }
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, proxy_config()).expect("write config");
     let config = ProxyConfig::load(Some(&config_path)).expect("config");
