@@ -186,6 +186,10 @@ impl LinkPins {
                     .iter()
                     .any(|&hook| self.path(hook, iface) == entry.path())
             });
+            if all {
+                // Best effort: the pin removal below detaches too, only later.
+                let _ = detach_now(&entry.path());
+            }
             if all || !alive {
                 fs::remove_file(entry.path()).map_err(sweep_err)?;
                 removed.push(name);
@@ -237,4 +241,45 @@ impl LinkHook for XdpHook<'_> {
     fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
         self.0.take_link(id)
     }
+}
+
+/// Detaches the link pinned at `path` at once (BPF_LINK_DETACH). Removing the last pin
+/// of a link frees it from a kernel workqueue that also needs the RTNL lock, so its
+/// program can go on running for a while after the pin is gone; cleanup must not return
+/// before traffic stops being translated.
+fn detach_now(path: &Path) -> io::Result<()> {
+    use std::{
+        ffi::CString,
+        os::{
+            fd::{AsRawFd, FromRawFd, OwnedFd},
+            unix::ffi::OsStrExt,
+        },
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
+    let get: [u64; 2] = [path.as_ptr() as u64, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&get)` bytes of `get`; `path` outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), size_of_val(&get)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd returned to us by BPF_OBJ_GET.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // bpf_attr for BPF_LINK_DETACH: link_fd.
+    let detach: [u32; 2] = [link.as_raw_fd() as u32, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&detach)` bytes of `detach`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_ptr(),
+            size_of_val(&detach),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

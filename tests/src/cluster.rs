@@ -18,7 +18,7 @@ use crate::{
     netns::NetNs,
     pins::PinDir,
     tempdir::TempDir,
-    topology::{NODE_IP, Topology},
+    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
 };
 
 pub const POD_A: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 130);
@@ -43,6 +43,8 @@ pub fn node_port() -> SocketAddr {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
     Ebpf,
+    /// eBPF with XDP on the external link too (`--xdp-iface kpe*`).
+    EbpfXdp,
     Iptables,
 }
 
@@ -141,10 +143,11 @@ fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir) -> Agent 
     let model = dir.join("hello-app.yaml").display().to_string();
     let config = dir.join("config.yaml").display().to_string();
     let pin_path = pins.path().display().to_string();
-    let mode = match mode {
-        Mode::Ebpf => "ebpf",
+    let mode_arg = match mode {
+        Mode::Ebpf | Mode::EbpfXdp => "ebpf",
         Mode::Iptables => "iptables",
     };
+    let xdp_pattern = format!("{EXTERNAL_IFACE_PREFIX}*");
     let mut args = vec![
         "run",
         "--model",
@@ -152,13 +155,16 @@ fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir) -> Agent 
         "--config",
         &config,
         "--mode",
-        mode,
+        mode_arg,
         "--pin-path",
         &pin_path,
     ];
     let patterns = topo.iface_patterns();
     for p in &patterns {
         args.extend(["--iface", p.as_str()]);
+    }
+    if mode == Mode::EbpfXdp {
+        args.extend(["--xdp-iface", xdp_pattern.as_str()]);
     }
     Agent::start(&topo.node, &args)
 }

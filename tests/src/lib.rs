@@ -6,10 +6,12 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod forwarding;
 pub mod hello;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod prog_test_run;
 pub mod tempdir;
 pub mod topology;

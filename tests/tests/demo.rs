@@ -7,11 +7,12 @@ use kproxy_tests::agent::kproxy_bin;
 
 const PODS: [&str; 2] = ["hello-app-58d97c88d4-h7s2n", "hello-app-58d97c88d4-pkh8c"];
 
-fn demo(mode: &str) {
+fn demo(mode: &str, xdp: bool) {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let out = Command::new(env!("CARGO_BIN_EXE_kproxy-demo"))
         .args(["--once", "--mode", mode, "--requests", "30", "--examples"])
         .arg(&examples)
+        .args(xdp.then_some("--xdp"))
         .env("KPROXY_BIN", kproxy_bin())
         .output()
         .expect("run kproxy-demo");
@@ -49,6 +50,17 @@ fn demo(mode: &str) {
         "KUBE-SEP-7I3URQ2O437FVP5U"
     };
     assert!(stdout.contains(programmed), "{stdout}");
+    if xdp {
+        assert!(
+            stdout.contains("native (driver) mode"),
+            "XDP mode not shown:\n{stdout}"
+        );
+        assert!(stdout.contains("XDP on kpe"), "XDP counts not shown:\n{stdout}");
+        assert!(
+            !stdout.contains("translated 0 packets"),
+            "XDP translated nothing:\n{stdout}"
+        );
+    }
 
     // Its namespaces and interfaces carry its pid: `kpv{pid}x…`.
     let pid_tag = stdout
@@ -73,10 +85,15 @@ fn demo(mode: &str) {
 
 #[test]
 fn demo_in_ebpf_mode() {
-    demo("ebpf");
+    demo("ebpf", false);
+}
+
+#[test]
+fn demo_in_ebpf_mode_with_xdp() {
+    demo("ebpf", true);
 }
 
 #[test]
 fn demo_in_iptables_mode() {
-    demo("iptables");
+    demo("iptables", false);
 }

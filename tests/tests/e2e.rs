@@ -1,16 +1,24 @@
 //! End-to-end: the real `kproxy run` on a node namespace routing between pod
 //! namespaces and an external client, with real TCP and UDP. Every scenario runs
-//! against both datapaths (`--mode ebpf` and `--mode iptables`) with the same
-//! assertions: the two views of one model must behave the same.
+//! against both datapaths (`--mode ebpf` and `--mode iptables`), and eBPF once more with
+//! XDP on the external link (`--xdp-iface`), with the same assertions: the views of one
+//! model must behave the same. XDP's own scenario checks that it did the work.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
+use aya::programs::{ProgramInfo, links::PinnedLink, loaded_programs};
+use kproxy::{
+    attach::{Hook, LinkPins},
+    bpf::DatapathMaps,
+    iface::Iface,
+};
 use kproxy_tests::{
     agent::run_kproxy,
     cluster::{
-        CLIENT, Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, both, cluster_ip, http_backends, node_port,
-        udp_backends,
+        CLIENT, Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, http_backends,
+        node_port, udp_backends,
     },
+    forwarding::event,
     hello::{LineClient, http_get_hostname, udp_ask, udp_socket},
     topology::EXTERNAL_CLIENT_IP,
 };
@@ -192,11 +200,105 @@ fn restarted_agent_keeps_established_flows(mode: Mode) {
     );
 }
 
+/// The XDP program's run count on the external link, from the link the agent pinned
+/// (the kernel counts while `enable_stats` is held).
+fn xdp_run_count(c: &Cluster) -> u64 {
+    let name = c.topo.node_external_iface.clone();
+    let index = c.topo.node.ifindex(&name);
+    let path = LinkPins::new(c.pins.path())
+        .expect("link pin dir")
+        .path(Hook::Xdp, &Iface { name, index });
+    let link = PinnedLink::from_pin(&path).unwrap_or_else(|e| panic!("XDP link pin {}: {e}", path.display()));
+    let id = aya::programs::links::FdLink::from(link)
+        .info()
+        .expect("link info")
+        .program_id();
+    let info: ProgramInfo = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .expect("the linked program is loaded");
+    info.run_count()
+}
+
+/// NodePort traffic from outside through `--xdp-iface`: the agent attaches natively and
+/// says so; XDP translates TCP and UDP (both backends, replies from the NodePort),
+/// handing them to the stack while the pod veths cannot take native redirects; once GRO
+/// is on in the pods, the agent makes their veths redirect targets and XDP sends the
+/// packets straight to them.
+fn xdp_iface_serves_nodeport_and_redirects_once_pods_have_gro() {
+    let mut c = Cluster::start(Mode::EbpfXdp, &[POD_A, POD_B]);
+    let kpe = c.topo.node_external_iface.clone();
+    c.agent.wait_for_log(&format!("xdp on {kpe}"), 1, SYNC_TIMEOUT);
+    let log = c.agent.log();
+    assert!(
+        log.contains("native (driver) mode"),
+        "veths run XDP natively; the agent must say which mode:\n{log}"
+    );
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run stats");
+    let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+    let runs = xdp_run_count(&c);
+    assert_eq!(
+        http_backends(&c.topo.external, node_port()),
+        both(),
+        "TCP via NodePort"
+    );
+    assert_eq!(
+        udp_backends(&c.topo.external, EXTERNAL_CLIENT_IP, node_port()),
+        both(),
+        "UDP via NodePort"
+    );
+    // Each HTTP exchange sends at least SYN, request and FIN from the client.
+    let at_least = 4 * TRIES as u64;
+    let ran = xdp_run_count(&c) - runs;
+    assert!(ran >= at_least, "the XDP program ran {ran} times");
+    let to_stack = event(&maps, "xdp_pass_translated");
+    assert!(to_stack >= at_least, "XDP translated only {to_stack} packets");
+    assert_eq!(
+        event(&maps, "xdp_redirect"),
+        0,
+        "no veth can take native redirects yet"
+    );
+
+    for pod in &c.topo.pods {
+        pod.ns.ethtool(&["-K", "eth0", "gro", "on"]);
+    }
+    let pod_a_veth = c.topo.pod("hello-a").host_iface.clone();
+    // The agent rescans every 500 ms and logs the targets when they change.
+    c.agent.wait_for_log("xdp redirect targets", 1, SYNC_TIMEOUT);
+    assert!(
+        c.agent
+            .log()
+            .lines()
+            .any(|l| l.contains("xdp redirect targets") && l.contains(&pod_a_veth)),
+        "the pod veths must become redirect targets:\n{}",
+        c.agent.log()
+    );
+    assert_eq!(
+        http_backends(&c.topo.external, node_port()),
+        both(),
+        "TCP, redirected"
+    );
+    assert_eq!(
+        udp_backends(&c.topo.external, EXTERNAL_CLIENT_IP, node_port()),
+        both(),
+        "UDP, redirected"
+    );
+    let redirected = event(&maps, "xdp_redirect");
+    assert!(redirected >= at_least, "XDP redirected only {redirected} packets");
+}
+
 /// One `#[test]` per scenario and mode.
-macro_rules! both_modes {
+macro_rules! every_mode {
     ($($scenario:ident),* $(,)?) => {
         mod ebpf {
             $(#[test] fn $scenario() { super::$scenario(super::Mode::Ebpf) })*
+        }
+        mod ebpf_xdp {
+            $(#[test] fn $scenario() { super::$scenario(super::Mode::EbpfXdp) })*
+            #[test]
+            fn xdp_iface_serves_nodeport_and_redirects_once_pods_have_gro() {
+                super::xdp_iface_serves_nodeport_and_redirects_once_pods_have_gro()
+            }
         }
         mod iptables {
             $(#[test] fn $scenario() { super::$scenario(super::Mode::Iptables) })*
@@ -204,7 +306,7 @@ macro_rules! both_modes {
     };
 }
 
-both_modes!(
+every_mode!(
     clusterip_and_nodeport_reach_both_backends,
     flows_stay_on_their_backend,
     endpoints_follow_the_model_file,

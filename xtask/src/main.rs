@@ -33,6 +33,10 @@ enum Command {
         /// Which datapath serves the demo.
         #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
         mode: String,
+        /// eBPF mode: run the XDP program on the node's external link too (TC only
+        /// without it).
+        #[arg(long)]
+        xdp: bool,
         /// Exit right after showing the state instead of waiting for Ctrl-C.
         #[arg(long)]
         once: bool,
@@ -55,19 +59,19 @@ fn run() -> anyhow::Result<()> {
             setup::run()?;
             build::all().map(|_| ())
         }
-        Command::Run { args } if args.is_empty() => demo("ebpf", false),
+        Command::Run { args } if args.is_empty() => demo("ebpf", false, false),
         Command::Run { args } => {
             setup::run()?;
             let agent = build::all()?;
             cmd::run(std::process::Command::new(agent).args(&args))
         }
         Command::Test => test::run(),
-        Command::Demo { mode, once } => demo(&mode, once),
+        Command::Demo { mode, xdp, once } => demo(&mode, xdp, once),
     }
 }
 
 /// Builds the agent and the demo driver, then runs the demo from the repository root.
-fn demo(mode: &str, once: bool) -> anyhow::Result<()> {
+fn demo(mode: &str, xdp: bool, once: bool) -> anyhow::Result<()> {
     setup::run()?;
     let agent = build::all()?;
     let driver = build::demo()?;
@@ -77,6 +81,9 @@ fn demo(mode: &str, once: bool) -> anyhow::Result<()> {
         .env("KPROXY_BIN", agent);
     if once {
         command.arg("--once");
+    }
+    if xdp {
+        command.arg("--xdp");
     }
     cmd::run(&mut command)
 }

@@ -14,6 +14,8 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
     "bpftool",
+    // Test topologies switch checksum offload and GRO on their veths.
+    "ethtool",
 ];
 
 /// The bpf-linker this toolchain links with (0.13's default feature targets LLVM 23,

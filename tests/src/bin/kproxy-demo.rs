@@ -4,7 +4,9 @@
 //! client; `kproxy run` programs the hello-app Service from `examples/` (eBPF or
 //! iptables mode); requests go through the ClusterIP and the NodePort; the split between
 //! the pods is printed, then the datapath's state beside the iptables chains kube-proxy
-//! would write. It waits for Ctrl-C (or exits at once with `--once`) and removes
+//! would write. With `--xdp` (eBPF mode) the node's external link runs the XDP program
+//! too (`kproxy run --xdp-iface`), and the demo shows the mode the agent chose and what
+//! XDP translated. It waits for Ctrl-C (or exits at once with `--once`) and removes
 //! everything it created, also when it fails half-way.
 
 use std::{
@@ -17,11 +19,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use kproxy::bpf::DatapathMaps;
 use kproxy_tests::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, http_get_hostname},
     netns::NetNs,
-    topology::{NODE_IP, Topology},
+    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
 };
 
 const POD_A: (&str, Ipv4Addr) = ("hello-app-58d97c88d4-h7s2n", Ipv4Addr::new(172, 16, 166, 130));
@@ -39,6 +42,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 struct Options {
     mode: String,
+    xdp: bool,
     once: bool,
     requests: usize,
     examples: PathBuf,
@@ -47,6 +51,7 @@ struct Options {
 fn parse_args() -> anyhow::Result<Options> {
     let mut opts = Options {
         mode: "ebpf".into(),
+        xdp: false,
         once: false,
         requests: 20,
         examples: PathBuf::from("examples"),
@@ -56,15 +61,19 @@ fn parse_args() -> anyhow::Result<Options> {
         match arg.as_str() {
             "--mode" => opts.mode = args.next().context("--mode needs ebpf or iptables")?,
             "--once" => opts.once = true,
+            "--xdp" => opts.xdp = true,
             "--requests" => opts.requests = args.next().context("--requests needs a number")?.parse()?,
             "--examples" => opts.examples = args.next().context("--examples needs a directory")?.into(),
             other => bail!(
-                "unknown argument {other:?} (use --mode ebpf|iptables, --once, --requests N, --examples DIR)"
+                "unknown argument {other:?} (use --mode ebpf|iptables, --xdp, --once, --requests N, --examples DIR)"
             ),
         }
     }
     if !["ebpf", "iptables"].contains(&opts.mode.as_str()) {
         bail!("--mode must be ebpf or iptables, not {:?}", opts.mode);
+    }
+    if opts.xdp && opts.mode != "ebpf" {
+        bail!("--xdp needs --mode ebpf");
     }
     Ok(opts)
 }
@@ -157,10 +166,19 @@ fn run() -> anyhow::Result<()> {
     for p in &patterns {
         args.extend(["--iface", p.as_str()]);
     }
+    // TC only on the external link by default; with --xdp, XDP in front of it.
+    let xdp_pattern = format!("{EXTERNAL_IFACE_PREFIX}*");
+    if opts.xdp {
+        args.extend(["--xdp-iface", xdp_pattern.as_str()]);
+    }
     println!("\n== kproxy {}", args.join(" "));
     let mut agent = Agent::start(&topo.node, &args);
     agent.wait_for_log("sync #1", 1, Duration::from_secs(15));
-    if let Some(line) = agent.log().lines().find(|l| l.contains("sync #1")) {
+    for line in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("sync #1") || l.contains("xdp on "))
+    {
         println!("   {}", line.trim());
     }
 
@@ -176,6 +194,18 @@ fn run() -> anyhow::Result<()> {
         opts.requests
     );
     print_split(&tally(&topo.external, node_port, opts.requests)?);
+    if opts.xdp {
+        let maps = DatapathMaps::open_pinned(std::path::Path::new(&pin_path))?;
+        let events = maps.events()?;
+        let count = |name: &str| events.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+        println!(
+            "   XDP on {} translated {} packets: {} sent straight to a pod veth, {} through the stack",
+            topo.node_external_iface,
+            count("xdp_redirect") + count("xdp_pass_translated"),
+            count("xdp_redirect"),
+            count("xdp_pass_translated")
+        );
+    }
 
     println!("\n== What kube-proxy (iptables mode) would program: kproxy export iptables --format list");
     let export = kproxy_out(&[
