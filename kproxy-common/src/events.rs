@@ -21,8 +21,14 @@ pub const EV_MASQ: u32 = 7;
 pub const EV_PASS_UNHANDLED: u32 = 8;
 /// Dropped: a checksum or store helper failed mid-rewrite.
 pub const EV_DROP_REWRITE: u32 = 9;
+/// XDP: a translated packet was sent straight to its next hop's interface
+/// (`bpf_fib_lookup` + `bpf_redirect_map`), skipping the stack.
+pub const EV_XDP_REDIRECT: u32 = 10;
+/// XDP: a translated packet was handed to the stack (no route or neighbour known to the
+/// FIB, TTL expiring, MTU exceeded, or its interface not a redirect target).
+pub const EV_XDP_PASS_TRANSLATED: u32 = 11;
 /// Number of event counters.
-pub const EV_MAX: u32 = 10;
+pub const EV_MAX: u32 = 12;
 
 /// Names of the event counters, by index.
 pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
@@ -36,4 +42,6 @@ pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
     "masquerade",
     "pass_unhandled",
     "drop_rewrite",
+    "xdp_redirect",
+    "xdp_pass_translated",
 ];

@@ -30,10 +30,12 @@ pub mod map_names {
     pub const CONFIG: &str = "KPROXY_CONFIG_V1";
     pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V1";
     pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V1";
-    pub const EVENTS: &str = "KPROXY_EVENTS_V1";
+    /// V2: two XDP events added (an array's size is part of its layout).
+    pub const EVENTS: &str = "KPROXY_EVENTS_V2";
+    pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 12] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -45,5 +47,6 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         EVENTS,
+        XDP_TARGETS,
     ];
 }

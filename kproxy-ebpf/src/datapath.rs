@@ -26,8 +26,11 @@ use crate::{
 /// What the hook does with the packet (each entry point maps it to its return code).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Continue through the stack (translated or untouched).
+    /// Not ours (or not translatable): continue through the stack untouched.
     Pass,
+    /// Translated (DNAT or reverse NAT): forward it; TC hands it to the stack, XDP may
+    /// send it to its next hop itself (`fib`).
+    Translated,
     /// Drop (no backend, or a rewrite that could not be completed).
     Drop,
 }
@@ -127,7 +130,7 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
         event(EV_DROP_REWRITE);
         return Verdict::Drop;
     }
-    Verdict::Pass
+    Verdict::Translated
 }
 
 /// Whether the packet `flow` of service `svc` keeps following the conntrack entry `e`.
@@ -173,5 +176,5 @@ fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
         event(EV_DROP_REWRITE);
         return Verdict::Drop;
     }
-    Verdict::Pass
+    Verdict::Translated
 }

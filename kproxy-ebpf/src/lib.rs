@@ -7,6 +7,7 @@
 //! - [`conntrack`]: both directions' entries, timeouts, TCP state;
 //! - [`nat`]: DNAT, masquerade and reverse NAT;
 //! - [`datapath`]: the packet walk every hook runs;
+//! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
 //! - [`maps`], [`stats`].
 //!
 //! A service without backends drops its packets and counts them (`no_backend_drops`,
@@ -18,6 +19,7 @@
 pub mod conntrack;
 pub mod ctx;
 pub mod datapath;
+pub mod fib;
 pub mod lb;
 pub mod maps;
 pub mod nat;

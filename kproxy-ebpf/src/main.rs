@@ -10,15 +10,22 @@ use aya_ebpf::{
 use kproxy_common::counters::{HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
     datapath::{Verdict, handle},
+    fib,
     stats::count_packet,
 };
 
-/// XDP on external interfaces: counts the packet and passes it to the stack.
+/// XDP on external interfaces: counts the packet, then runs the same datapath as TC
+/// (DNAT of service traffic, reverse NAT of replies; everything else passes untouched)
+/// and sends what it translated to its next hop itself when the FIB knows it (`fib`).
 #[xdp]
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     count_packet(ctx.ingress_ifindex() as u32, HOOK_XDP, len);
-    xdp_action::XDP_PASS
+    match handle(&ctx) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Translated => fib::forward(&ctx),
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
 
 /// TC ingress on pod-facing veths (host side) and external interfaces: counts the
@@ -29,7 +36,7 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count_packet(ifindex, HOOK_TC_INGRESS, len as u64);
     match handle(&ctx) {
-        Verdict::Pass => TC_ACT_OK,
+        Verdict::Pass | Verdict::Translated => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }

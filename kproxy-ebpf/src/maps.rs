@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
@@ -62,5 +62,10 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Global event counters, per CPU (indexes `kproxy_common::events::EV_*`).
-#[map(name = "KPROXY_EVENTS_V1")]
+#[map(name = "KPROXY_EVENTS_V2")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
+
+/// Interfaces XDP may redirect translated packets to (ifindex → itself), written by the
+/// agent: only those whose driver accepts redirected frames from the XDP mode in use.
+#[map(name = "KPROXY_XDP_TARGETS_V1")]
+pub static XDP_TARGETS: DevMapHash = DevMapHash::pinned(1024, 0);

@@ -16,8 +16,8 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::XdpLink,
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 
@@ -118,39 +118,7 @@ impl LinkPins {
     /// Attaches `program` to TC ingress of `iface` (TCX), or swaps it into the
     /// link a previous agent pinned there.
     pub fn attach_tc(&self, program: &mut SchedClassifier, iface: &Iface) -> Result<Attached, AttachError> {
-        let hook = Hook::TcIngress;
-        let path = self.path(hook, iface);
-        let not_fd = |source| AttachError::NotFdLink {
-            hook,
-            iface: iface.name.clone(),
-            source,
-        };
-        let take = |source| AttachError::Take {
-            hook,
-            iface: iface.name.clone(),
-            source,
-        };
-        if let Some(fd_link) = self.open(hook, iface)? {
-            let link = SchedClassifierLink::try_from(fd_link).map_err(not_fd)?;
-            let id = program
-                .attach_to_link(link)
-                .map_err(|source| AttachError::Adopt { path, source })?;
-            // Still pinned: let go of our handle, the pin keeps the link.
-            drop(program.take_link(id).map_err(take)?);
-            return Ok(Attached::Adopted);
-        }
-        let id = program
-            .attach(&iface.name, TcAttachType::Ingress)
-            .map_err(|source| AttachError::Attach {
-                hook,
-                iface: iface.name.clone(),
-                source,
-            })?;
-        let fd_link = FdLink::try_from(program.take_link(id).map_err(take)?).map_err(not_fd)?;
-        fd_link
-            .pin(&path)
-            .map_err(|source| AttachError::Pin { path, source })?;
-        Ok(Attached::New)
+        self.attach(&mut TcIngress(program), iface)
     }
 
     /// Attaches `program` to XDP of `iface` in `mode`, or swaps it into the pinned link.
@@ -160,34 +128,42 @@ impl LinkPins {
         iface: &Iface,
         mode: XdpMode,
     ) -> Result<Attached, AttachError> {
-        let hook = Hook::Xdp;
+        self.attach(&mut XdpHook(program, mode), iface)
+    }
+
+    /// Adopts the pinned link of `P::HOOK` on `iface` (atomic program swap), or attaches
+    /// fresh and pins the new link.
+    fn attach<P: LinkHook>(&self, program: &mut P, iface: &Iface) -> Result<Attached, AttachError> {
+        let hook = P::HOOK;
         let path = self.path(hook, iface);
+        let name = || iface.name.clone();
         let not_fd = |source| AttachError::NotFdLink {
             hook,
-            iface: iface.name.clone(),
+            iface: name(),
             source,
         };
         let take = |source| AttachError::Take {
             hook,
-            iface: iface.name.clone(),
+            iface: name(),
             source,
         };
         if let Some(fd_link) = self.open(hook, iface)? {
-            let link = XdpLink::try_from(fd_link).map_err(not_fd)?;
+            let link = P::Link::try_from(fd_link).map_err(not_fd)?;
             let id = program
-                .attach_to_link(link)
+                .swap_into(link)
                 .map_err(|source| AttachError::Adopt { path, source })?;
-            drop(program.take_link(id).map_err(take)?);
+            // Still pinned: let go of our handle, the pin keeps the link.
+            drop(program.take(id).map_err(take)?);
             return Ok(Attached::Adopted);
         }
         let id = program
-            .attach(&iface.name, mode)
+            .attach_fresh(&iface.name)
             .map_err(|source| AttachError::Attach {
                 hook,
-                iface: iface.name.clone(),
+                iface: name(),
                 source,
             })?;
-        let fd_link = FdLink::try_from(program.take_link(id).map_err(take)?).map_err(not_fd)?;
+        let fd_link: FdLink = program.take(id).map_err(take)?.try_into().map_err(not_fd)?;
         fd_link
             .pin(&path)
             .map_err(|source| AttachError::Pin { path, source })?;
@@ -210,6 +186,10 @@ impl LinkPins {
                     .iter()
                     .any(|&hook| self.path(hook, iface) == entry.path())
             });
+            if all {
+                // Best effort: the pin removal below detaches too, only later.
+                let _ = detach_now(&entry.path());
+            }
             if all || !alive {
                 fs::remove_file(entry.path()).map_err(sweep_err)?;
                 removed.push(name);
@@ -217,4 +197,89 @@ impl LinkPins {
         }
         Ok(removed)
     }
+}
+
+/// A program on a hook whose links can be pinned and adopted (TC ingress, XDP).
+trait LinkHook {
+    type Link: TryFrom<FdLink, Error = LinkError> + TryInto<FdLink, Error = LinkError>;
+    type Id;
+    const HOOK: Hook;
+    fn attach_fresh(&mut self, iface: &str) -> Result<Self::Id, ProgramError>;
+    fn swap_into(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
+    fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError>;
+}
+
+struct TcIngress<'a>(&'a mut SchedClassifier);
+
+impl LinkHook for TcIngress<'_> {
+    type Link = SchedClassifierLink;
+    type Id = SchedClassifierLinkId;
+    const HOOK: Hook = Hook::TcIngress;
+    fn attach_fresh(&mut self, iface: &str) -> Result<Self::Id, ProgramError> {
+        self.0.attach(iface, TcAttachType::Ingress)
+    }
+    fn swap_into(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        self.0.attach_to_link(link)
+    }
+    fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        self.0.take_link(id)
+    }
+}
+
+struct XdpHook<'a>(&'a mut Xdp, XdpMode);
+
+impl LinkHook for XdpHook<'_> {
+    type Link = XdpLink;
+    type Id = XdpLinkId;
+    const HOOK: Hook = Hook::Xdp;
+    fn attach_fresh(&mut self, iface: &str) -> Result<Self::Id, ProgramError> {
+        self.0.attach(iface, self.1)
+    }
+    fn swap_into(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        self.0.attach_to_link(link)
+    }
+    fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        self.0.take_link(id)
+    }
+}
+
+/// Detaches the link pinned at `path` at once (BPF_LINK_DETACH). Removing the last pin
+/// of a link frees it from a kernel workqueue that also needs the RTNL lock, so its
+/// program can go on running for a while after the pin is gone; cleanup must not return
+/// before traffic stops being translated.
+fn detach_now(path: &Path) -> io::Result<()> {
+    use std::{
+        ffi::CString,
+        os::{
+            fd::{AsRawFd, FromRawFd, OwnedFd},
+            unix::ffi::OsStrExt,
+        },
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
+    let get: [u64; 2] = [path.as_ptr() as u64, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&get)` bytes of `get`; `path` outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), size_of_val(&get)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd returned to us by BPF_OBJ_GET.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // bpf_attr for BPF_LINK_DETACH: link_fd.
+    let detach: [u32; 2] = [link.as_raw_fd() as u32, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&detach)` bytes of `detach`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_ptr(),
+            size_of_val(&detach),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

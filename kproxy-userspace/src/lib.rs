@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod config;
 pub mod counters;
 pub mod iface;
+pub mod inspect;
 pub mod iptables;
 pub mod model;
 pub mod netfilter;
@@ -15,6 +16,7 @@ pub mod source;
 pub mod state;
 pub mod sync;
 pub mod watch;
+pub mod xdp_features;
 
 /// The kernel programs, built from `kproxy-ebpf` and embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kproxy"));

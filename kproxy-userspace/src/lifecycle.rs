@@ -32,6 +32,15 @@ pub struct Run {
     /// that appear later and match are attached too.
     #[arg(long = "iface", value_name = "PATTERN")]
     ifaces: Vec<String>,
+    /// External interfaces (names or globs) to run the XDP program on as well: NodePort,
+    /// externalIP and LoadBalancer traffic is translated there before the kernel
+    /// allocates an skb, and sent straight to the backend's interface when the route is
+    /// known. Native mode where the driver supports it, generic otherwise (logged).
+    /// Without it, external interfaces listed in --iface use TC only. Use it where
+    /// frames come off a wire: XDP cannot see that a frame from a local sender carries
+    /// only a partial (offloaded) checksum.
+    #[arg(long = "xdp-iface", value_name = "PATTERN")]
+    xdp_ifaces: Vec<String>,
     /// Which datapath to program.
     #[arg(long, value_enum, default_value = "ebpf")]
     mode: Mode,
@@ -59,11 +68,15 @@ impl Run {
                 "--mode ebpf needs at least one --iface PATTERN to attach to (e.g. --iface 'veth*' --iface eth0)"
             );
         }
+        if self.mode == Mode::Iptables && !self.xdp_ifaces.is_empty() {
+            anyhow::bail!("--xdp-iface needs --mode ebpf");
+        }
         let opts = AgentOptions {
             models: self.models,
             config: self.config,
             mode: self.mode,
             ifaces: self.ifaces,
+            xdp_ifaces: self.xdp_ifaces,
             pin_path: self.pin_path,
             iptables_backend: self.iptables_backend,
             node_ip: self.node_ip,

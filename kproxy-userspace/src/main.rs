@@ -1,6 +1,7 @@
 //! The `kproxy` command line.
 
 mod export;
+mod inspect_cli;
 mod lifecycle;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,10 @@ enum Command {
     /// Measure how fast kproxy renders large models.
     #[command(subcommand)]
     Bench(export::Bench),
+    /// Show the pinned BPF maps beside the iptables rules kube-proxy would have.
+    Inspect(inspect_cli::InspectArgs),
+    /// What happens to a packet, in kube-proxy's rules and in the BPF maps.
+    Explain(inspect_cli::ExplainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +42,8 @@ fn main() -> anyhow::Result<()> {
         Command::Check => check(),
         Command::Export(export) => export.run(),
         Command::Bench(bench) => bench.run(),
+        Command::Inspect(inspect) => inspect.run(),
+        Command::Explain(explain) => explain.run(),
     }
 }
 

@@ -17,7 +17,8 @@ use std::{
 
 use crate::{
     bpf::{BackendId, DatapathMaps, Frontend, MapsError, Protocol, ServiceOptions},
-    model::{Endpoint, Model, Protocol as ModelProtocol, ServicePort},
+    config::{NodePortAddresses, ProxyConfig},
+    model::{Endpoint, Model, NodeInfo, Protocol as ModelProtocol, ServicePort},
 };
 
 /// One frontend as it should be: its backends in slot order and its options.
@@ -150,6 +151,24 @@ pub fn desired_state(model: &Model) -> DesiredState {
     for port in &model.service_ports {
         port_frontends(port, &mut out);
     }
+    out
+}
+
+/// The IPv4 addresses NodePort frontends answer on (the node-address map): the node's
+/// addresses `nodePortAddresses` selects, loopback excluded (the datapath sees no
+/// loopback traffic).
+pub fn node_port_addresses(config: &ProxyConfig, node: &NodeInfo) -> Vec<Ipv4Addr> {
+    let chosen = match config.node_port_addresses(node) {
+        NodePortAddresses::All => node.addresses.clone(),
+        NodePortAddresses::Only(addrs) => addrs,
+    };
+    let mut out: Vec<Ipv4Addr> = chosen
+        .into_iter()
+        .filter_map(v4)
+        .filter(|a| !a.is_loopback())
+        .collect();
+    out.sort();
+    out.dedup();
     out
 }
 

@@ -9,18 +9,23 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-/// Runs `ip ARGS`, panicking with the command and its stderr when it fails.
-pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
+/// Runs `command`, panicking with what it was (`what`) and its stderr when it fails.
+fn run_checked(mut command: Command, what: &str) {
+    let out = command
         .output()
-        .expect("start `ip` (iproute2 installed?)");
+        .unwrap_or_else(|e| panic!("start `{what}`: {e} (installed? `cargo xtask setup`)"));
     assert!(
         out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
+        "`{what}` failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// Runs `ip ARGS`, panicking with the command and its stderr when it fails.
+pub fn ip(args: &[&str]) {
+    let mut command = Command::new("ip");
+    command.args(args);
+    run_checked(command, &format!("ip {}", args.join(" ")));
 }
 
 /// A short name unique to this process and call: `{tag}{pid}x{n}`, at most 15 bytes
@@ -57,6 +62,13 @@ impl NetNs {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
         ip(&full);
+    }
+
+    /// Runs `ethtool ARGS` inside this namespace, panicking with its stderr when it fails.
+    pub fn ethtool(&self, args: &[&str]) {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, "ethtool"]).args(args);
+        run_checked(command, &format!("ethtool {} (in {})", args.join(" "), self.name));
     }
 
     /// Runs `f` on a thread that has entered only this network namespace (not the

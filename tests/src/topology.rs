@@ -6,7 +6,8 @@
 //! - pods: their pod IP as /32 on `eth0`, default route via [`POD_GATEWAY`], which
 //!   every host-side veth owns (as Calico does), so the node answers their ARP;
 //! - node: a /32 route per pod via its veth, forwarding on, [`NODE_IP`] on the
-//!   external link; the external client is [`EXTERNAL_CLIENT_IP`] on that link.
+//!   external link; the external client is [`EXTERNAL_CLIENT_IP`] on that link, and
+//!   sends with checksum offload off (complete checksums, as from a wire).
 
 use std::{fs, net::Ipv4Addr};
 
@@ -69,6 +70,11 @@ impl Topology {
         node.ip(&["link", "set", &node_external_iface, "up"]);
         external.ip(&["addr", "add", &format!("{EXTERNAL_CLIENT_IP}/24"), "dev", "eth0"]);
         external.ip(&["link", "set", "eth0", "up"]);
+        // The external client stands for hosts beyond a wire: its frames carry complete
+        // checksums, as a NIC delivers them. With offload on, a local sender leaves a
+        // partial (pseudo-header) checksum that only the skb's metadata explains, which
+        // an XDP program cannot see.
+        external.ethtool(&["-K", "eth0", "tx", "off"]);
 
         let mut topology = Topology {
             pods: Vec::new(),

@@ -1,8 +1,15 @@
-//! Katran-style BPF_PROG_TEST_RUN fixtures for the TC datapath: each case seeds the maps,
-//! runs packets through `kproxy_tc_ingress`, and checks the verdict, the exact output
-//! bytes (expected packets are built by etherparse, so their checksums are right by
+//! Katran-style BPF_PROG_TEST_RUN fixtures for the datapath: each case seeds the maps,
+//! runs packets through an entry point, and checks the verdict, the exact output bytes
+//! (expected packets are built by etherparse, so their checksums are right by
 //! construction; every output is also checked by an independent checksum sum) and the
 //! conntrack/counter side effects. Every case loads into its own pin directory.
+//!
+//! The table runs against both entry points, `kproxy_tc_ingress` and `kproxy_xdp`: they
+//! share the datapath (TC rewrites through the kernel's checksum helpers, XDP by RFC 1624
+//! by hand), so every case must give the same bytes and side effects; verdicts are each
+//! hook's own codes for the same outcome. With no XDP redirect targets seeded, XDP hands
+//! what it translated to the stack (XDP_PASS); the redirect path has its own cases at the
+//! end, in a namespace with a route and a neighbour to the backend.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -10,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use aya::{TestRun as _, TestRunOptions, programs::SchedClassifier};
+use aya::programs::Program;
 use kproxy::{
     bpf::{BackendId, DatapathMaps, Frontend, Protocol, ServiceId, ServiceOptions, ktime_now_ns},
     programs,
@@ -21,15 +28,61 @@ use kproxy_common::{
     service::{PROTO_TCP, PROTO_UDP, be_addr, be_port},
 };
 use kproxy_tests::{
+    forwarding::{FibNs, event},
     packet::{
-        ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, tcp, tcp6, udp,
-        with_ipv4_options,
+        ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum, tcp, tcp6,
+        udp, with_ipv4_options,
     },
     pins::PinDir,
+    prog_test_run,
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
+/// An entry point under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Tc,
+    Xdp,
+}
+
+const HOOKS: [Hook; 2] = [Hook::Tc, Hook::Xdp];
+
+/// What the program decides, independent of the hook's return codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// On to the stack (translated or untouched): TC_ACT_OK / XDP_PASS.
+    Pass,
+    /// TC_ACT_SHOT / XDP_DROP.
+    Drop,
+    /// XDP only: sent to the next hop's interface (XDP_REDIRECT).
+    Redirect,
+}
+use Verdict::{Drop as DROP, Pass as PASS};
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Tc => programs::TC_INGRESS_PROGRAM,
+            Hook::Xdp => programs::XDP_PROGRAM,
+        }
+    }
+
+    /// The hook's return code for `v`.
+    fn code(self, v: Verdict) -> u32 {
+        const TC_ACT_OK: u32 = 0;
+        const TC_ACT_SHOT: u32 = 2;
+        const XDP_DROP: u32 = 1;
+        const XDP_PASS: u32 = 2;
+        const XDP_REDIRECT: u32 = 4;
+        match (self, v) {
+            (Hook::Tc, Verdict::Pass) => TC_ACT_OK,
+            (Hook::Tc, Verdict::Drop) => TC_ACT_SHOT,
+            (Hook::Tc, Verdict::Redirect) => unreachable!("TC never redirects"),
+            (Hook::Xdp, Verdict::Pass) => XDP_PASS,
+            (Hook::Xdp, Verdict::Drop) => XDP_DROP,
+            (Hook::Xdp, Verdict::Redirect) => XDP_REDIRECT,
+        }
+    }
+}
 
 fn sa(ip: [u8; 4], port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(ip), port)
@@ -125,15 +178,6 @@ fn seed_flow(
         .unwrap();
 }
 
-fn event(m: &DatapathMaps, name: &str) -> u64 {
-    m.events()
-        .unwrap()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("no event {name}"))
-        .1
-}
-
 /// What the output packet must be.
 enum Expect {
     /// Byte-identical to the input.
@@ -145,22 +189,22 @@ enum Expect {
 /// One packet through the program.
 struct Step {
     input: Vec<u8>,
-    verdict: u32,
+    verdict: Verdict,
     output: Expect,
 }
 
-type Hook = Box<dyn Fn(&mut DatapathMaps)>;
+type Seed = Box<dyn Fn(&mut DatapathMaps)>;
 type Check = Box<dyn Fn(&DatapathMaps, &[Vec<u8>])>;
 
 /// A fixture: map seeds, packets in order, then side-effect checks (given the outputs).
 struct Case {
     name: &'static str,
-    seed: Hook,
+    seed: Seed,
     steps: Vec<Step>,
     check: Check,
 }
 
-fn step(input: Vec<u8>, verdict: u32, output: Expect) -> Step {
+fn step(input: Vec<u8>, verdict: Verdict, output: Expect) -> Step {
     Step {
         input,
         verdict,
@@ -168,43 +212,41 @@ fn step(input: Vec<u8>, verdict: u32, output: Expect) -> Step {
     }
 }
 
-/// Runs `input` through the TC program once: (verdict, output frame).
-fn test_run(tc: &SchedClassifier, input: &[u8]) -> Result<(u32, Vec<u8>), String> {
-    let mut out = vec![0u8; input.len() + 256];
-    let r = tc
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .map_err(|e| format!("BPF_PROG_TEST_RUN: {e:?}"))?;
-    out.truncate(r.data_size_out as usize);
-    Ok((r.return_value, out))
+/// Runs `input` through `program` once: (return code, output frame).
+fn test_run(program: &Program, input: &[u8], ingress_ifindex: Option<u32>) -> Result<(u32, Vec<u8>), String> {
+    prog_test_run::run(program, input, ingress_ifindex).map(|o| (o.code, o.frame))
 }
 
-fn run_case(case: &Case) -> Result<(), String> {
-    let pins = PinDir::new("fx");
-    let mut dp = pins.load();
-    (case.seed)(&mut dp.maps);
-    let tc: &SchedClassifier = dp
-        .ebpf
-        .program(programs::TC_INGRESS_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
+/// Runs `steps` through `hook`'s program, checking each verdict and output; returns the
+/// outputs.
+fn run_steps(
+    program: &Program,
+    hook: Hook,
+    steps: &[Step],
+    ingress_ifindex: Option<u32>,
+) -> Result<Vec<Vec<u8>>, String> {
     let mut outputs = Vec::new();
-    for (i, s) in case.steps.iter().enumerate() {
-        let (verdict, out) = test_run(tc, &s.input).map_err(|e| format!("step {i}: {e}"))?;
-        if verdict != s.verdict {
-            return Err(format!("step {i}: verdict {verdict} (expected {})", s.verdict));
+    for (i, s) in steps.iter().enumerate() {
+        let (code, out) =
+            test_run(program, &s.input, ingress_ifindex).map_err(|e| format!("step {i}: {e}"))?;
+        if code != hook.code(s.verdict) {
+            return Err(format!(
+                "step {i}: return code {code} (expected {} = {:?})",
+                hook.code(s.verdict),
+                s.verdict
+            ));
         }
         let ok = match &s.output {
             Expect::Unchanged => out == s.input,
             Expect::Exactly(p) => out == *p,
         };
         if !ok {
+            let want = match &s.output {
+                Expect::Unchanged => &s.input,
+                Expect::Exactly(p) => p,
+            };
             return Err(format!(
-                "step {i}: output differs\n  got      {out:02x?}\n  input    {:02x?}",
+                "step {i}: output differs\n  got      {out:02x?}\n  expected {want:02x?}\n  input    {:02x?}",
                 s.input
             ));
         }
@@ -213,12 +255,39 @@ fn run_case(case: &Case) -> Result<(), String> {
         }
         outputs.push(out);
     }
-    catch_unwind(AssertUnwindSafe(|| (case.check)(&dp.maps, &outputs))).map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "side-effect check panicked".into())
-    })
+    Ok(outputs)
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "side-effect check panicked".into())
+}
+
+fn run_case(case: &Case, hook: Hook) -> Result<(), String> {
+    let pins = PinDir::new("fx");
+    let mut dp = pins.load();
+    (case.seed)(&mut dp.maps);
+    let program = dp.ebpf.program(hook.program()).expect("program");
+    let outputs = run_steps(program, hook, &case.steps, None)?;
+    catch_unwind(AssertUnwindSafe(|| (case.check)(&dp.maps, &outputs))).map_err(panic_text)?;
+    if hook == Hook::Xdp {
+        // Without redirect targets, everything XDP translated went to the stack.
+        let translated = case
+            .steps
+            .iter()
+            .filter(|s| s.verdict == PASS && matches!(s.output, Expect::Exactly(_)))
+            .count() as u64;
+        let passed = event(&dp.maps, "xdp_pass_translated");
+        if passed != translated || event(&dp.maps, "xdp_redirect") != 0 {
+            return Err(format!(
+                "xdp_pass_translated {passed} (expected {translated}), xdp_redirect {}",
+                event(&dp.maps, "xdp_redirect")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn none() -> Check {
@@ -244,7 +313,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 tcp(client, vip, SYN, b""),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(tcp(client, b1, SYN, b"")),
             )],
             check: Box::new(move |m, out| {
@@ -276,7 +345,7 @@ fn cases() -> Vec<Case> {
                 .map(|_| {
                     step(
                         tcp(client, vip, ACK, payload),
-                        TC_ACT_OK,
+                        PASS,
                         Expect::Exactly(tcp(client, b2, ACK, payload)),
                     )
                 })
@@ -297,7 +366,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 tcp(b1, client, SYN_ACK, b""),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
             )],
             check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 1)),
@@ -311,22 +380,22 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 step(
                     tcp(client, vip, SYN, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(client, b1, SYN, b"")),
                 ),
                 step(
                     tcp(b1, client, SYN_ACK, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
                 ),
                 step(
                     tcp(client, vip, ACK, payload),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(client, b1, ACK, payload)),
                 ),
                 step(
                     tcp(client, vip, FIN_ACK, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(client, b1, FIN_ACK, b"")),
                 ),
             ],
@@ -351,12 +420,12 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 step(
                     tcp(sa(EXTERNAL_CLIENT, 5555), sa(NODE_IP, 30080), SYN, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(sa(EXTERNAL_CLIENT, 5555), b1, SYN, b"")),
                 ),
                 step(
                     tcp(b1, sa(EXTERNAL_CLIENT, 5555), SYN_ACK, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(sa(NODE_IP, 30080), sa(EXTERNAL_CLIENT, 5555), SYN_ACK, b"")),
                 ),
             ],
@@ -364,6 +433,42 @@ fn cases() -> Vec<Case> {
                 let flows = m.conntrack().unwrap();
                 assert_eq!(flows.len(), 2);
                 assert!(flows.iter().all(|f| f.frontend == sa(NODE_IP, 30080)));
+            }),
+        },
+        Case {
+            name: "NodePort UDP on a node address: DNAT with a valid checksum; the reply leaves from the NodePort",
+            seed: Box::new(|m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                seed_service(
+                    m,
+                    Frontend::NodePort {
+                        port: 30053,
+                        proto: Protocol::Udp,
+                    },
+                    &[ID1],
+                );
+            }),
+            steps: vec![
+                step(
+                    udp(sa(EXTERNAL_CLIENT, 5555), sa(NODE_IP, 30053), b"query"),
+                    PASS,
+                    Expect::Exactly(udp(sa(EXTERNAL_CLIENT, 5555), sa(B1, 5353), b"query")),
+                ),
+                step(
+                    udp(sa(B1, 5353), sa(EXTERNAL_CLIENT, 5555), b"answer"),
+                    PASS,
+                    Expect::Exactly(udp(sa(NODE_IP, 30053), sa(EXTERNAL_CLIENT, 5555), b"answer")),
+                ),
+            ],
+            check: Box::new(|m, _| {
+                let flows = m.conntrack().unwrap();
+                assert_eq!(flows.len(), 2);
+                assert!(
+                    flows
+                        .iter()
+                        .all(|f| f.proto == PROTO_UDP && f.frontend == sa(NODE_IP, 30053))
+                );
             }),
         },
         Case {
@@ -375,7 +480,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 tcp(sa(EXTERNAL_CLIENT, 5555), sa(NOT_NODE_IP, 30080), SYN, b""),
-                TC_ACT_OK,
+                PASS,
                 Expect::Unchanged,
             )],
             check: no_conntrack(),
@@ -395,7 +500,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 tcp(sa(EXTERNAL_CLIENT, 6000), sa(EXTERNAL_IP, 443), SYN, b""),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(tcp(sa(EXTERNAL_CLIENT, 6000), b2, SYN, b"")),
             )],
             check: none(),
@@ -409,12 +514,12 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 step(
                     udp(client, sa(CLUSTER_IP, 53), b"query"),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(udp(client, sa(B1, 5353), b"query")),
                 ),
                 step(
                     udp(sa(B1, 5353), client, b"answer"),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(udp(sa(CLUSTER_IP, 53), client, b"answer")),
                 ),
             ],
@@ -432,7 +537,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 zero_udp_checksum(udp(client, sa(CLUSTER_IP, 53), b"query")),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(zero_udp_checksum(udp(client, sa(B1, 5353), b"query"))),
             )],
             check: none(),
@@ -446,22 +551,18 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 step(
                     tcp(client, sa([10, 96, 0, 99], 80), SYN, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
-                step(
-                    tcp(client, sa(CLUSTER_IP, 81), SYN, b""),
-                    TC_ACT_OK,
-                    Expect::Unchanged,
-                ),
+                step(tcp(client, sa(CLUSTER_IP, 81), SYN, b""), PASS, Expect::Unchanged),
                 step(
                     udp(client, vip, b"udp to a tcp frontend"),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
                 step(
                     tcp(b1, sa([10, 0, 1, 9], 1234), SYN_ACK, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
             ],
@@ -476,33 +577,25 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![
                 // IPv4 header only (the kernel's test run refuses shorter IPv4 frames).
-                step(
-                    tcp(client, vip, SYN, b"")[..34].to_vec(),
-                    TC_ACT_OK,
-                    Expect::Unchanged,
-                ),
+                step(tcp(client, vip, SYN, b"")[..34].to_vec(), PASS, Expect::Unchanged),
                 // IPv4 header, TCP header cut after 10 bytes.
-                step(
-                    tcp(client, vip, SYN, b"")[..44].to_vec(),
-                    TC_ACT_OK,
-                    Expect::Unchanged,
-                ),
+                step(tcp(client, vip, SYN, b"")[..44].to_vec(), PASS, Expect::Unchanged),
                 step(
                     with_ipv4_options(&tcp(client, vip, SYN, b"")),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
                 step(
                     as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"first"), true, 0),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
                 step(
                     as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"later"), false, 8),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
-                step(arp(CLIENT, CLUSTER_IP), TC_ACT_OK, Expect::Unchanged),
+                step(arp(CLIENT, CLUSTER_IP), PASS, Expect::Unchanged),
                 step(
                     tcp6(
                         [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
@@ -510,7 +603,7 @@ fn cases() -> Vec<Case> {
                         40000,
                         80,
                     ),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Unchanged,
                 ),
             ],
@@ -524,7 +617,7 @@ fn cases() -> Vec<Case> {
             seed: Box::new(|m| {
                 seed_service(m, cluster_tcp(), &[]);
             }),
-            steps: vec![step(tcp(client, vip, SYN, b""), TC_ACT_SHOT, Expect::Unchanged)],
+            steps: vec![step(tcp(client, vip, SYN, b""), DROP, Expect::Unchanged)],
             check: Box::new(|m, _| {
                 assert!(m.conntrack().unwrap().is_empty());
                 let svc = m.service_id(cluster_tcp()).unwrap().unwrap();
@@ -543,7 +636,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 tcp(client, vip, ACK, payload),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(tcp(client, b1, ACK, payload)),
             )],
             check: Box::new(move |m, _| {
@@ -583,7 +676,7 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![step(
                 udp(client, sa(CLUSTER_IP, 53), b"again"),
-                TC_ACT_OK,
+                PASS,
                 Expect::Exactly(udp(client, sa(B1, 5353), b"again")),
             )],
             check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 1)),
@@ -598,12 +691,12 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 step(
                     tcp(sa(B1, 40000), vip, SYN, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(sa(MASQ, 40000), b1, SYN, b"")),
                 ),
                 step(
                     tcp(b1, sa(MASQ, 40000), SYN_ACK, b""),
-                    TC_ACT_OK,
+                    PASS,
                     Expect::Exactly(tcp(vip, sa(B1, 40000), SYN_ACK, b"")),
                 ),
             ],
@@ -626,20 +719,22 @@ fn zero_udp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 fn fixtures() {
     let mut failures = Vec::new();
     let all = cases();
-    for case in &all {
-        match run_case(case) {
-            Ok(()) => println!("ok   {}", case.name),
-            Err(e) => {
-                println!("FAIL {}: {e}", case.name);
-                failures.push(format!("{}: {e}", case.name));
+    for hook in HOOKS {
+        for case in &all {
+            match run_case(case, hook) {
+                Ok(()) => println!("ok   [{hook:?}] {}", case.name),
+                Err(e) => {
+                    println!("FAIL [{hook:?}] {}: {e}", case.name);
+                    failures.push(format!("[{hook:?}] {}: {e}", case.name));
+                }
             }
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
+        "{} of {} fixture runs failed:\n{}",
         failures.len(),
-        all.len(),
+        all.len() * HOOKS.len(),
         failures.join("\n")
     );
 }
@@ -648,85 +743,82 @@ fn fixtures() {
 /// packets, its conntrack entry names the backend it went to, and both are used.
 #[test]
 fn random_choice_between_two_backends() {
-    let pins = PinDir::new("rnd");
-    let mut dp = pins.load();
-    seed_backends(&mut dp.maps);
-    seed_service(&mut dp.maps, cluster_tcp(), &[ID1, ID2]);
-    let tc: &SchedClassifier = dp
-        .ebpf
-        .program(programs::TC_INGRESS_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let vip = sa(CLUSTER_IP, 80);
-    let mut seen = [0u32; 2];
-    for port in 41000..41064 {
-        let client = sa(CLIENT, port);
-        let input = tcp(client, vip, SYN, b"");
-        let (verdict, out) = test_run(tc, &input).unwrap();
-        assert_eq!(verdict, TC_ACT_OK);
-        assert_checksums_valid(&out);
-        let chosen = if out == tcp(client, sa(B1, 8080), SYN, b"") {
-            1
-        } else if out == tcp(client, sa(B2, 8080), SYN, b"") {
-            2
-        } else {
-            panic!("port {port}: output is neither backend: {out:02x?}");
-        };
-        seen[chosen as usize - 1] += 1;
-        let e = dp
-            .maps
-            .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
-            .unwrap()
-            .expect("entry");
-        assert_eq!(
-            e.backend_id, chosen,
-            "port {port}: conntrack disagrees with the packet"
+    for hook in HOOKS {
+        let pins = PinDir::new("rnd");
+        let mut dp = pins.load();
+        seed_backends(&mut dp.maps);
+        seed_service(&mut dp.maps, cluster_tcp(), &[ID1, ID2]);
+        let program = dp.ebpf.program(hook.program()).unwrap();
+        let vip = sa(CLUSTER_IP, 80);
+        let mut seen = [0u32; 2];
+        for port in 41000..41064 {
+            let client = sa(CLIENT, port);
+            let input = tcp(client, vip, SYN, b"");
+            let (code, out) = test_run(program, &input, None).unwrap();
+            assert_eq!(code, hook.code(PASS), "{hook:?}");
+            assert_checksums_valid(&out);
+            let chosen = if out == tcp(client, sa(B1, 8080), SYN, b"") {
+                1
+            } else if out == tcp(client, sa(B2, 8080), SYN, b"") {
+                2
+            } else {
+                panic!("[{hook:?}] port {port}: output is neither backend: {out:02x?}");
+            };
+            seen[chosen as usize - 1] += 1;
+            let e = dp
+                .maps
+                .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
+                .unwrap()
+                .expect("entry");
+            assert_eq!(
+                e.backend_id, chosen,
+                "[{hook:?}] port {port}: conntrack disagrees with the packet"
+            );
+        }
+        println!(
+            "[{hook:?}] backend 1: {} flows, backend 2: {} flows",
+            seen[0], seen[1]
+        );
+        assert!(
+            seen[0] > 0 && seen[1] > 0,
+            "[{hook:?}] 64 flows all went to one backend: {seen:?}"
         );
     }
-    println!("backend 1: {} flows, backend 2: {} flows", seen[0], seen[1]);
-    assert!(
-        seen[0] > 0 && seen[1] > 0,
-        "64 flows all went to one backend: {seen:?}"
-    );
 }
 
 /// ClientIP affinity: every new connection of one client goes to the backend its first
 /// connection got.
 #[test]
 fn client_ip_affinity_sticks() {
-    let pins = PinDir::new("aff");
-    let mut dp = pins.load();
-    seed_backends(&mut dp.maps);
-    dp.maps
-        .upsert_service(
-            cluster_tcp(),
-            &[ID1, ID2],
-            ServiceOptions {
-                client_ip_affinity: Some(Duration::from_secs(10800)),
-            },
-        )
-        .unwrap();
-    let tc: &SchedClassifier = dp
-        .ebpf
-        .program(programs::TC_INGRESS_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let vip = sa(CLUSTER_IP, 80);
-    let mut first = None;
-    for port in 42000..42032 {
-        let input = tcp(sa(CLIENT, port), vip, SYN, b"");
-        let (_, out) = test_run(tc, &input).unwrap();
-        let dst = [out[30], out[31], out[32], out[33]];
-        assert!(dst == B1 || dst == B2);
-        assert_eq!(
-            *first.get_or_insert(dst),
-            dst,
-            "port {port} left the affinity backend"
-        );
+    for hook in HOOKS {
+        let pins = PinDir::new("aff");
+        let mut dp = pins.load();
+        seed_backends(&mut dp.maps);
+        dp.maps
+            .upsert_service(
+                cluster_tcp(),
+                &[ID1, ID2],
+                ServiceOptions {
+                    client_ip_affinity: Some(Duration::from_secs(10800)),
+                },
+            )
+            .unwrap();
+        let program = dp.ebpf.program(hook.program()).unwrap();
+        let vip = sa(CLUSTER_IP, 80);
+        let mut first = None;
+        for port in 42000..42032 {
+            let input = tcp(sa(CLIENT, port), vip, SYN, b"");
+            let (_, out) = test_run(program, &input, None).unwrap();
+            let dst = [out[30], out[31], out[32], out[33]];
+            assert!(dst == B1 || dst == B2);
+            assert_eq!(
+                *first.get_or_insert(dst),
+                dst,
+                "[{hook:?}] port {port} left the affinity backend"
+            );
+        }
+        assert_eq!(dp.maps.affinity_len(), 1);
     }
-    assert_eq!(dp.maps.affinity_len(), 1);
 }
 
 /// Make before break: replacing a service's backends never leaves a lookup window with
@@ -771,4 +863,107 @@ fn restart_adopts_pinned_maps() {
     let other = seed_service(&mut dp.maps, cluster_udp(), &[ID2]);
     assert_ne!(other, id, "a new frontend never reuses a live id");
     assert_eq!(dp.maps.backends().unwrap().len(), 2);
+}
+
+// ---- XDP: translated packets go straight to their next hop when the FIB knows it ----
+
+/// `frame` as a router sends it on: the next hop's MACs, TTL one less, IPv4 checksum
+/// summed again from scratch.
+fn forwarded(mut frame: Vec<u8>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame[22] -= 1;
+    fix_ipv4_checksum(&mut frame);
+    frame
+}
+
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    frame[22] = ttl;
+    fix_ipv4_checksum(&mut frame);
+    frame
+}
+
+/// In a namespace where the node receives on `in0` (NODE_IP, forwarding on) and reaches
+/// both backends through `out0`, with a neighbour entry for backend 1 only: XDP redirects
+/// to a target interface with the next hop's MACs and TTL - 1; it hands the frame to the
+/// stack, translated but otherwise untouched, when the TTL would expire, the neighbour
+/// is unknown, or the interface is not a target; what is not ours stays untouched.
+#[test]
+fn xdp_redirects_to_the_next_hop_when_the_fib_knows_it() {
+    let fib = FibNs::new("fib");
+    assert_eq!((FibNs::NODE_IP, FibNs::BACKEND), (NODE_IP, B1));
+    let (ns, in0, out0) = (&fib.ns, fib.in0, fib.out0);
+    let (b1_mac, out_mac) = (FibNs::BACKEND_MAC, FibNs::OUT_MAC);
+    let pins = PinDir::new("fib");
+    let result = ns.run(|| {
+        let mut dp = pins.load();
+        let m = &mut dp.maps;
+        seed_backends(m);
+        m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+        seed_service(m, node_port(), &[ID1]);
+        let np2 = Frontend::NodePort {
+            port: 30081,
+            proto: Protocol::Tcp,
+        };
+        seed_service(m, np2, &[ID2]);
+        m.set_xdp_targets(&[out0]).unwrap();
+        assert_eq!(m.xdp_targets().unwrap(), vec![out0]);
+        let ext = sa(EXTERNAL_CLIENT, 5555);
+        let (b1, b2) = (sa(B1, 8080), sa(B2, 8080));
+        let (np, np2) = (sa(NODE_IP, 30080), sa(NODE_IP, 30081));
+        let program = dp.ebpf.program(Hook::Xdp.program()).unwrap();
+        let redirected = vec![
+            step(
+                tcp(ext, np, SYN, b""),
+                Verdict::Redirect,
+                Expect::Exactly(forwarded(tcp(ext, b1, SYN, b""), b1_mac, out_mac)),
+            ),
+            step(
+                tcp(ext, np, ACK, b"hello"),
+                Verdict::Redirect,
+                Expect::Exactly(forwarded(tcp(ext, b1, ACK, b"hello"), b1_mac, out_mac)),
+            ),
+            step(
+                with_ttl(tcp(ext, np, ACK, b""), 1),
+                PASS,
+                Expect::Exactly(with_ttl(tcp(ext, b1, ACK, b""), 1)),
+            ),
+            step(
+                tcp(ext, np2, SYN, b""),
+                PASS,
+                Expect::Exactly(tcp(ext, b2, SYN, b"")),
+            ),
+            step(
+                tcp(ext, sa(NOT_NODE_IP, 30080), SYN, b""),
+                PASS,
+                Expect::Unchanged,
+            ),
+        ];
+        run_steps(program, Hook::Xdp, &redirected, Some(in0))?;
+        let counts = (
+            event(&dp.maps, "xdp_redirect"),
+            event(&dp.maps, "xdp_pass_translated"),
+        );
+        if counts != (2, 2) {
+            return Err(format!(
+                "(xdp_redirect, xdp_pass_translated) = {counts:?}, expected (2, 2)"
+            ));
+        }
+        // The same flow once out0 is no longer a target: translated, MACs untouched.
+        dp.maps.set_xdp_targets(&[]).unwrap();
+        let program = dp.ebpf.program(Hook::Xdp.program()).unwrap();
+        let passed = vec![step(
+            tcp(ext, np, ACK, b"again"),
+            PASS,
+            Expect::Exactly(tcp(ext, b1, ACK, b"again")),
+        )];
+        run_steps(program, Hook::Xdp, &passed, Some(in0))?;
+        if event(&dp.maps, "xdp_redirect") != 2 || event(&dp.maps, "ct_hit") != 3 {
+            return Err("a packet to a non-target was redirected, or the flow was not followed".into());
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }

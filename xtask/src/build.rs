@@ -57,3 +57,17 @@ pub fn all() -> anyhow::Result<PathBuf> {
     ])))?;
     Ok(cmd::workspace_root().join("target/release/kproxy"))
 }
+
+/// Builds the demo driver (it lives with the test topology in kproxy-tests).
+pub fn demo() -> anyhow::Result<PathBuf> {
+    println!("==> build kproxy-demo (release)");
+    cmd::run(with_ebpf_object(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "kproxy-tests",
+        "--bin",
+        "kproxy-demo",
+    ])))?;
+    Ok(cmd::workspace_root().join("target/release/kproxy-demo"))
+}

@@ -22,13 +22,26 @@ enum Command {
     Setup,
     /// Build the kernel programs, then the agent at target/release/kproxy with them embedded.
     Build,
-    /// Setup, build, then run `target/release/kproxy ARGS` (no ARGS: `kproxy check`).
+    /// Setup, build, then run `target/release/kproxy ARGS` (no ARGS: the demo).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Setup, build, fmt, clippy, unit tests and the privileged suites, failing on the first failure.
     Test,
+    /// The seed article's cluster on this machine, served by kproxy (namespaces only).
+    Demo {
+        /// Which datapath serves the demo.
+        #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
+        mode: String,
+        /// eBPF mode: run the XDP program on the node's external link too (TC only
+        /// without it).
+        #[arg(long)]
+        xdp: bool,
+        /// Exit right after showing the state instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
     /// eBPF against iptables as services grow: `[--services 1,1000,10000] [--modes ...]
     /// [--duration SECS] [--quick] [--out DIR]` (`-- --help` for all options).
     Bench {
@@ -53,17 +66,32 @@ fn run() -> anyhow::Result<()> {
             setup::run()?;
             build::all().map(|_| ())
         }
+        Command::Run { args } if args.is_empty() => demo("ebpf", false, false),
         Command::Run { args } => {
             setup::run()?;
             let agent = build::all()?;
-            let args = if args.is_empty() {
-                vec!["check".to_string()]
-            } else {
-                args
-            };
             cmd::run(std::process::Command::new(agent).args(&args))
         }
         Command::Test => test::run(),
+        Command::Demo { mode, xdp, once } => demo(&mode, xdp, once),
         Command::Bench { args } => bench::run(&args),
     }
+}
+
+/// Builds the agent and the demo driver, then runs the demo from the repository root.
+fn demo(mode: &str, xdp: bool, once: bool) -> anyhow::Result<()> {
+    setup::run()?;
+    let agent = build::all()?;
+    let driver = build::demo()?;
+    let mut command = std::process::Command::new(driver);
+    command
+        .args(["--mode", mode, "--examples", "examples"])
+        .env("KPROXY_BIN", agent);
+    if once {
+        command.arg("--once");
+    }
+    if xdp {
+        command.arg("--xdp");
+    }
+    cmd::run(&mut command)
 }

@@ -15,6 +15,8 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
     "bpftool",
+    // Test topologies switch checksum offload and GRO on their veths.
+    "ethtool",
     "conntrack",
 ];
 

@@ -53,6 +53,8 @@ pub struct AgentOptions {
     pub mode: Mode,
     /// Interface name globs the TC program is attached to.
     pub ifaces: Vec<String>,
+    /// Interface name globs the XDP program is attached to (external interfaces).
+    pub xdp_ifaces: Vec<String>,
     pub pin_path: PathBuf,
     pub iptables_backend: Backend,
     /// The node's primary IP; default: its first non-loopback IPv4 address.

@@ -13,7 +13,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        xdp::{DevMapHash, XdpMapError},
+    },
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RevNat, ServiceKey,
@@ -149,8 +152,11 @@ pub struct ServiceOptions {
 pub struct ServiceEntry {
     pub frontend: Frontend,
     pub id: ServiceId,
-    /// Backends in slot order.
+    /// Backends in slot order (stops at the first missing slot).
     pub backends: Vec<BackendId>,
+    /// How many slots the service value declares (more than `backends` when slots are
+    /// missing: inspection reports it).
+    pub slot_count: u16,
     pub options: ServiceOptions,
 }
 
@@ -229,6 +235,8 @@ pub enum MapsError {
     ReservedBackendId,
     #[error("no free service id ({0} frontends)")]
     NoServiceId(usize),
+    #[error("insert into KPROXY_XDP_TARGETS_V1: {0}")]
+    XdpTarget(XdpMapError),
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
@@ -343,6 +351,7 @@ pub struct DatapathMaps {
     service_stats: PerCpuHashMap<MapData, u32, FlowCounters>,
     backend_stats: PerCpuHashMap<MapData, u32, FlowCounters>,
     events: PerCpuArray<MapData, u64>,
+    xdp_targets: DevMapHash<MapData>,
     /// Service ids in use (rebuilt from the services map when adopted).
     used_ids: BTreeSet<u32>,
 }
@@ -389,6 +398,7 @@ impl DatapathMaps {
             service_stats: typed!(get, names::SERVICE_STATS),
             backend_stats: typed!(get, names::BACKEND_STATS),
             events: typed!(get, names::EVENTS),
+            xdp_targets: typed!(get, names::XDP_TARGETS),
             used_ids: BTreeSet::new(),
         };
         for item in maps.services.iter() {
@@ -542,6 +552,7 @@ impl DatapathMaps {
                 frontend,
                 id: ServiceId(v.id),
                 backends: self.slot_backends(&v)?,
+                slot_count: v.count,
                 options: ServiceOptions {
                     client_ip_affinity: (v.flags & SVC_F_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
@@ -607,6 +618,12 @@ impl DatapathMaps {
             .ok_or(MapsError::NoServiceId(self.used_ids.len()))
     }
 
+    /// The reverse-NAT entry of service `id`: the address replies are rewritten to come
+    /// from (0.0.0.0 for a NodePort: the node address the client used).
+    pub fn rev_nat(&self, id: ServiceId) -> Result<Option<SocketAddrV4>, MapsError> {
+        Ok(found(self.revnat.get(&id.0, 0), names::REVNAT)?.map(|r| sock(r.addr, r.port)))
+    }
+
     // ---- node ----
 
     /// Sets the addresses NodePort frontends answer on (adds new ones before removing
@@ -653,6 +670,51 @@ impl DatapathMaps {
             flags: 0,
         };
         self.config.set(0, value, 0).map_err(update_err(names::CONFIG))
+    }
+
+    /// The masquerade (hairpin) source address, if set.
+    pub fn masquerade_address(&self) -> Result<Option<Ipv4Addr>, MapsError> {
+        let value = self.config.get(&0, 0).map_err(lookup_err(names::CONFIG))?;
+        Ok((value.masq_addr != 0).then(|| Ipv4Addr::from(addr_octets(value.masq_addr))))
+    }
+
+    // ---- XDP forwarding ----
+
+    /// Sets the interfaces (ifindexes in the caller's network namespace) the XDP program
+    /// may redirect translated packets to; it hands packets routed anywhere else to the
+    /// stack. List only interfaces that accept redirected frames from the XDP mode in use:
+    /// in native mode a veth does only if its peer runs XDP or has GRO on, and a frame
+    /// redirected to one that does not is lost. Adds new ones before removing stale ones.
+    pub fn set_xdp_targets(&mut self, ifindexes: &[u32]) -> Result<(), MapsError> {
+        let want: BTreeSet<u32> = ifindexes.iter().copied().collect();
+        for &i in &want {
+            self.xdp_targets.insert(i, i, None, 0).map_err(|e| match e {
+                XdpMapError::MapError(e) => update_err(names::XDP_TARGETS)(e),
+                other => MapsError::XdpTarget(other),
+            })?;
+        }
+        let mut stale = Vec::new();
+        for key in self.xdp_targets.keys() {
+            let key = key.map_err(iter_err(names::XDP_TARGETS))?;
+            if !want.contains(&key) {
+                stale.push(key);
+            }
+        }
+        for key in stale {
+            removed(self.xdp_targets.remove(key), names::XDP_TARGETS)?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces XDP may redirect to (ifindexes), sorted.
+    pub fn xdp_targets(&self) -> Result<Vec<u32>, MapsError> {
+        let mut out = self
+            .xdp_targets
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(iter_err(names::XDP_TARGETS))?;
+        out.sort();
+        Ok(out)
     }
 
     // ---- counters ----

@@ -21,7 +21,7 @@
 
 pub mod chain_name;
 pub mod jumps;
-mod kernel;
+pub mod kernel;
 pub mod list;
 mod render;
 pub mod restore;

@@ -148,6 +148,13 @@ pub(crate) fn write_args(out: &mut String, rule: &Rule) {
     });
 }
 
+/// `-A CHAIN args` as the payload spells it (for showing single rules).
+pub fn rule_line(rule: &Rule) -> String {
+    let mut out = format!("-A {}", rule.chain);
+    write_args(&mut out, rule);
+    out
+}
+
 /// One table of the payload: `*table`, chain lines, `-A` lines, `COMMIT`.
 fn write_table(out: &mut String, ruleset: &Ruleset, table: Table) {
     let rules = ruleset.table(table);

@@ -1,0 +1,177 @@
+//! `kproxy inspect` and `kproxy explain`: the live BPF maps beside the iptables rules
+//! kube-proxy would program for the same model.
+//!
+//! Both sides come from one place each: the iptables side from the exporter
+//! ([`crate::iptables::render`]) run on the model the agent last applied (recorded by
+//! [`crate::state`]), the BPF side from the pinned maps and [`crate::sync::desired_state`]
+//! of that model. Nothing here re-derives chain names, rules or endpoint choices.
+//!
+//! - [`Inspection::open`] gathers the record, the model, the rendered rules and the maps;
+//! - [`report`] builds the per-service-port view ([`table`] and [`json`] print it);
+//! - [`conntrack`] decodes the flows, labelled with service and `KUBE-SEP-…` names;
+//! - [`verify`] lists every difference between the maps and the model (the agent runs it
+//!   after each sync);
+//! - [`explain`] walks one packet through the rules and through the maps.
+
+pub mod conntrack;
+pub mod explain;
+pub mod json;
+pub mod report;
+pub mod table;
+pub mod verify;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+pub use verify::{Drift, verify};
+
+use crate::{
+    bpf::{DatapathMaps, Frontend, MapsError},
+    config::{ConfigError, ProxyConfig},
+    iptables::{self, RenderOptions, Ruleset, Runtime, jumps::JumpRule},
+    model::{self, IpFamily, Model, NodeInfo, ServicePort},
+    source::SourceError,
+    state::{self, Recorded, StateError},
+    sync::{self, DesiredState, FrontendState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the recorded configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("the recorded model in {dir}: {source}")]
+    Model { dir: PathBuf, source: Box<SourceError> },
+    #[error("no pinned maps under {}: the agent ran in {mode} mode, which uses none", pin_path.display())]
+    NoMaps { pin_path: PathBuf, mode: String },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("no service port {0} in the recorded model")]
+    UnknownService(String),
+}
+
+/// Everything inspection reads: the agent's record, its model and rules, the live maps.
+pub struct Inspection {
+    pub pin_path: PathBuf,
+    pub recorded: Recorded,
+    pub node: NodeInfo,
+    pub config: ProxyConfig,
+    pub model: Model,
+    pub render_options: RenderOptions,
+    pub ruleset: Ruleset,
+    pub jumps: Vec<JumpRule>,
+    /// None when the agent ran in iptables mode (no maps are pinned).
+    pub maps: Option<DatapathMaps>,
+}
+
+impl Inspection {
+    /// Reads the record of the agent pinning under `pin_path`, its model and configuration,
+    /// renders kube-proxy's rules for them and opens the pinned maps.
+    pub fn open(pin_path: &Path) -> Result<Self, InspectError> {
+        let recorded = state::load(pin_path)?;
+        let maps = match DatapathMaps::open_pinned(pin_path) {
+            Ok(maps) => Some(maps),
+            Err(_) if recorded.applied.mode == "iptables" => None,
+            Err(source) => return Err(source.into()),
+        };
+        Self::new(pin_path, recorded, maps)
+    }
+
+    /// An inspection of `recorded` beside `maps` (None: iptables mode).
+    pub fn new(
+        pin_path: &Path,
+        recorded: Recorded,
+        maps: Option<DatapathMaps>,
+    ) -> Result<Self, InspectError> {
+        let applied = &recorded.applied;
+        let config = ProxyConfig::load(recorded.config.as_deref())?;
+        let family = applied
+            .node_ip
+            .map(|ip| IpFamily::of(&ip))
+            .unwrap_or(IpFamily::V4);
+        let mut node = NodeInfo::new(&applied.node_name, family);
+        node.node_ip = applied.node_ip;
+        node.addresses = applied.node_addresses.clone();
+        let model =
+            model::load(std::slice::from_ref(&recorded.model_dir), &config, &node).map_err(|source| {
+                InspectError::Model {
+                    dir: recorded.model_dir.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+        let render_options = RenderOptions::new(&config, &node, Runtime::default())?;
+        let ruleset = iptables::render(&model, &render_options);
+        let jumps = iptables::jumps::jump_rules(&render_options);
+        Ok(Inspection {
+            pin_path: pin_path.to_path_buf(),
+            recorded,
+            node,
+            config,
+            model,
+            render_options,
+            ruleset,
+            jumps,
+            maps,
+        })
+    }
+
+    /// The live maps, or why there are none.
+    pub fn maps(&self) -> Result<&DatapathMaps, InspectError> {
+        self.maps.as_ref().ok_or_else(|| InspectError::NoMaps {
+            pin_path: self.pin_path.clone(),
+            mode: self.recorded.applied.mode.clone(),
+        })
+    }
+
+    /// What the agent wrote to the maps for the recorded model.
+    pub fn desired(&self) -> DesiredState {
+        sync::desired_state(&self.model)
+    }
+
+    /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
+    pub fn expected_node_addresses(&self) -> Vec<Ipv4Addr> {
+        sync::node_port_addresses(&self.config, &self.node)
+    }
+
+    /// The service port named `ns/name[:port]`, or every port.
+    pub fn ports(&self, only: Option<&str>) -> Result<Vec<&ServicePort>, InspectError> {
+        let ports: Vec<&ServicePort> = self
+            .model
+            .service_ports
+            .iter()
+            .filter(|p| only.is_none_or(|s| matches_service(p, s)))
+            .collect();
+        match only {
+            Some(s) if ports.is_empty() => Err(InspectError::UnknownService(s.to_string())),
+            _ => Ok(ports),
+        }
+    }
+
+    /// Every frontend of the model with the service port it belongs to.
+    pub fn frontend_index(&self) -> BTreeMap<Frontend, (&ServicePort, FrontendState)> {
+        let mut index = BTreeMap::new();
+        for port in &self.model.service_ports {
+            for (frontend, state) in port_desired(self.model.family, port).frontends {
+                index.insert(frontend, (port, state));
+            }
+        }
+        index
+    }
+}
+
+/// `ns/name` selects every port of the service, `ns/name:port` one.
+fn matches_service(port: &ServicePort, selector: &str) -> bool {
+    selector == port.name.service() || selector == port.name.to_string()
+}
+
+/// The desired state of one service port alone (the same definition the agent uses).
+pub fn port_desired(family: IpFamily, port: &ServicePort) -> DesiredState {
+    sync::desired_state(&Model {
+        family,
+        service_ports: vec![port.clone()],
+    })
+}

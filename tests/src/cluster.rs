@@ -1,0 +1,198 @@
+//! The seed's hello-app on one node with the real agent: pods hello-a and hello-b
+//! serving HTTP and UDP, a client pod, an external client, the model and configuration
+//! files, and `kproxy run` in the node namespace. Shared by the end-to-end and
+//! inspection suites.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
+
+use crate::{
+    agent::{Agent, run_kproxy},
+    hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
+    manifests::{CLUSTER_IP, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model},
+    netns::NetNs,
+    pins::PinDir,
+    tempdir::TempDir,
+    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
+};
+
+pub const POD_A: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 130);
+pub const POD_B: Ipv4Addr = Ipv4Addr::new(172, 16, 192, 89);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 140);
+/// Requests per check: with two backends chosen at random, missing one has p = 2^-29.
+pub const TRIES: usize = 30;
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+pub fn cluster_ip() -> SocketAddr {
+    at(CLUSTER_IP, SERVICE_PORT)
+}
+
+pub fn node_port() -> SocketAddr {
+    at(NODE_IP, NODE_PORT)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Ebpf,
+    /// eBPF with XDP on the external link too (`--xdp-iface kpe*`).
+    EbpfXdp,
+    Iptables,
+}
+
+/// One node with hello-a, hello-b and a client pod, their servers, the model files and a
+/// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
+pub struct Cluster {
+    pub agent: Agent,
+    mode: Mode,
+    pub pins: PinDir,
+    pub model: PathBuf,
+    _dir: TempDir,
+    syncs: usize,
+    _servers: Vec<HelloServer>,
+    pub topo: Topology,
+}
+
+impl Cluster {
+    pub fn start(mode: Mode, endpoints: &[Ipv4Addr]) -> Self {
+        let topo = Topology::new(&[("hello-a", POD_A), ("hello-b", POD_B), ("client", CLIENT)]);
+        let servers = ["hello-a", "hello-b"]
+            .iter()
+            .map(|n| HelloServer::start(&topo.pod(n).ns, at(topo.pod(n).ip, TARGET_PORT), n))
+            .collect();
+        let dir = TempDir::new("hac");
+        let model = dir.path().join("hello-app.yaml");
+        write_model(&model, endpoints);
+        std::fs::write(dir.path().join("config.yaml"), proxy_config()).expect("config");
+        let pins = PinDir::new("hac");
+        let agent = start_agent(&topo, mode, dir.path(), &pins);
+        let mut cluster = Cluster {
+            agent,
+            mode,
+            pins,
+            model,
+            _dir: dir,
+            syncs: 0,
+            _servers: servers,
+            topo,
+        };
+        cluster.wait_sync();
+        cluster
+    }
+
+    pub fn wait_sync(&mut self) {
+        self.syncs += 1;
+        self.agent.wait_for_log("sync #", self.syncs, SYNC_TIMEOUT);
+    }
+
+    /// Starts a new agent on the same pins and model (the old one must have stopped)
+    /// and waits for its first sync.
+    pub fn restart_agent(&mut self) {
+        self.agent = start_agent(&self.topo, self.mode, self._dir.path(), &self.pins);
+        self.syncs = 0;
+        self.wait_sync();
+    }
+
+    pub fn client(&self) -> &NetNs {
+        &self.topo.pod("client").ns
+    }
+
+    /// Replaces the model file (by rename) and waits for the agent to apply it.
+    pub fn set_endpoints(&mut self, endpoints: &[Ipv4Addr]) {
+        write_model(&self.model, endpoints);
+        self.wait_sync();
+    }
+
+    pub fn cleanup_args(&self) -> Vec<String> {
+        vec![
+            "cleanup".to_string(),
+            "--pin-path".into(),
+            self.pins.path().display().to_string(),
+        ]
+    }
+
+    /// Runs `kproxy ARGS --pin-path <this agent's>` in the node namespace.
+    pub fn kproxy(&self, args: &[&str]) -> Output {
+        let pin_path = self.pins.path().display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--pin-path", &pin_path]);
+        run_kproxy(&self.topo.node, &all)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agent.stop();
+        let args = self.cleanup_args();
+        let _ = run_kproxy(
+            &self.topo.node,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+}
+
+fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir) -> Agent {
+    let model = dir.join("hello-app.yaml").display().to_string();
+    let config = dir.join("config.yaml").display().to_string();
+    let pin_path = pins.path().display().to_string();
+    let mode_arg = match mode {
+        Mode::Ebpf | Mode::EbpfXdp => "ebpf",
+        Mode::Iptables => "iptables",
+    };
+    let xdp_pattern = format!("{EXTERNAL_IFACE_PREFIX}*");
+    let mut args = vec![
+        "run",
+        "--model",
+        &model,
+        "--config",
+        &config,
+        "--mode",
+        mode_arg,
+        "--pin-path",
+        &pin_path,
+    ];
+    let patterns = topo.iface_patterns();
+    for p in &patterns {
+        args.extend(["--iface", p.as_str()]);
+    }
+    if mode == Mode::EbpfXdp {
+        args.extend(["--xdp-iface", xdp_pattern.as_str()]);
+    }
+    Agent::start(&topo.node, &args)
+}
+
+/// The pods that answered `TRIES` HTTP requests from `ns` to `target`.
+pub fn http_backends(ns: &NetNs, target: SocketAddr) -> BTreeSet<String> {
+    (0..TRIES)
+        .map(|_| http_get_hostname(ns, target).unwrap_or_else(|e| panic!("HTTP to {target}: {e}")))
+        .collect()
+}
+
+/// The pods that answered `TRIES` UDP flows (a new source port each) from `ns`, asserting
+/// every answer came from the address dialled.
+pub fn udp_backends(ns: &NetNs, local: Ipv4Addr, target: SocketAddr) -> BTreeSet<String> {
+    (0..TRIES)
+        .map(|_| {
+            let socket = udp_socket(ns, at(local, 0));
+            let (name, from) = udp_ask(&socket, target).unwrap_or_else(|e| panic!("UDP to {target}: {e}"));
+            assert_eq!(
+                from, target,
+                "UDP reply must come from the address the client dialled"
+            );
+            name
+        })
+        .collect()
+}
+
+/// Both pods' names.
+pub fn both() -> BTreeSet<String> {
+    ["hello-a", "hello-b"].map(String::from).into()
+}

@@ -1,0 +1,99 @@
+//! The demo (`cargo xtask demo --once`, what `cargo xtask run` shows) works end to end
+//! in both modes and leaves nothing behind.
+
+use std::{path::PathBuf, process::Command};
+
+use kproxy_tests::agent::kproxy_bin;
+
+const PODS: [&str; 2] = ["hello-app-58d97c88d4-h7s2n", "hello-app-58d97c88d4-pkh8c"];
+
+fn demo(mode: &str, xdp: bool) {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let out = Command::new(env!("CARGO_BIN_EXE_kproxy-demo"))
+        .args(["--once", "--mode", mode, "--requests", "30", "--examples"])
+        .arg(&examples)
+        .args(xdp.then_some("--xdp"))
+        .env("KPROXY_BIN", kproxy_bin())
+        .output()
+        .expect("run kproxy-demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for section in [
+        "to the ClusterIP 10.104.81.240:80",
+        "to the NodePort 192.168.77.10:30811",
+    ] {
+        let start = stdout
+            .find(section)
+            .unwrap_or_else(|| panic!("no {section:?} section:\n{stdout}"));
+        let body: String = stdout[start..]
+            .lines()
+            .skip(1)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for pod in PODS {
+            assert!(body.contains(pod), "{pod} got no request {section}:\n{body}");
+        }
+    }
+    assert!(
+        stdout.contains("statistic mode random probability 0.50000000000"),
+        "{stdout}"
+    );
+    let programmed = if mode == "ebpf" {
+        "nodeport *:30811/tcp  node_port"
+    } else {
+        "KUBE-SEP-7I3URQ2O437FVP5U"
+    };
+    assert!(stdout.contains(programmed), "{stdout}");
+    if xdp {
+        assert!(
+            stdout.contains("native (driver) mode"),
+            "XDP mode not shown:\n{stdout}"
+        );
+        assert!(stdout.contains("XDP on kpe"), "XDP counts not shown:\n{stdout}");
+        assert!(
+            !stdout.contains("translated 0 packets"),
+            "XDP translated nothing:\n{stdout}"
+        );
+    }
+
+    // Its namespaces and interfaces carry its pid: `kpv{pid}x…`.
+    let pid_tag = stdout
+        .split("(veth kpv")
+        .nth(1)
+        .and_then(|s| s.split('x').next())
+        .expect("veth names shown");
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !left.contains(&format!("{pid_tag}x")),
+        "demo left namespaces behind:\n{left}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/bpf/kproxy-demo-{pid_tag}")).exists(),
+        "demo left its pins"
+    );
+}
+
+#[test]
+fn demo_in_ebpf_mode() {
+    demo("ebpf", false);
+}
+
+#[test]
+fn demo_in_ebpf_mode_with_xdp() {
+    demo("ebpf", true);
+}
+
+#[test]
+fn demo_in_iptables_mode() {
+    demo("iptables", false);
+}
