@@ -67,13 +67,13 @@ impl Cli {
                 }
             }),
             modes: self.modes.clone().unwrap_or_else(|| modes::ALL.to_vec()),
-            duration: Duration::from_secs_f64(self.duration.unwrap_or(pick(0.5, 1.5))),
+            duration: Duration::from_secs_f64(self.duration.unwrap_or(pick(0.5, 1.2))),
             reps: self.reps.unwrap_or(if quick { 1 } else { 3 }),
             concurrency: 16,
             max_connections: 200_000,
             latency_count: if quick { 200 } else { 1000 },
-            latency_max: Duration::from_secs_f64(pick(0.5, 1.5)),
-            gate_max: Duration::from_secs_f64(pick(0.5, 1.5)),
+            latency_max: Duration::from_secs_f64(pick(0.5, 1.0)),
+            gate_max: Duration::from_secs_f64(pick(0.5, 1.0)),
             cap: Duration::from_secs_f64(self.cap.unwrap_or(pick(20.0, 60.0))),
         }
     }
