@@ -36,16 +36,19 @@ impl RunTimeStats {
     }
 }
 
-/// The program id behind the first link pinned under `<pin_dir>/links`.
-pub fn attached_program_id(pin_dir: &Path) -> anyhow::Result<u64> {
+/// The programs behind the links pinned under `<pin_dir>/links` (TC, and XDP when the
+/// agent runs it too), each once.
+pub fn attached_program_ids(pin_dir: &Path) -> anyhow::Result<Vec<u64>> {
     let links = pin_dir.join("links");
-    let first = fs::read_dir(&links)
-        .with_context(|| format!("list {}", links.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .min()
-        .with_context(|| format!("no link pinned under {}", links.display()))?;
-    let link = bpftool(&["link", "show", "pinned", &first.display().to_string()])?;
-    link["prog_id"].as_u64().context("bpftool link show: no prog_id")
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(&links).with_context(|| format!("list {}", links.display()))? {
+        let link = bpftool(&["link", "show", "pinned", &entry?.path().display().to_string()])?;
+        ids.extend(link["prog_id"].as_u64());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    anyhow::ensure!(!ids.is_empty(), "no link pinned under {}", links.display());
+    Ok(ids)
 }
 
 /// Cumulative (run count, run time in ns) of program `id`.
@@ -56,12 +59,15 @@ pub struct ProgramRuns {
 }
 
 impl ProgramRuns {
-    pub fn read(id: u64) -> anyhow::Result<Self> {
-        let prog = bpftool(&["prog", "show", "id", &id.to_string()])?;
-        Ok(ProgramRuns {
-            count: prog["run_cnt"].as_u64().unwrap_or(0),
-            time_ns: prog["run_time_ns"].as_u64().unwrap_or(0),
-        })
+    /// The runs of programs `ids` together (a packet goes through one or the other).
+    pub fn read(ids: &[u64]) -> anyhow::Result<Self> {
+        let mut sum = ProgramRuns::default();
+        for id in ids {
+            let prog = bpftool(&["prog", "show", "id", &id.to_string()])?;
+            sum.count += prog["run_cnt"].as_u64().unwrap_or(0);
+            sum.time_ns += prog["run_time_ns"].as_u64().unwrap_or(0);
+        }
+        Ok(sum)
     }
 
     /// Nanoseconds per run between `earlier` and `self`, if the program ran.

@@ -262,9 +262,9 @@ fn measure_node(
             format!("{label}: {path:?}/{target:?} to {addr} does not answer before measuring")
         })?;
     }
-    let program = if mode.is_ebpf() {
-        match bpf_stats::attached_program_id(node.pin_dir()) {
-            Ok(id) => Some(id),
+    let programs = if mode.is_ebpf() {
+        match bpf_stats::attached_program_ids(node.pin_dir()) {
+            Ok(ids) => Some(ids),
             Err(err) => {
                 out.notes.push(format!("{label}: no BPF program stats: {err:#}"));
                 None
@@ -289,7 +289,7 @@ fn measure_node(
                 Duration::from_secs_f64(traffic_estimate(s)),
             );
             let entry = samples.entry((path, target)).or_default();
-            traffic_run(s, &node, path, target, program, entry, out, &label)?;
+            traffic_run(s, &node, path, target, programs.as_deref(), entry, out, &label)?;
         }
     }
     for ((path, target), got) in &samples {
@@ -412,7 +412,7 @@ fn traffic_run(
     node: &BenchNode,
     path: Path,
     target: Target,
-    program: Option<u64>,
+    programs: Option<&[u64]>,
     samples: &mut TargetSamples,
     out: &mut Outcome,
     label: &str,
@@ -427,9 +427,9 @@ fn traffic_run(
             .busy_before
             .push(cpu::quiet_gate(s.gate_max, GATE_WINDOW, GATE_BUSY));
         let meter = cpu::ForeignMeter::start(&ours);
-        let before = program.and_then(|id| ProgramRuns::read(id).ok());
+        let before = programs.and_then(|ids| ProgramRuns::read(ids).ok());
         let rate = load::conn_rate(ns, addr, s.concurrency, s.duration, s.max_connections)?;
-        let after = program.and_then(|id| ProgramRuns::read(id).ok());
+        let after = programs.and_then(|ids| ProgramRuns::read(ids).ok());
         let foreign = meter.foreign_fraction();
         out.noise.foreign_during.push(foreign);
         let bpf_ns = match (before, after) {
