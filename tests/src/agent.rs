@@ -52,10 +52,15 @@ pub struct Agent {
 impl Agent {
     /// Starts `kproxy ARGS` in `ns` with debug logging into a temporary log file.
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        Self::start_logging(ns, args, "debug")
+    }
+
+    /// Starts `kproxy ARGS` in `ns` logging at `filter` (`RUST_LOG`) into a temporary log file.
+    pub fn start_logging(ns: &NetNs, args: &[&str], filter: &str) -> Self {
         let log = std::env::temp_dir().join(format!("kproxy-agent-{}.log", unique_name("log")));
         let file = fs::File::create(&log).expect("create agent log");
         let child = kproxy_in(ns, args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::from(file.try_clone().expect("dup log fd")))
             .stderr(Stdio::from(file))
             .spawn()
@@ -93,6 +98,18 @@ impl Agent {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's process id while it runs (nsenter execs kproxy, so it is kproxy's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// Sends SIGTERM and waits for the agent to exit; returns whether it exited cleanly.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each one runs `setup` first, so a fresh
 //! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
 
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -41,6 +42,12 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// eBPF against iptables as services grow: `[--services 1,1000,10000] [--modes ...]
+    /// [--duration SECS] [--quick] [--out DIR]` (`-- --help` for all options).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -67,6 +74,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Test => test::run(),
         Command::Demo { mode, xdp, once } => demo(&mode, xdp, once),
+        Command::Bench { args } => bench::run(&args),
     }
 }
 

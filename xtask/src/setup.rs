@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the agent and tests drive.
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the agent, tests and bench
+/// drive (`conntrack` flushes the node's table between bench runs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // Test topologies switch checksum offload and GRO on their veths.
     "ethtool",
+    "conntrack",
 ];
 
 /// The bpf-linker this toolchain links with (0.13's default feature targets LLVM 23,
