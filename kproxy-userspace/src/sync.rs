@@ -198,7 +198,9 @@ impl SyncStats {
 /// only the difference. Adopts whatever a previous agent left in pinned maps.
 pub struct MapSync {
     backend_ids: HashMap<SocketAddrV4, BackendId>,
+    /// Next backend id to hand out; 0 = search for a free one (after wrapping).
     applied: BTreeMap<Frontend, (Vec<SocketAddrV4>, ServiceOptions)>,
+    next_backend_id: u32,
 }
 
 impl MapSync {
@@ -218,16 +220,30 @@ impl MapSync {
                 (s.frontend, (backends, s.options))
             })
             .collect();
-        Ok(MapSync { backend_ids, applied })
+        let next_backend_id = by_id
+            .keys()
+            .map(|id| id.0)
+            .max()
+            .map_or(1, |max| max.wrapping_add(1));
+        Ok(MapSync {
+            backend_ids,
+            applied,
+            next_backend_id,
+        })
     }
 
-    fn allocate_backend_id(&self) -> BackendId {
-        let used: BTreeSet<u32> = self.backend_ids.values().map(|id| id.0).collect();
-        BackendId(
-            (1..)
+    /// The id after the highest in use (ids of removed backends are not reused until
+    /// the top is reached, so a full sync stays linear).
+    fn allocate_backend_id(&mut self) -> BackendId {
+        if self.next_backend_id == 0 {
+            let used: BTreeSet<u32> = self.backend_ids.values().map(|id| id.0).collect();
+            self.next_backend_id = (1..)
                 .find(|n| !used.contains(n))
-                .expect("fewer than 2^32 backends"),
-        )
+                .expect("fewer than 2^32 backends");
+        }
+        let id = BackendId(self.next_backend_id);
+        self.next_backend_id = self.next_backend_id.wrapping_add(1);
+        id
     }
 
     /// Brings the maps to `desired`, make before break: new backends first, then every

@@ -612,10 +612,16 @@ impl DatapathMaps {
         Ok(())
     }
 
+    /// The id after the highest in use (constant time per frontend, so a full sync of
+    /// N services stays linear); gaps are searched only once ids reach the top.
     fn allocate_id(&self) -> Result<u32, MapsError> {
-        (1..=u32::MAX)
-            .find(|id| !self.used_ids.contains(id))
-            .ok_or(MapsError::NoServiceId(self.used_ids.len()))
+        match self.used_ids.last() {
+            None => Ok(1),
+            Some(&max) if max < u32::MAX => Ok(max + 1),
+            Some(_) => (1..=u32::MAX)
+                .find(|id| !self.used_ids.contains(id))
+                .ok_or(MapsError::NoServiceId(self.used_ids.len())),
+        }
     }
 
     /// The reverse-NAT entry of service `id`: the address replies are rewritten to come
