@@ -101,6 +101,15 @@ pub fn opens(flow: &Flow) -> bool {
     flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// Whether `flow`, seen in the reply direction of the closed flow `e`, answers a new
+/// connection instead: a SYN-ACK for a tuple whose translated flow has closed. A new
+/// connection through the service would have reopened the entry with its SYN, so this
+/// one went to the backend directly and is not ours to translate.
+#[inline(always)]
+pub fn answers_new_direct_connection(e: &CtEntry, flow: &Flow) -> bool {
+    flow.proto == PROTO_TCP && flow.tcp_flags & TCP_SYN != 0 && e.state & CT_ST_CLOSING != 0
+}
+
 #[inline(always)]
 fn state_after(state: u8, flow: &Flow) -> u8 {
     if flow.proto != PROTO_TCP {

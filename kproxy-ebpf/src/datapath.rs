@@ -166,6 +166,12 @@ fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
     if !ct::flow_alive(&e, flow.proto, now, ct::service_key_of(&e, flow.proto)) {
         return Verdict::Pass;
     }
+    if ct::answers_new_direct_connection(&e, flow) {
+        // Forget the closed flow, so the rest of the new connection passes untouched too.
+        let _ = CONNTRACK.remove(ct::reply_key(flow));
+        let _ = CONNTRACK.remove(ct::service_key_of(&e, flow.proto));
+        return Verdict::Pass;
+    }
     // SAFETY: `p` comes from the lookup above.
     unsafe { ct::touch(p, flow, now) };
     if ct::closes(flow) {

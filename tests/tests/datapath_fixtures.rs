@@ -411,6 +411,35 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
+            name: "a direct connection reusing a closed service flow's tuple passes untouched",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                seed_service(m, cluster_tcp(), &[ID1]);
+            }),
+            steps: vec![
+                step(
+                    tcp(client, vip, SYN, b""),
+                    PASS,
+                    Expect::Exactly(tcp(client, b1, SYN, b"")),
+                ),
+                step(
+                    tcp(b1, client, SYN_ACK, b""),
+                    PASS,
+                    Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
+                ),
+                step(
+                    tcp(client, vip, FIN_ACK, b""),
+                    PASS,
+                    Expect::Exactly(tcp(client, b1, FIN_ACK, b"")),
+                ),
+                // The same client port now talks to the pod itself, not the service.
+                step(tcp(client, b1, SYN, b""), PASS, Expect::Unchanged),
+                step(tcp(b1, client, SYN_ACK, b""), PASS, Expect::Unchanged),
+                step(tcp(b1, client, ACK, payload), PASS, Expect::Unchanged),
+            ],
+            check: no_conntrack(),
+        },
+        Case {
             name: "NodePort on a node address: DNAT; the reply leaves from that node address",
             seed: Box::new(|m| {
                 seed_backends(m);
