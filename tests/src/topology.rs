@@ -48,28 +48,13 @@ impl Topology {
         enable_forwarding(&node);
         let external = NetNs::new("ext");
         let node_external_iface = unique_name(EXTERNAL_IFACE_PREFIX);
-        node.ip(&[
-            "link",
-            "add",
+        wire(
+            &node,
             &node_external_iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            external.name(),
-        ]);
-        node.ip(&[
-            "addr",
-            "add",
             &format!("{NODE_IP}/24"),
-            "dev",
-            &node_external_iface,
-        ]);
-        node.ip(&["link", "set", &node_external_iface, "up"]);
-        external.ip(&["addr", "add", &format!("{EXTERNAL_CLIENT_IP}/24"), "dev", "eth0"]);
-        external.ip(&["link", "set", "eth0", "up"]);
+            &external,
+            &format!("{EXTERNAL_CLIENT_IP}/24"),
+        );
         // The external client stands for hosts beyond a wire: its frames carry complete
         // checksums, as a NIC delivers them. With offload on, a local sender leaves a
         // partial (pseudo-header) checksum that only the skb's metadata explains, which
@@ -94,23 +79,14 @@ impl Topology {
         let ns = NetNs::new("pod");
         let host_iface = unique_name(POD_IFACE_PREFIX);
         let node = &self.node;
-        node.ip(&[
-            "link",
-            "add",
+        wire(
+            node,
             &host_iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        node.ip(&["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", &host_iface]);
-        node.ip(&["link", "set", &host_iface, "up"]);
+            &format!("{POD_GATEWAY}/32"),
+            &ns,
+            &format!("{ip}/32"),
+        );
         node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_iface]);
-        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&[
             "route",
             "add",
@@ -153,6 +129,27 @@ impl Topology {
             format!("{EXTERNAL_IFACE_PREFIX}*"),
         ]
     }
+}
+
+/// Joins `node` (interface `node_iface`, address `node_addr`) to `ns` (interface
+/// `eth0`, address `ns_addr`) with a veth pair, both ends up.
+fn wire(node: &NetNs, node_iface: &str, node_addr: &str, ns: &NetNs, ns_addr: &str) {
+    node.ip(&[
+        "link",
+        "add",
+        node_iface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ]);
+    node.ip(&["addr", "add", node_addr, "dev", node_iface]);
+    node.ip(&["link", "set", node_iface, "up"]);
+    ns.ip(&["addr", "add", ns_addr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
 }
 
 fn enable_forwarding(node: &NetNs) {
