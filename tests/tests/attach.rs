@@ -34,35 +34,64 @@ fn agent_attach(pin_dir: &PinDir, pins: &LinkPins, iface: &Iface) -> (Datapath, 
     (datapath, outcome, id)
 }
 
+/// Two namespaces joined by a veth on `subnet` (`a.b.c`), and a pin directory.
+struct VethNodes {
+    _a: NetNs,
+    b: NetNs,
+    b_if: String,
+    pin_dir: PinDir,
+}
+
+fn veth_nodes(tag: &str, subnet: &str) -> VethNodes {
+    let (a, b) = (NetNs::new(tag), NetNs::new(tag));
+    let (a_if, b_if) = (unique_name("a"), unique_name("b"));
+    veth_pair(
+        &a,
+        &a_if,
+        &format!("{subnet}.1/24"),
+        &b,
+        &b_if,
+        &format!("{subnet}.2/24"),
+    );
+    VethNodes {
+        _a: a,
+        b,
+        b_if,
+        pin_dir: PinDir::new(tag),
+    }
+}
+
+/// Inside `b`'s namespace: its veth end and the link pins under the pin directory.
+fn veth_and_pins(t: &VethNodes) -> (Iface, LinkPins) {
+    let iface = iface::matching(std::slice::from_ref(&t.b_if))
+        .expect("list")
+        .pop()
+        .expect("veth present");
+    (iface, LinkPins::new(t.pin_dir.path()).expect("link dir"))
+}
+
 #[test]
 fn pinned_tc_link_survives_agent_and_is_adopted_then_swept() {
-    let (a, b) = (NetNs::new("ata"), NetNs::new("atb"));
-    let (a_if, b_if) = (unique_name("a"), unique_name("b"));
-    veth_pair(&a, &a_if, "10.202.0.1/24", &b, &b_if, "10.202.0.2/24");
-    let pin_dir = PinDir::new("att");
-
+    let t = veth_nodes("att", "10.202.0");
+    let (b, b_if, pin_dir) = (&t.b, &t.b_if, &t.pin_dir);
     b.run(|| {
-        let iface = iface::matching(std::slice::from_ref(&b_if))
-            .expect("list")
-            .pop()
-            .expect("veth present");
-        let pins = LinkPins::new(pin_dir.path()).expect("link dir");
+        let (iface, pins) = veth_and_pins(&t);
 
-        let (first, outcome, first_id) = agent_attach(&pin_dir, &pins, &iface);
+        let (first, outcome, first_id) = agent_attach(pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::New);
         assert!(pins.is_pinned(Hook::TcIngress, &iface));
         drop(first); // the agent exits
         assert_eq!(
-            tc_programs(&b_if),
+            tc_programs(b_if),
             vec![first_id],
             "datapath must keep serving without the agent"
         );
 
-        let (second, outcome, second_id) = agent_attach(&pin_dir, &pins, &iface);
+        let (second, outcome, second_id) = agent_attach(pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::Adopted);
         assert_ne!(first_id, second_id);
         assert_eq!(
-            tc_programs(&b_if),
+            tc_programs(b_if),
             vec![second_id],
             "the new program replaces the old one in place"
         );
@@ -75,25 +104,19 @@ fn pinned_tc_link_survives_agent_and_is_adopted_then_swept() {
             "live pin kept"
         );
         assert_eq!(pins.sweep(&[], true).expect("sweep all").len(), 1);
-        assert!(tc_programs(&b_if).is_empty(), "cleanup detaches");
+        assert!(tc_programs(b_if).is_empty(), "cleanup detaches");
     });
 }
 
 #[test]
 fn sweep_drops_pins_of_vanished_interfaces() {
-    let (a, b) = (NetNs::new("swa"), NetNs::new("swb"));
-    let (a_if, b_if) = (unique_name("a"), unique_name("b"));
-    veth_pair(&a, &a_if, "10.203.0.1/24", &b, &b_if, "10.203.0.2/24");
-    let pin_dir = PinDir::new("swp");
+    let t = veth_nodes("swp", "10.203.0");
+    let (b, b_if, pin_dir) = (&t.b, &t.b_if, &t.pin_dir);
     b.run(|| {
-        let iface = iface::matching(std::slice::from_ref(&b_if))
-            .expect("list")
-            .pop()
-            .expect("veth present");
-        let pins = LinkPins::new(pin_dir.path()).expect("link dir");
-        let (_ebpf, outcome, _) = agent_attach(&pin_dir, &pins, &iface);
+        let (iface, pins) = veth_and_pins(&t);
+        let (_ebpf, outcome, _) = agent_attach(pin_dir, &pins, &iface);
         assert_eq!(outcome, Attached::New);
-        b.ip(&["link", "del", &b_if]);
+        b.ip(&["link", "del", b_if]);
         let present = iface::list().expect("list");
         let removed = pins.sweep(&present, false).expect("sweep");
         assert_eq!(

@@ -291,6 +291,22 @@ fn iter_err(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     }
 }
 
+/// The keys of a set-like map (`keys`, read whole before any removal) not in `want`.
+fn stale_keys(
+    keys: impl Iterator<Item = Result<u32, MapError>>,
+    want: &BTreeSet<u32>,
+    map: &'static str,
+) -> Result<Vec<u32>, MapsError> {
+    let mut stale = Vec::new();
+    for key in keys {
+        let key = key.map_err(iter_err(map))?;
+        if !want.contains(&key) {
+            stale.push(key);
+        }
+    }
+    Ok(stale)
+}
+
 /// Ok(None) for a missing key.
 fn found<V>(r: Result<V, MapError>, map: &'static str) -> Result<Option<V>, MapsError> {
     match r {
@@ -641,14 +657,7 @@ impl DatapathMaps {
                 .insert(a, NodeAddr { flags: 0 }, 0)
                 .map_err(update_err(names::NODE_ADDRS))?;
         }
-        let mut stale = Vec::new();
-        for key in self.node_addrs.keys() {
-            let key = key.map_err(iter_err(names::NODE_ADDRS))?;
-            if !want.contains(&key) {
-                stale.push(key);
-            }
-        }
-        for key in stale {
+        for key in stale_keys(self.node_addrs.keys(), &want, names::NODE_ADDRS)? {
             removed(self.node_addrs.remove(&key), names::NODE_ADDRS)?;
         }
         Ok(())
@@ -699,14 +708,7 @@ impl DatapathMaps {
                 other => MapsError::XdpTarget(other),
             })?;
         }
-        let mut stale = Vec::new();
-        for key in self.xdp_targets.keys() {
-            let key = key.map_err(iter_err(names::XDP_TARGETS))?;
-            if !want.contains(&key) {
-                stale.push(key);
-            }
-        }
-        for key in stale {
+        for key in stale_keys(self.xdp_targets.keys(), &want, names::XDP_TARGETS)? {
             removed(self.xdp_targets.remove(key), names::XDP_TARGETS)?;
         }
         Ok(())
