@@ -10,8 +10,12 @@ use crate::model::{Cidr, IpFamily, NodeInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: field {field}: {message}")]

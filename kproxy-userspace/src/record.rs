@@ -14,22 +14,43 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Root of every agent's state directory.
-pub const STATE_ROOT: &str = "/run/kproxy";
+use crate::iptables::Flavor;
 
-/// The state directory of the agent pinning under `pin_path`.
-pub fn state_dir(pin_path: &Path) -> PathBuf {
+/// Root of every agent's record directory.
+pub const RECORD_ROOT: &str = "/run/kproxy";
+
+/// The record directory of the agent pinning under `pin_path`.
+pub fn record_dir(pin_path: &Path) -> PathBuf {
     let flat = pin_path.to_string_lossy().trim_matches('/').replace('/', "_");
-    Path::new(STATE_ROOT).join(flat)
+    Path::new(RECORD_ROOT).join(flat)
+}
+
+/// Which writer the agent keeps in step with the model (`kproxy run --mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// TC (and XDP) programs with BPF maps.
+    #[default]
+    Ebpf,
+    /// kube-proxy's iptables rules, applied with iptables-restore.
+    Iptables,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Iptables => "iptables",
+        })
+    }
 }
 
 /// Facts about the last applied sync.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
-    /// `ebpf` or `iptables`.
-    pub mode: String,
-    /// The iptables backend (`system`, `nft`, `legacy`) in iptables mode.
-    pub iptables_backend: Option<String>,
+    pub mode: Mode,
+    /// The iptables flavour (`system`, `nft`, `legacy`) in iptables mode.
+    pub iptables_backend: Option<Flavor>,
     pub node_name: String,
     pub node_ip: Option<IpAddr>,
     /// The node's local addresses at the sync (NodePort addresses are chosen from them).
@@ -55,16 +76,25 @@ pub struct Recorded {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("write agent state {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+pub enum RecordError {
+    #[error("write agent record {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
-        "read agent state {path}: {source} (no agent has synced with this --pin-path on this machine since boot?)"
+        "read agent record {path} (no agent has synced with this --pin-path on this machine since boot?)"
     )]
-    Read { path: PathBuf, source: io::Error },
-    #[error("decode agent state {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("decode agent record {path}")]
     Decode {
         path: PathBuf,
+        #[source]
         source: serde_json::Error,
     },
 }
@@ -89,12 +119,12 @@ fn model_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
 
 /// Records `applied` with copies of its model files and configuration, replacing the
 /// previous record (written aside, then renamed into place).
-pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Result<(), StateError> {
-    let dir = state_dir(pin_path);
+pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Result<(), RecordError> {
+    let dir = record_dir(pin_path);
     let staging = dir.with_extension("new");
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| StateError::Write { path, source }
+        move |source| RecordError::Write { path, source }
     };
     let _ = fs::remove_dir_all(&staging);
     let model_dir = staging.join("model");
@@ -126,14 +156,14 @@ pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Resu
 }
 
 /// The record of the agent pinning under `pin_path`.
-pub fn load(pin_path: &Path) -> Result<Recorded, StateError> {
-    let dir = state_dir(pin_path);
+pub fn load(pin_path: &Path) -> Result<Recorded, RecordError> {
+    let dir = record_dir(pin_path);
     let applied_path = dir.join("applied.json");
-    let text = fs::read(&applied_path).map_err(|source| StateError::Read {
+    let text = fs::read(&applied_path).map_err(|source| RecordError::Read {
         path: applied_path.clone(),
         source,
     })?;
-    let applied = serde_json::from_slice(&text).map_err(|source| StateError::Decode {
+    let applied = serde_json::from_slice(&text).map_err(|source| RecordError::Decode {
         path: applied_path,
         source,
     })?;
@@ -146,10 +176,10 @@ pub fn load(pin_path: &Path) -> Result<Recorded, StateError> {
 }
 
 /// Removes the record (cleanup).
-pub fn remove(pin_path: &Path) -> Result<(), StateError> {
-    let dir = state_dir(pin_path);
+pub fn remove(pin_path: &Path) -> Result<(), RecordError> {
+    let dir = record_dir(pin_path);
     match fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::Write { path: dir, source: e }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RecordError::Write { path: dir, source: e }),
         _ => Ok(()),
     }
 }
@@ -159,16 +189,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_dir_flattens_the_pin_path() {
+    fn record_dir_flattens_the_pin_path() {
         assert_eq!(
-            state_dir(Path::new("/sys/fs/bpf/kproxy")),
+            record_dir(Path::new("/sys/fs/bpf/kproxy")),
             PathBuf::from("/run/kproxy/sys_fs_bpf_kproxy")
         );
     }
 
     #[test]
     fn record_then_load_round_trips_and_copies_inputs() {
-        let tmp = std::env::temp_dir().join(format!("kproxy-state-test-{}", std::process::id()));
+        let tmp = std::env::temp_dir().join(format!("kproxy-record-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(tmp.join("models")).unwrap();
         fs::write(tmp.join("models/a.yaml"), "a: 1\n").unwrap();
@@ -178,7 +208,7 @@ mod tests {
         fs::write(tmp.join("config.yaml"), "hostnameOverride: n1\n").unwrap();
         let pin = tmp.join("pins");
         let applied = Applied {
-            mode: "ebpf".into(),
+            mode: Mode::Ebpf,
             node_name: "n1".into(),
             model_paths: vec![tmp.join("models"), tmp.join("single.yaml")],
             sync: 3,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use kproxy::{
     config::ProxyConfig,
     iptables::{self, RenderOptions, Runtime, jumps, list::ProtocolColumn},
+    manifests,
     model::{self, IpFamily, Model, NodeInfo},
 };
 
@@ -21,12 +22,8 @@ struct Setup {
 
 fn setup(model_path: &str, config_text: &str, family: IpFamily) -> Setup {
     let config = ProxyConfig::parse(config_text, "inline config").expect("config parses");
-    let mut node = NodeInfo::new("test-node", family);
-    node.node_ip = Some(match family {
-        IpFamily::V4 => "192.168.0.2".parse().unwrap(),
-        IpFamily::V6 => "fd00::2".parse().unwrap(),
-    });
-    let model = model::load(&[repo_path(model_path)], &config, &node).expect("model loads");
+    let node = NodeInfo::upstream_test_node(family);
+    let model = manifests::load(&[repo_path(model_path)], &config, &node).expect("model loads");
     Setup { config, node, model }
 }
 
@@ -349,7 +346,7 @@ fn broken_documents_name_file_object_and_field() {
         let file = dir.join(format!("case-{i}.yaml"));
         std::fs::write(&file, format!("{good}\n---\n{document}")).unwrap();
         let node = NodeInfo::new("n", IpFamily::V4);
-        let err = model::load(std::slice::from_ref(&file), &ProxyConfig::default(), &node)
+        let err = manifests::load(std::slice::from_ref(&file), &ProxyConfig::default(), &node)
             .expect_err(document)
             .to_string();
         assert!(err.starts_with(&file.display().to_string()), "{err}");
@@ -366,7 +363,7 @@ fn broken_documents_name_file_object_and_field() {
 #[test]
 fn directories_lists_and_duplicate_endpoints() {
     let node = NodeInfo::new("host1", IpFamily::V4);
-    let model = model::load(&[repo_path("../examples")], &ProxyConfig::default(), &node).unwrap();
+    let model = manifests::load(&[repo_path("../examples")], &ProxyConfig::default(), &node).unwrap();
     assert_eq!(model.service_ports.len(), 1);
     let port = &model.service_ports[0];
     assert_eq!(port.name.to_string(), "default/hello-app-service");

@@ -38,12 +38,11 @@ use std::{
 
 use aya::programs::Program;
 use kproxy::{
-    bpf::{BackendId, Datapath, Frontend, Protocol, ServiceOptions},
     config::ProxyConfig,
-    iptables::{self, RenderOptions, Runtime, jumps},
-    model::{self, IpFamily, NodeInfo},
-    netfilter::{self, Backend},
-    programs,
+    ebpf::{self, BackendId, Frontend, FrontendOptions, Loaded},
+    iptables::{self, Flavor, RenderOptions, Runtime, jumps, netfilter},
+    manifests,
+    model::{IpFamily, NodeInfo, Protocol},
 };
 use kproxy_tests::{
     forwarding::{ExternalPath, FibNs, attach, event, seed_node_port},
@@ -122,7 +121,7 @@ fn per_packet() {
         for proto in [Protocol::Tcp, Protocol::Udp] {
             let f = Frontend::NodePort { port: 30080, proto };
             dp.maps
-                .upsert_service(f, &[BackendId(1)], ServiceOptions::default())
+                .upsert_frontend(f, &[BackendId(1)], FrontendOptions::default())
                 .unwrap();
         }
         dp.maps.set_xdp_targets(&[out0]).unwrap();
@@ -152,9 +151,9 @@ fn per_packet() {
             ),
         ];
         for (name, xdp_frame, tc_frame) in &cases {
-            let xdp = dp.ebpf.program(programs::XDP_PROGRAM).unwrap();
+            let xdp = dp.ebpf.program(ebpf::XDP_PROGRAM).unwrap();
             let x = mean_ns(xdp, xdp_frame, Some(in0));
-            let tc = dp.ebpf.program(programs::TC_INGRESS_PROGRAM).unwrap();
+            let tc = dp.ebpf.program(ebpf::TC_INGRESS_PROGRAM).unwrap();
             let t = mean_ns(tc, tc_frame, None);
             println!("  {name:<34} {x:>10.0} {t:>10.0}");
         }
@@ -369,7 +368,7 @@ fn kube_proxy_rules(dir: &std::path::Path, services: usize) -> (String, String) 
     let mut node = NodeInfo::new(NODE_NAME, IpFamily::V4);
     node.node_ip = Some(NODE_IP.into());
     node.addresses.push(NODE_IP.into());
-    let model = model::load(&[model_path, fillers], &config, &node).expect("model");
+    let model = manifests::load(&[model_path, fillers], &config, &node).expect("model");
     let options = RenderOptions::new(&config, &node, Runtime::default()).expect("render options");
     let ruleset = iptables::render(&model, &options);
     let payload = iptables::restore::payload(&ruleset, None);
@@ -409,13 +408,13 @@ fn measure(mode: Mode, duration: Duration, dir: &std::path::Path, services: usiz
         .map(|p| FastServer::start(&p.ns, SocketAddr::V4(SocketAddrV4::new(p.ip, TARGET_PORT))))
         .collect();
     let pins = PinDir::new("bcr");
-    let mut dp: Option<Datapath> = None;
+    let mut dp: Option<Loaded> = None;
     match mode {
         Mode::IptablesNft | Mode::IptablesLegacy => {
             let backend = if mode == Mode::IptablesNft {
-                Backend::Nft
+                Flavor::Nft
             } else {
-                Backend::Legacy
+                Flavor::Legacy
             };
             let (payload, jumps) = kube_proxy_rules(dir, services);
             topo.node.run(|| {
@@ -433,7 +432,7 @@ fn measure(mode: Mode, duration: Duration, dir: &std::path::Path, services: usiz
                     proto: Protocol::Tcp,
                 };
                 d.maps
-                    .upsert_service(f, &[BackendId(1), BackendId(2)], ServiceOptions::default())
+                    .upsert_frontend(f, &[BackendId(1), BackendId(2)], FrontendOptions::default())
                     .expect("filler NodePort");
             }
             attach(&topo, &mut d, path);

@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use kproxy::{
-    bpf::{BackendId, Datapath, DatapathMaps, Frontend, Protocol, ServiceOptions},
-    programs,
+    ebpf::{self, BackendId, DatapathMaps, Frontend, FrontendOptions, Loaded},
+    model::Protocol,
 };
 
 use crate::{netns::NetNs, topology::Topology};
@@ -45,10 +45,10 @@ pub fn seed_node_port(maps: &mut DatapathMaps, node_ip: Ipv4Addr, port: u16, bac
     }
     maps.set_node_addresses(&[node_ip]).expect("node addresses");
     for proto in [Protocol::Tcp, Protocol::Udp] {
-        maps.upsert_service(
+        maps.upsert_frontend(
             Frontend::NodePort { port, proto },
             &ids,
-            ServiceOptions::default(),
+            FrontendOptions::default(),
         )
         .expect("upsert NodePort");
     }
@@ -57,7 +57,7 @@ pub fn seed_node_port(maps: &mut DatapathMaps, node_ip: Ipv4Addr, port: u16, bac
 /// Attaches `dp`'s programs on `topo`'s node for `path`: TC ingress on every pod veth
 /// (replies are reverse-translated there), and TC or XDP on the external link. The
 /// links live as long as `dp`.
-pub fn attach(topo: &Topology, dp: &mut Datapath, path: ExternalPath) {
+pub fn attach(topo: &Topology, dp: &mut Loaded, path: ExternalPath) {
     if path == ExternalPath::XdpNativeRedirect {
         for pod in &topo.pods {
             pod.ns.ethtool(&["-K", "eth0", "gro", "on"]);
@@ -68,7 +68,7 @@ pub fn attach(topo: &Topology, dp: &mut Datapath, path: ExternalPath) {
     topo.node.run(|| {
         let tc: &mut SchedClassifier = dp
             .ebpf
-            .program_mut(programs::TC_INGRESS_PROGRAM)
+            .program_mut(ebpf::TC_INGRESS_PROGRAM)
             .expect("TC program")
             .try_into()
             .expect("a TC program");
@@ -94,7 +94,7 @@ pub fn attach(topo: &Topology, dp: &mut Datapath, path: ExternalPath) {
         };
         let xdp: &mut Xdp = dp
             .ebpf
-            .program_mut(programs::XDP_PROGRAM)
+            .program_mut(ebpf::XDP_PROGRAM)
             .expect("XDP program")
             .try_into()
             .expect("an XDP program");

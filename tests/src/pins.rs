@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kproxy::bpf::{Datapath, LoadOptions, unpin_all};
+use kproxy::ebpf::{LoadOptions, Loaded, unpin_all};
 
 use crate::netns::unique_name;
 
@@ -24,8 +24,8 @@ impl PinDir {
     }
 
     /// Loads the datapath with its maps pinned here (small conntrack for tests).
-    pub fn load(&self) -> Datapath {
-        Datapath::load(&LoadOptions {
+    pub fn load(&self) -> Loaded {
+        Loaded::load(&LoadOptions {
             pin_dir: self.path.clone(),
             conntrack_max: Some(4096),
         })

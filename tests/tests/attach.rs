@@ -3,11 +3,9 @@
 //! sweeping removes the pins of vanished interfaces or, on cleanup, all of them.
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use kproxy::{
-    attach::{Attached, Hook, LinkPins},
-    bpf::Datapath,
-    iface::{self, Iface},
-    programs,
+use kproxy::ebpf::{
+    self, Loaded,
+    attach::{Attached, Hook, Iface, LinkPins, iface},
 };
 use kproxy_tests::{
     netns::{NetNs, unique_name, veth_pair},
@@ -21,11 +19,11 @@ fn tc_programs(iface: &str) -> Vec<u32> {
 }
 
 /// Loads a fresh copy of the programs and attaches TC ingress to `iface` through `pins`.
-fn agent_attach(pin_dir: &PinDir, pins: &LinkPins, iface: &Iface) -> (Datapath, Attached, u32) {
+fn agent_attach(pin_dir: &PinDir, pins: &LinkPins, iface: &Iface) -> (Loaded, Attached, u32) {
     let mut datapath = pin_dir.load();
     let tc: &mut SchedClassifier = datapath
         .ebpf
-        .program_mut(programs::TC_INGRESS_PROGRAM)
+        .program_mut(ebpf::TC_INGRESS_PROGRAM)
         .unwrap()
         .try_into()
         .unwrap();

@@ -5,12 +5,11 @@ use std::{net::UdpSocket, thread, time::Duration};
 
 use aya::{
     Ebpf, TestRun as _, TestRunOptions,
-    maps::PerCpuHashMap,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use kproxy::{counters, programs};
+use kproxy::ebpf::{self, maps::counters::iface_counters};
 use kproxy_common::{
-    CounterKey, IfaceCounters,
+    IfaceCounters,
     counters::{HOOK_TC_INGRESS, HOOK_XDP},
 };
 use kproxy_tests::{
@@ -30,16 +29,14 @@ fn load_all(pins: &PinDir) -> Ebpf {
 }
 
 fn read_counters(ebpf: &Ebpf, ifindex: u32, hook: u32) -> IfaceCounters {
-    let map: PerCpuHashMap<_, CounterKey, IfaceCounters> =
-        PerCpuHashMap::try_from(ebpf.map(counters::IFACE_STATS_MAP).expect("counter map")).expect("map type");
-    counters::iface_counters(&map, ifindex, hook).expect("read counters")
+    iface_counters(ebpf, ifindex, hook).expect("read counters")
 }
 
 #[test]
 fn programs_pass_the_verifier() {
     let pins = PinDir::new("ver");
     let ebpf = load_all(&pins);
-    for name in programs::ALL_PROGRAMS {
+    for name in ebpf::ALL_PROGRAMS {
         let info = ebpf.program(name).expect("program").info().expect("program info");
         let insns = info
             .verified_instruction_count()
@@ -57,7 +54,7 @@ fn xdp_test_run_passes_and_counts() {
         let ebpf = load_all(&pins);
         let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy");
         let mut out = vec![0u8; frame.len() + 256];
-        let xdp: &Xdp = ebpf.program(programs::XDP_PROGRAM).unwrap().try_into().unwrap();
+        let xdp: &Xdp = ebpf.program(ebpf::XDP_PROGRAM).unwrap().try_into().unwrap();
         for _ in 0..3 {
             let result = xdp
                 .test_run(TestRunOptions {
@@ -97,7 +94,7 @@ fn tc_test_run_passes_and_counts() {
         let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy tc");
         let mut out = vec![0u8; frame.len() + 256];
         let tc: &SchedClassifier = ebpf
-            .program(programs::TC_INGRESS_PROGRAM)
+            .program(ebpf::TC_INGRESS_PROGRAM)
             .unwrap()
             .try_into()
             .unwrap();
@@ -148,15 +145,11 @@ fn attached_to_veth_counts_real_packets() {
     let pins = PinDir::new("veth");
     let mut ebpf = load_all(&pins);
     node.run(|| {
-        let xdp: &mut Xdp = ebpf
-            .program_mut(programs::XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let xdp: &mut Xdp = ebpf.program_mut(ebpf::XDP_PROGRAM).unwrap().try_into().unwrap();
         xdp.attach(&node_if, XdpMode::default())
             .expect("attach XDP (native) to veth");
         let tc: &mut SchedClassifier = ebpf
-            .program_mut(programs::TC_INGRESS_PROGRAM)
+            .program_mut(ebpf::TC_INGRESS_PROGRAM)
             .unwrap()
             .try_into()
             .unwrap();

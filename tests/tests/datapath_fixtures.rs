@@ -19,8 +19,8 @@ use std::{
 
 use aya::programs::Program;
 use kproxy::{
-    bpf::{BackendId, DatapathMaps, Frontend, Protocol, ServiceId, ServiceOptions, ktime_now_ns},
-    programs,
+    ebpf::{self, BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, ktime_now_ns},
+    model::Protocol,
 };
 use kproxy_common::{
     CtEntry, CtKey,
@@ -61,8 +61,8 @@ use Verdict::{Drop as DROP, Pass as PASS};
 impl Hook {
     fn program(self) -> &'static str {
         match self {
-            Hook::Tc => programs::TC_INGRESS_PROGRAM,
-            Hook::Xdp => programs::XDP_PROGRAM,
+            Hook::Tc => ebpf::TC_INGRESS_PROGRAM,
+            Hook::Xdp => ebpf::XDP_PROGRAM,
         }
     }
 
@@ -128,8 +128,9 @@ fn seed_backends(m: &mut DatapathMaps) {
     m.upsert_backend(ID2, sa(B2, 8080)).unwrap();
 }
 
-fn seed_service(m: &mut DatapathMaps, f: Frontend, backends: &[BackendId]) -> ServiceId {
-    m.upsert_service(f, backends, ServiceOptions::default()).unwrap()
+fn seed_service(m: &mut DatapathMaps, f: Frontend, backends: &[BackendId]) -> FrontendId {
+    m.upsert_frontend(f, backends, FrontendOptions::default())
+        .unwrap()
 }
 
 fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
@@ -147,7 +148,7 @@ fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
 /// Seeds both conntrack entries of an established TCP flow client → frontend → backend.
 fn seed_flow(
     m: &mut DatapathMaps,
-    svc: ServiceId,
+    svc: FrontendId,
     client: SocketAddrV4,
     frontend: SocketAddrV4,
     (bid, backend): (BackendId, SocketAddrV4),
@@ -317,7 +318,7 @@ fn cases() -> Vec<Case> {
                 Expect::Exactly(tcp(client, b1, SYN, b"")),
             )],
             check: Box::new(move |m, out| {
-                let svc = m.service_id(cluster_tcp()).unwrap().unwrap();
+                let svc = m.frontend_id(cluster_tcp()).unwrap().unwrap();
                 let fwd = m
                     .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
                     .unwrap()
@@ -328,7 +329,7 @@ fn cases() -> Vec<Case> {
                     .unwrap()
                     .expect("reply-direction entry");
                 assert_eq!(m.conntrack().unwrap().len(), 2);
-                let c = m.service_counters(svc).unwrap();
+                let c = m.frontend_counters(svc).unwrap();
                 assert_eq!((c.packets, c.bytes, c.new_flows), (1, out[0].len() as u64, 1));
                 assert_eq!(m.backend_counters(ID1).unwrap().packets, 1);
                 assert_eq!(event(m, "new_flow"), 1);
@@ -649,8 +650,8 @@ fn cases() -> Vec<Case> {
             steps: vec![step(tcp(client, vip, SYN, b""), DROP, Expect::Unchanged)],
             check: Box::new(|m, _| {
                 assert!(m.conntrack().unwrap().is_empty());
-                let svc = m.service_id(cluster_tcp()).unwrap().unwrap();
-                assert_eq!(m.service_counters(svc).unwrap().no_backend_drops, 1);
+                let svc = m.frontend_id(cluster_tcp()).unwrap().unwrap();
+                assert_eq!(m.frontend_counters(svc).unwrap().no_backend_drops, 1);
                 assert_eq!(event(m, "drop_no_backend"), 1);
             }),
         },
@@ -824,10 +825,10 @@ fn client_ip_affinity_sticks() {
         let mut dp = pins.load();
         seed_backends(&mut dp.maps);
         dp.maps
-            .upsert_service(
+            .upsert_frontend(
                 cluster_tcp(),
                 &[ID1, ID2],
-                ServiceOptions {
+                FrontendOptions {
                     client_ip_affinity: Some(Duration::from_secs(10800)),
                 },
             )
@@ -861,16 +862,16 @@ fn service_updates_read_back_and_flip_slot_bases() {
     let id = seed_service(m, cluster_tcp(), &[ID1]);
     assert_eq!(seed_service(m, cluster_tcp(), &[ID1, ID2]), id, "ids are stable");
     assert_eq!(seed_service(m, cluster_tcp(), &[ID2]), id);
-    let all = m.services().unwrap();
+    let all = m.frontends().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].backends, vec![ID2]);
     assert_eq!(m.prune_orphan_slots().unwrap(), 0, "old slots were removed");
     let err = m
-        .upsert_service(cluster_tcp(), &[BackendId(99)], ServiceOptions::default())
+        .upsert_frontend(cluster_tcp(), &[BackendId(99)], FrontendOptions::default())
         .unwrap_err();
     assert!(err.to_string().contains("upsert backends before"), "{err}");
-    m.remove_service(cluster_tcp()).unwrap();
-    assert!(m.services().unwrap().is_empty());
+    m.remove_frontend(cluster_tcp()).unwrap();
+    assert!(m.frontends().unwrap().is_empty());
     m.set_node_addresses(&[Ipv4Addr::from(NODE_IP), Ipv4Addr::from(NOT_NODE_IP)])
         .unwrap();
     m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
@@ -888,7 +889,7 @@ fn restart_adopts_pinned_maps() {
         seed_service(&mut dp.maps, cluster_tcp(), &[ID1])
     };
     let mut dp = pins.load();
-    assert_eq!(dp.maps.service_id(cluster_tcp()).unwrap(), Some(id));
+    assert_eq!(dp.maps.frontend_id(cluster_tcp()).unwrap(), Some(id));
     let other = seed_service(&mut dp.maps, cluster_udp(), &[ID2]);
     assert_ne!(other, id, "a new frontend never reuses a live id");
     assert_eq!(dp.maps.backends().unwrap().len(), 2);

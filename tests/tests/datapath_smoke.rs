@@ -13,8 +13,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use kproxy::{
-    bpf::{BackendId, Frontend, Protocol, ServiceOptions},
-    programs,
+    ebpf::{self, BackendId, Frontend, FrontendOptions},
+    model::Protocol,
 };
 use kproxy_tests::{
     netns::{NetNs, unique_name, veth_pair},
@@ -54,7 +54,7 @@ fn udp_and_tcp_to_cluster_ip_reach_backend_and_replies_come_from_cluster_ip() {
     };
     let svc = dp
         .maps
-        .upsert_service(frontend, &[BackendId(1)], ServiceOptions::default())
+        .upsert_frontend(frontend, &[BackendId(1)], FrontendOptions::default())
         .unwrap();
     let tcp_frontend = Frontend::Address {
         addr: "10.96.5.5:80".parse().unwrap(),
@@ -62,12 +62,12 @@ fn udp_and_tcp_to_cluster_ip_reach_backend_and_replies_come_from_cluster_ip() {
     };
     let tcp_svc = dp
         .maps
-        .upsert_service(tcp_frontend, &[BackendId(1)], ServiceOptions::default())
+        .upsert_frontend(tcp_frontend, &[BackendId(1)], FrontendOptions::default())
         .unwrap();
     node.run(|| {
         let tc: &mut SchedClassifier = dp
             .ebpf
-            .program_mut(programs::TC_INGRESS_PROGRAM)
+            .program_mut(ebpf::TC_INGRESS_PROGRAM)
             .unwrap()
             .try_into()
             .unwrap();
@@ -118,7 +118,7 @@ fn udp_and_tcp_to_cluster_ip_reach_backend_and_replies_come_from_cluster_ip() {
             .all(|from| *from == SocketAddrV4::new(Ipv4Addr::new(10, 210, 1, 2), from.port()).into()),
         "the backend must see the client's own address: {seen:?}"
     );
-    let c = dp.maps.service_counters(svc).unwrap();
+    let c = dp.maps.frontend_counters(svc).unwrap();
     assert!(c.packets >= 1 && c.new_flows == 1, "service counters {c:?}");
 
     // TCP: connect to the ClusterIP, the backend echoes one message and closes.
@@ -153,6 +153,6 @@ fn udp_and_tcp_to_cluster_ip_reach_backend_and_replies_come_from_cluster_ip() {
     let from = tcp_echo.join().expect("tcp echo thread");
     assert_eq!(echoed, b"hello over tcp");
     assert_eq!(from.map(|f| f.ip().to_string()), Some("10.210.1.2".to_string()));
-    let c = dp.maps.service_counters(tcp_svc).unwrap();
+    let c = dp.maps.frontend_counters(tcp_svc).unwrap();
     assert!(c.packets >= 3 && c.new_flows == 1, "TCP service counters {c:?}");
 }

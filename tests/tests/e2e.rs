@@ -7,10 +7,9 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use aya::programs::{ProgramInfo, links::PinnedLink, loaded_programs};
-use kproxy::{
-    attach::{Hook, LinkPins},
-    bpf::DatapathMaps,
-    iface::Iface,
+use kproxy::ebpf::{
+    DatapathMaps,
+    attach::{Hook, Iface, LinkPins},
 };
 use kproxy_tests::{
     agent::run_kproxy,

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::SocketAddrV4, process::Output};
 
 use kproxy::{
-    bpf::DatapathMaps,
+    ebpf::DatapathMaps,
     iptables::chain_name::endpoint_chain,
     model::{Protocol, ServicePortName},
 };

@@ -12,7 +12,8 @@ use std::{
 use kproxy::{
     config::ProxyConfig,
     iptables::{self, RenderOptions, Runtime, Table, jumps, list::ProtocolColumn},
-    model::{self, IpFamily, NodeInfo},
+    manifests,
+    model::{IpFamily, NodeInfo},
 };
 use kproxy_tests::netns::NetNs;
 
@@ -100,12 +101,8 @@ fn repo(relative: &str) -> PathBuf {
 
 fn round_trip(model_path: &str, config_path: &str, family: IpFamily) {
     let config = ProxyConfig::load(Some(&repo(config_path))).expect("config");
-    let mut node = NodeInfo::new("test-node", family);
-    node.node_ip = Some(match family {
-        IpFamily::V4 => "192.168.0.2".parse().unwrap(),
-        IpFamily::V6 => "fd00::2".parse().unwrap(),
-    });
-    let model = model::load(&[repo(model_path)], &config, &node).expect("model");
+    let node = NodeInfo::upstream_test_node(family);
+    let model = manifests::load(&[repo(model_path)], &config, &node).expect("model");
     // nfacct objects do not exist in a fresh namespace: render without them.
     let options = RenderOptions::new(&config, &node, Runtime::default()).expect("options");
     let ruleset = iptables::render(&model, &options);

@@ -1,7 +1,7 @@
 //! Applying kube-proxy-style state and removing it again, with both iptables
 //! backends, inside a namespace of the test's own.
 
-use kproxy::netfilter::{self, Backend};
+use kproxy::iptables::{Flavor, netfilter};
 use kproxy_tests::netns::NetNs;
 
 const PAYLOAD: &str = "*nat
@@ -12,7 +12,7 @@ const PAYLOAD: &str = "*nat
 COMMIT
 ";
 
-fn ensure_portal_jump(backend: Backend) {
+fn ensure_portal_jump(flavor: Flavor) {
     let args = [
         "-m",
         "comment",
@@ -22,16 +22,16 @@ fn ensure_portal_jump(backend: Backend) {
         "KUBE-SERVICES",
     ]
     .map(String::from);
-    netfilter::ensure_rule(backend, "nat", "PREROUTING", &args).expect("ensure jump");
+    netfilter::ensure_rule(flavor, "nat", "PREROUTING", &args).expect("ensure jump");
 }
 
-fn apply_then_cleanup(backend: Backend) {
+fn apply_then_cleanup(flavor: Flavor) {
     let ns = NetNs::new("nf");
     ns.run(|| {
-        netfilter::restore(backend, PAYLOAD).expect("restore");
-        ensure_portal_jump(backend);
-        ensure_portal_jump(backend);
-        let saved = netfilter::save(backend, "nat").expect("save");
+        netfilter::restore(flavor, PAYLOAD).expect("restore");
+        ensure_portal_jump(flavor);
+        ensure_portal_jump(flavor);
+        let saved = netfilter::save(flavor, "nat").expect("save");
         assert_eq!(
             saved.matches("-j KUBE-SERVICES").count(),
             1,
@@ -39,19 +39,19 @@ fn apply_then_cleanup(backend: Backend) {
         );
         assert!(saved.contains("--to-destination 10.244.0.5:53"), "{saved}");
 
-        assert_eq!(netfilter::cleanup(backend).expect("cleanup"), 2);
-        let saved = netfilter::save(backend, "nat").expect("save");
+        assert_eq!(netfilter::cleanup(flavor).expect("cleanup"), 2);
+        let saved = netfilter::save(flavor, "nat").expect("save");
         assert!(!saved.contains("KUBE-"), "cleanup left kube state:\n{saved}");
-        assert_eq!(netfilter::cleanup(backend).expect("cleanup again"), 0);
+        assert_eq!(netfilter::cleanup(flavor).expect("cleanup again"), 0);
     });
 }
 
 #[test]
 fn nft_backend_applies_and_cleans_up() {
-    apply_then_cleanup(Backend::Nft);
+    apply_then_cleanup(Flavor::Nft);
 }
 
 #[test]
 fn legacy_backend_applies_and_cleans_up() {
-    apply_then_cleanup(Backend::Legacy);
+    apply_then_cleanup(Flavor::Legacy);
 }

@@ -15,9 +15,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
-use aya::maps::PerCpuHashMap;
-use kproxy::counters;
-use kproxy_common::{CounterKey, IfaceCounters, counters::HOOK_XDP};
+use kproxy_common::counters::HOOK_XDP;
 use kproxy_tests::{
     forwarding::{ExternalPath, attach, event, seed_node_port},
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
@@ -76,9 +74,7 @@ fn nodeport_through(path: ExternalPath) {
     assert_eq!(udp, both, "UDP via NodePort ({path:?})");
 
     let ifindex = topo.node.ifindex(&topo.node_external_iface);
-    let map: PerCpuHashMap<_, CounterKey, IfaceCounters> =
-        PerCpuHashMap::try_from(dp.ebpf.map(counters::IFACE_STATS_MAP).expect("counter map")).unwrap();
-    let seen = counters::iface_counters(&map, ifindex, HOOK_XDP).unwrap();
+    let seen = dp.iface_counters(ifindex, HOOK_XDP).unwrap();
     let (redirected, passed) = (
         event(&dp.maps, "xdp_redirect"),
         event(&dp.maps, "xdp_pass_translated"),

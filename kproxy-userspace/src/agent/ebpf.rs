@@ -13,25 +13,26 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::programs::{SchedClassifier, Xdp, XdpMode};
 use log::{debug, info, warn};
 
-use super::{AgentError, AgentOptions, Datapath};
+use super::{AgentError, AgentOptions, Proxier};
 use crate::{
-    attach::{AttachError, Attached, LinkPins},
-    bpf::{self, LoadOptions, LoaderError, MapsError},
     config::ProxyConfig,
-    iface::{self, Iface, IfaceError},
-    inspect::{Drift, verify},
+    ebpf::{
+        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError,
+        attach::{
+            self, AttachError, Iface, IfaceError, LinkPins, iface,
+            xdp::{self as xdp_attach, XdpAttachMode},
+        },
+        desired_state, node_port_addresses, verify,
+    },
+    error_chain,
     model::{Model, NodeInfo},
-    programs,
-    state::Applied,
-    sync::{MapSync, desired_state, node_port_addresses},
-    xdp_features::{self, XDP_ACT_BASIC, XdpFeaturesError},
+    record::{Applied, Mode},
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum EbpfModeError {
+pub enum EbpfProxierError {
     #[error(transparent)]
     Load(#[from] LoaderError),
     #[error(transparent)]
@@ -40,29 +41,11 @@ pub enum EbpfModeError {
     Iface(#[from] IfaceError),
     #[error(transparent)]
     Maps(#[from] MapsError),
-    #[error("write {path}: {source}")]
-    Sysctl { path: String, source: std::io::Error },
-    #[error("program {0} is missing or of another type in the eBPF object")]
-    ProgramType(&'static str),
-    #[error("attach XDP to {iface}: native mode: {native}; generic mode: {generic}")]
-    XdpAttach {
-        iface: String,
-        native: String,
-        generic: Box<AttachError>,
-    },
-    #[error(transparent)]
-    XdpFeatures(#[from] XdpFeaturesError),
 }
 
-/// How the XDP program runs on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum XdpAttachMode {
-    Native,
-    Generic,
-}
-
-pub struct EbpfMode {
-    datapath: bpf::Datapath,
+/// kproxy's own datapath: the loaded programs, their links, and the maps kept in step.
+pub struct EbpfProxier {
+    loaded: Loaded,
     /// Drains the programs' aya-log ring buffer; must outlive the programs' use of it.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pins: LinkPins,
@@ -78,32 +61,32 @@ pub struct EbpfMode {
     unsupported: Vec<String>,
 }
 
-impl EbpfMode {
+impl EbpfProxier {
     /// Loads (or adopts) the pinned datapath under the pin path.
-    pub fn start(opts: &AgentOptions) -> Result<Self, EbpfModeError> {
-        let mut datapath = bpf::Datapath::load(&LoadOptions {
+    pub fn start(opts: &AgentOptions) -> Result<Self, EbpfProxierError> {
+        let mut loaded = Loaded::load(&LoadOptions {
             pin_dir: opts.pin_path.clone(),
             conntrack_max: None,
         })?;
-        let logger = match aya_log::EbpfLogger::init(&mut datapath.ebpf) {
+        let logger = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {
                 debug!("no program log buffer: {err}");
                 None
             }
         };
-        let pruned = datapath.maps.prune_orphan_slots()?;
-        let sync = MapSync::adopt(&datapath.maps)?;
-        let adopted = datapath.maps.services()?.len();
-        for (name, insns) in datapath.instruction_counts() {
+        let pruned = loaded.maps.prune_orphan_slots()?;
+        let sync = MapSync::adopt(&loaded.maps)?;
+        let adopted = loaded.maps.frontends()?.len();
+        for (name, insns) in loaded.instruction_counts() {
             debug!("{name}: {insns} verified instructions");
         }
         info!(
             "eBPF datapath loaded, maps pinned under {} ({adopted} frontends adopted, {pruned} orphan slots pruned)",
             opts.pin_path.display()
         );
-        Ok(EbpfMode {
-            datapath,
+        Ok(EbpfProxier {
+            loaded,
             logger,
             pins: LinkPins::new(&opts.pin_path)?,
             sync,
@@ -118,10 +101,10 @@ impl EbpfMode {
     }
 }
 
-impl EbpfMode {
+impl EbpfProxier {
     /// Attaches XDP to new `--xdp-iface` matches and rewrites the redirect targets when
     /// they change.
-    fn scan_xdp(&mut self, present: &[Iface]) -> Result<(), EbpfModeError> {
+    fn scan_xdp(&mut self, present: &[Iface]) -> Result<(), EbpfProxierError> {
         if self.xdp_patterns.is_empty() {
             return Ok(());
         }
@@ -129,8 +112,8 @@ impl EbpfMode {
             if self.xdp_attached.contains_key(&found) {
                 continue;
             }
-            let program = xdp_program(&mut self.datapath.ebpf)?;
-            let (how, mode, why) = attach_xdp(&self.pins, program, &found)?;
+            let program = self.loaded.xdp_program()?;
+            let (how, mode, why) = xdp_attach::attach(&self.pins, program, &found)?;
             info!("xdp on {} (ifindex {}): {why}, {how:?}", found.name, found.index);
             self.xdp_attached.insert(found, mode);
         }
@@ -139,8 +122,7 @@ impl EbpfMode {
         let mut targets = Vec::new();
         let candidates: BTreeSet<&Iface> = self.attached.iter().chain(self.xdp_attached.keys()).collect();
         for iface in candidates {
-            // Generic XDP redirects through the stack's transmit path: any device takes it.
-            if all_generic || xdp_features::accepts_native_redirects(iface.index)? {
+            if xdp_attach::accepts_redirects(iface, all_generic)? {
                 targets.push(iface.index);
             }
         }
@@ -149,7 +131,7 @@ impl EbpfMode {
         }
         targets.sort();
         if targets != self.xdp_targets {
-            self.datapath.maps.set_xdp_targets(&targets)?;
+            self.loaded.maps.set_xdp_targets(&targets)?;
             let names: Vec<&str> = present
                 .iter()
                 .filter(|i| targets.contains(&i.index))
@@ -162,64 +144,6 @@ impl EbpfMode {
         }
         Ok(())
     }
-}
-
-/// The TC ingress program of the loaded object.
-fn tc_program(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, EbpfModeError> {
-    let name = programs::TC_INGRESS_PROGRAM;
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-        .ok_or(EbpfModeError::ProgramType(name))
-}
-
-/// The XDP program of the loaded object.
-fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, EbpfModeError> {
-    let name = programs::XDP_PROGRAM;
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut Xdp>::try_from(p).ok())
-        .ok_or(EbpfModeError::ProgramType(name))
-}
-
-/// Attaches (or adopts) XDP on `iface`: native mode if its driver supports it, generic
-/// mode otherwise or if native fails. An adopted link keeps the mode it was attached
-/// in, which this policy chose from the same driver: its mode is inferred the same way.
-fn attach_xdp(
-    pins: &LinkPins,
-    program: &mut Xdp,
-    iface: &Iface,
-) -> Result<(Attached, XdpAttachMode, String), EbpfModeError> {
-    let native_ok = xdp_features::xdp_features(iface.index)? & XDP_ACT_BASIC != 0;
-    let native_err = if native_ok {
-        match pins.attach_xdp(program, iface, XdpMode::Driver) {
-            Ok(how) => {
-                return Ok((how, XdpAttachMode::Native, "native (driver) mode".into()));
-            }
-            Err(e) => e.to_string(),
-        }
-    } else {
-        "the driver has no native XDP".to_string()
-    };
-    match pins.attach_xdp(program, iface, XdpMode::Skb) {
-        Ok(how) => Ok((
-            how,
-            XdpAttachMode::Generic,
-            format!("generic (skb) mode ({native_err})"),
-        )),
-        Err(generic) => Err(EbpfModeError::XdpAttach {
-            iface: iface.name.clone(),
-            native: native_err,
-            generic: Box::new(generic),
-        }),
-    }
-}
-
-/// Lets `iface` accept packets whose source is a node address. The TC program
-/// reverse-translates NodePort replies at ingress, before routing, so a reply arriving
-/// from a pod carries the node's address as source; the kernel drops such packets as
-/// martians unless `accept_local` is set on the interface they arrive on.
-fn accept_local_source(iface: &str) -> Result<(), EbpfModeError> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    std::fs::write(&path, "1").map_err(|source| EbpfModeError::Sysctl { path, source })
 }
 
 /// Logs what `kproxy inspect --verify` would report right after a sync (nothing, unless
@@ -237,13 +161,13 @@ fn log_drift(drift: &[Drift]) {
     }
 }
 
-impl Datapath for EbpfMode {
+impl Proxier for EbpfProxier {
     fn sync(&mut self, model: &Model, node: &NodeInfo, config: &ProxyConfig) -> Result<String, AgentError> {
-        let maps = &mut self.datapath.maps;
+        let maps = &mut self.loaded.maps;
         let addrs = node_port_addresses(config, node);
-        maps.set_node_addresses(&addrs).map_err(EbpfModeError::from)?;
+        maps.set_node_addresses(&addrs).map_err(EbpfProxierError::from)?;
         maps.set_masquerade_address(Some(self.masquerade))
-            .map_err(EbpfModeError::from)?;
+            .map_err(EbpfProxierError::from)?;
         let desired = desired_state(model);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {
@@ -251,18 +175,21 @@ impl Datapath for EbpfMode {
             }
             self.unsupported = desired.unsupported.clone();
         }
-        let s = self.sync.apply(maps, &desired).map_err(EbpfModeError::from)?;
+        let s = self.sync.apply(maps, &desired).map_err(EbpfProxierError::from)?;
         match verify(maps, &desired, &addrs) {
             Ok(drift) if drift.is_empty() => {}
             Ok(drift) => {
                 // Something changed the maps behind our back: trust the maps, not our
                 // memory of them, and write the difference again.
                 log_drift(&drift);
-                self.sync = MapSync::adopt(maps).map_err(EbpfModeError::from)?;
-                let fixed = self.sync.apply(maps, &desired).map_err(EbpfModeError::from)?;
+                self.sync = MapSync::adopt(maps).map_err(EbpfProxierError::from)?;
+                let fixed = self.sync.apply(maps, &desired).map_err(EbpfProxierError::from)?;
                 info!("drift repaired: {} map changes from the model", fixed.changes());
             }
-            Err(err) => warn!("drift check (kproxy inspect --verify) failed: {err}"),
+            Err(err) => warn!(
+                "drift check (kproxy inspect --verify) failed: {}",
+                error_chain(&err)
+            ),
         }
         Ok(format!(
             "maps: {} frontends (+{} ~{} -{}), {} backends (+{} -{}), {} NodePort addresses",
@@ -278,21 +205,20 @@ impl Datapath for EbpfMode {
     }
 
     fn scan_interfaces(&mut self) -> Result<(), AgentError> {
-        let present = iface::list().map_err(EbpfModeError::from)?;
-        let wanted = iface::matching(&self.patterns).map_err(EbpfModeError::from)?;
+        let present = iface::list().map_err(EbpfProxierError::from)?;
+        let wanted = iface::matching(&self.patterns).map_err(EbpfProxierError::from)?;
         for found in &wanted {
             if self.attached.contains(found) {
                 continue;
             }
-            let program = tc_program(&mut self.datapath.ebpf)?;
-            let how = self.pins.attach_tc(program, found).map_err(EbpfModeError::from)?;
+            let program = self.loaded.tc_program().map_err(EbpfProxierError::from)?;
+            let how = attach::tc::attach(&self.pins, program, found).map_err(EbpfProxierError::from)?;
             info!("tc ingress on {} (ifindex {}): {how:?}", found.name, found.index);
-            accept_local_source(&found.name)?;
             self.attached.insert(found.clone());
         }
         self.attached.retain(|i| present.contains(i));
         self.scan_xdp(&present)?;
-        for gone in self.pins.sweep(&present, false).map_err(EbpfModeError::from)? {
+        for gone in self.pins.sweep(&present, false).map_err(EbpfProxierError::from)? {
             info!("interface gone, link pin {gone} removed");
         }
         Ok(())
@@ -305,7 +231,7 @@ impl Datapath for EbpfMode {
     }
 
     fn describe(&self, applied: &mut Applied) {
-        applied.mode = "ebpf".into();
+        applied.mode = Mode::Ebpf;
         applied.masquerade_address = Some(self.masquerade.into());
     }
 }

@@ -2,51 +2,51 @@
 //! full sync — the renderer's restore payload through `iptables-restore --noflush`,
 //! then the jump rules from the built-in chains ensured one by one.
 
-use super::{AgentError, AgentOptions, Datapath};
+use super::{AgentError, AgentOptions, Proxier};
 use crate::{
     config::{ConfigError, ProxyConfig},
-    iptables::{self, RenderOptions, Runtime, jumps, restore},
+    iptables::{self, Flavor, NetfilterError, RenderOptions, Runtime, jumps, netfilter, restore},
     model::{Model, NodeInfo},
-    netfilter::{self, Backend, NetfilterError},
-    state::Applied,
+    record::{Applied, Mode},
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum IptablesModeError {
+pub enum IptablesProxierError {
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
-    #[error("render options: {0}")]
+    #[error("render options")]
     Options(#[from] ConfigError),
 }
 
-pub struct IptablesMode {
-    backend: Backend,
+/// kube-proxy's iptables mode.
+pub struct IptablesProxier {
+    flavor: Flavor,
 }
 
-impl IptablesMode {
+impl IptablesProxier {
     pub fn new(opts: &AgentOptions) -> Self {
-        IptablesMode {
-            backend: opts.iptables_backend,
+        IptablesProxier {
+            flavor: opts.iptables_backend,
         }
     }
 }
 
-impl Datapath for IptablesMode {
+impl Proxier for IptablesProxier {
     fn sync(&mut self, model: &Model, node: &NodeInfo, config: &ProxyConfig) -> Result<String, AgentError> {
         let options =
-            RenderOptions::new(config, node, Runtime::default()).map_err(IptablesModeError::from)?;
+            RenderOptions::new(config, node, Runtime::default()).map_err(IptablesProxierError::from)?;
         let ruleset = iptables::render(model, &options);
         let payload = restore::payload(&ruleset, None);
-        netfilter::restore(self.backend, &payload).map_err(IptablesModeError::from)?;
+        netfilter::restore(self.flavor, &payload).map_err(IptablesProxierError::from)?;
         let jump_rules = jumps::jump_rules(&options);
         for jump in &jump_rules {
             let args = restore::rule_args(&jump.rule);
-            netfilter::ensure_rule(self.backend, jump.table.name(), &jump.rule.chain, &args)
-                .map_err(IptablesModeError::from)?;
+            netfilter::ensure_rule(self.flavor, jump.table.name(), &jump.rule.chain, &args)
+                .map_err(IptablesProxierError::from)?;
         }
         Ok(format!(
             "iptables ({:?}): {} filter + {} nat rules restored, {} jumps ensured",
-            self.backend,
+            self.flavor,
             ruleset.filter.rules.len(),
             ruleset.nat.rules.len(),
             jump_rules.len()
@@ -54,7 +54,7 @@ impl Datapath for IptablesMode {
     }
 
     fn describe(&self, applied: &mut Applied) {
-        applied.mode = "iptables".into();
-        applied.iptables_backend = Some(format!("{:?}", self.backend).to_lowercase());
+        applied.mode = Mode::Iptables;
+        applied.iptables_backend = Some(self.flavor);
     }
 }

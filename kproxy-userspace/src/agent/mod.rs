@@ -10,7 +10,8 @@
 mod ebpf;
 mod iptables;
 mod node;
-mod signals;
+pub mod signals;
+mod watch;
 
 use std::{
     net::Ipv4Addr,
@@ -22,12 +23,15 @@ use std::{
 use log::{error, info, warn};
 
 pub use self::node::node_info;
+use self::watch::ModelWatcher;
+pub use crate::record::Mode;
 use crate::{
     config::{ConfigError, ProxyConfig},
-    model::{self, Model, NodeInfo},
-    netfilter::Backend,
-    state::{self, Applied},
-    watch::ModelWatcher,
+    error_chain,
+    iptables::Flavor,
+    manifests::{self, ManifestError},
+    model::{Model, NodeInfo},
+    record::{self, Applied},
 };
 
 /// How often the loop wakes: model changes are applied within about two of these
@@ -35,15 +39,6 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// How often interfaces are rescanned for new matches (pods come and go).
 const IFACE_SCAN: Duration = Duration::from_millis(500);
-
-/// Which datapath the agent programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// TC (and XDP) programs with BPF maps.
-    Ebpf,
-    /// kube-proxy's iptables rules, applied with iptables-restore.
-    Iptables,
-}
 
 /// Everything `kproxy run` is told.
 #[derive(Clone, Debug)]
@@ -56,7 +51,7 @@ pub struct AgentOptions {
     /// Interface name globs the XDP program is attached to (external interfaces).
     pub xdp_ifaces: Vec<String>,
     pub pin_path: PathBuf,
-    pub iptables_backend: Backend,
+    pub iptables_backend: Flavor,
     /// The node's primary IP; default: its first non-loopback IPv4 address.
     pub node_ip: Option<std::net::IpAddr>,
     /// Source address of masqueraded (hairpin) flows in eBPF mode.
@@ -67,20 +62,26 @@ pub struct AgentOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("configuration: {0}")]
+    #[error("configuration")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Ebpf(#[from] ebpf::EbpfModeError),
+    Model(#[from] ManifestError),
     #[error(transparent)]
-    Iptables(#[from] iptables::IptablesModeError),
-    #[error("install signal handlers (sigaction): {0}")]
+    Ebpf(#[from] ebpf::EbpfProxierError),
+    #[error(transparent)]
+    Iptables(#[from] iptables::IptablesProxierError),
+    #[error("install signal handlers: `sigaction` failed")]
     Signals(#[source] nix::Error),
-    #[error("read node addresses (getifaddrs): {0}")]
-    Node(#[source] nix::Error),
+    #[error("read the node's name and addresses: `{call}` failed")]
+    Node {
+        call: &'static str,
+        #[source]
+        source: nix::Error,
+    },
 }
 
-/// One datapath the agent keeps in step with the model.
-trait Datapath {
+/// One writer the agent keeps in step with the model (kube-proxy's word: a proxier).
+trait Proxier {
     /// Applies `model`; returns a one-line summary of what changed.
     fn sync(&mut self, model: &Model, node: &NodeInfo, config: &ProxyConfig) -> Result<String, AgentError>;
     /// Attaches to interfaces that appeared since the last call (eBPF only).
@@ -95,33 +96,33 @@ trait Datapath {
 
 /// Runs the agent until SIGINT/SIGTERM (or after one sync with `once`).
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
-    let stop = signals::install()?;
-    let mut datapath: Box<dyn Datapath> = match opts.mode {
-        Mode::Ebpf => Box::new(ebpf::EbpfMode::start(opts)?),
-        Mode::Iptables => Box::new(iptables::IptablesMode::new(opts)),
+    let stop = signals::install().map_err(AgentError::Signals)?;
+    let mut proxier: Box<dyn Proxier> = match opts.mode {
+        Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts)?),
+        Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
     };
     let mut watcher = ModelWatcher::new(opts.models.clone());
     let mut syncs = 0u64;
     let mut last_scan = Instant::now();
-    datapath.scan_interfaces()?;
-    let mut synced = sync_once(opts, datapath.as_mut(), &mut syncs);
+    proxier.scan_interfaces()?;
+    let mut synced = sync_once(opts, proxier.as_mut(), &mut syncs);
     loop {
         if signals::stopped(stop) || (opts.once && synced) {
             break;
         }
         thread::sleep(TICK);
-        datapath.tick();
+        proxier.tick();
         if last_scan.elapsed() >= IFACE_SCAN {
-            if let Err(err) = datapath.scan_interfaces() {
-                warn!("{err}");
+            if let Err(err) = proxier.scan_interfaces() {
+                warn!("{}", error_chain(&err));
             }
             last_scan = Instant::now();
         }
         if watcher.poll() {
-            synced |= sync_once(opts, datapath.as_mut(), &mut syncs);
+            synced |= sync_once(opts, proxier.as_mut(), &mut syncs);
         }
     }
-    datapath.tick();
+    proxier.tick();
     info!(
         "stopping; the datapath stays in place (`kproxy cleanup --pin-path {}` removes it)",
         opts.pin_path.display()
@@ -130,29 +131,28 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
 }
 
 /// Loads the model and applies it; on any failure logs it and keeps the last state.
-fn sync_once(opts: &AgentOptions, datapath: &mut dyn Datapath, syncs: &mut u64) -> bool {
+fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, syncs: &mut u64) -> bool {
     let started = Instant::now();
     let loaded = (|| {
         let config = ProxyConfig::load(opts.config.as_deref())?;
         let node = node_info(&config, opts.node_ip)?;
-        let model = model::load(&opts.models, &config, &node).map_err(|e| e.to_string());
+        let model = manifests::load(&opts.models, &config, &node)?;
         Ok::<_, AgentError>((config, node, model))
     })();
     let (config, node, model) = match loaded {
-        Ok((config, node, Ok(model))) => (config, node, model),
-        Ok((_, _, Err(err))) => {
-            error!("model not applied, keeping the last good state: {err}");
-            return false;
-        }
+        Ok(loaded) => loaded,
         Err(err) => {
-            error!("model not applied, keeping the last good state: {err}");
+            error!(
+                "model not applied, keeping the last good state: {}",
+                error_chain(&err)
+            );
             return false;
         }
     };
     // Timed apart from reading the model: the bench compares what each datapath takes
     // to program (iptables-restore or map writes), not YAML parsing.
     let programming = Instant::now();
-    let synced = datapath.sync(&model, &node, &config);
+    let synced = proxier.sync(&model, &node, &config);
     let programming_ms = programming.elapsed().as_secs_f64() * 1000.0;
     match synced {
         Ok(summary) => {
@@ -166,17 +166,20 @@ fn sync_once(opts: &AgentOptions, datapath: &mut dyn Datapath, syncs: &mut u64) 
                 model.total_endpoints(),
                 started.elapsed().as_secs_f64() * 1000.0
             );
-            record_state(opts, datapath, &node, *syncs);
+            record_state(opts, proxier, &node, *syncs);
             true
         }
         Err(err) => {
-            error!("sync failed, the datapath may be partly updated; retrying on the next change: {err}");
+            error!(
+                "sync failed, the datapath may be partly updated; retrying on the next change: {}",
+                error_chain(&err)
+            );
             false
         }
     }
 }
 
-fn record_state(opts: &AgentOptions, datapath: &dyn Datapath, node: &NodeInfo, sync: u64) {
+fn record_state(opts: &AgentOptions, proxier: &dyn Proxier, node: &NodeInfo, sync: u64) {
     let mut applied = Applied {
         node_name: node.name.clone(),
         node_ip: node.node_ip,
@@ -189,8 +192,11 @@ fn record_state(opts: &AgentOptions, datapath: &dyn Datapath, node: &NodeInfo, s
             .unwrap_or(0),
         ..Applied::default()
     };
-    datapath.describe(&mut applied);
-    if let Err(err) = state::record(&opts.pin_path, &applied, opts.config.as_deref()) {
-        warn!("{err} (`kproxy inspect` will show an older model)");
+    proxier.describe(&mut applied);
+    if let Err(err) = record::record(&opts.pin_path, &applied, opts.config.as_deref()) {
+        warn!(
+            "{} (`kproxy inspect` will show an older model)",
+            error_chain(&err)
+        );
     }
 }

@@ -13,7 +13,10 @@ use crate::{
 /// The node's IPv4 addresses (every interface of this network namespace).
 fn local_addresses() -> Result<Vec<IpAddr>, AgentError> {
     let mut addrs: Vec<IpAddr> = getifaddrs()
-        .map_err(AgentError::Node)?
+        .map_err(|source| AgentError::Node {
+            call: "getifaddrs",
+            source,
+        })?
         .filter_map(|ifa| {
             ifa.address
                 .and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
@@ -30,12 +33,16 @@ pub fn node_info(config: &ProxyConfig, node_ip: Option<IpAddr>) -> Result<NodeIn
     let name = match &config.hostname_override {
         Some(name) => name.clone(),
         None => nix::unistd::gethostname()
-            .map_err(AgentError::Node)?
+            .map_err(|source| AgentError::Node {
+                call: "getifaddrs",
+                source,
+            })?
             .to_string_lossy()
             .into_owned(),
     };
-    let mut node = NodeInfo::new(&name, IpFamily::V4);
-    node.addresses = local_addresses()?;
-    node.node_ip = node_ip.or_else(|| node.addresses.iter().find(|a| !a.is_loopback()).copied());
-    Ok(node)
+    let addresses = local_addresses()?;
+    let node_ip = node_ip.or_else(|| addresses.iter().find(|a| !a.is_loopback()).copied());
+    Ok(NodeInfo::new(&name, IpFamily::V4)
+        .with_node_ip(node_ip)
+        .with_addresses(addresses))
 }

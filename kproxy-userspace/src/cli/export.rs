@@ -1,14 +1,14 @@
-//! `kproxy export iptables` and `kproxy bench render`: the CLI over the model loader
-//! and the iptables renderer.
+//! `kproxy export iptables`: the CLI over the manifest reader and the iptables renderer.
 
-use std::{net::IpAddr, path::PathBuf, time::Instant};
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kproxy::{
     config::ProxyConfig,
     iptables::{self, RenderOptions, Runtime, Table, jumps, list::ProtocolColumn},
-    model::{self, Cidr, IpFamily, NodeInfo, parse_ip_sloppy},
+    manifests,
+    model::{Cidr, IpFamily, NodeInfo, parse_ip_sloppy},
 };
 
 #[derive(Subcommand)]
@@ -94,22 +94,28 @@ impl IptablesArgs {
                 .trim()
                 .to_lowercase(),
         };
-        let mut node = NodeInfo::new(&name, self.ip_family);
-        node.node_ip = self
+        let node_ip = self
             .node_ip
             .as_deref()
             .map(|ip| parse_ip(ip, "--node-ip"))
             .transpose()?;
-        for text in &self.node_addresses {
-            node.addresses.push(parse_ip(text, "--node-addresses")?);
-        }
-        for text in &self.pod_cidrs {
-            node.pod_cidrs.push(
+        let addresses = self
+            .node_addresses
+            .iter()
+            .map(|text| parse_ip(text, "--node-addresses"))
+            .collect::<anyhow::Result<_>>()?;
+        let pod_cidrs = self
+            .pod_cidrs
+            .iter()
+            .map(|text| {
                 Cidr::parse_sloppy(text.trim())
-                    .with_context(|| format!("--pod-cidrs: {text:?} is not a CIDR"))?,
-            );
-        }
-        Ok(node)
+                    .with_context(|| format!("--pod-cidrs: {text:?} is not a CIDR"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(NodeInfo::new(&name, self.ip_family)
+            .with_node_ip(node_ip)
+            .with_addresses(addresses)
+            .with_pod_cidrs(pod_cidrs))
     }
 
     fn runtime(&self) -> anyhow::Result<Runtime> {
@@ -137,7 +143,7 @@ impl Export {
         }
         let config = ProxyConfig::load(args.config.as_deref())?;
         let node = args.node(&config)?;
-        let model = model::load(&args.models, &config, &node)?;
+        let model = manifests::load(&args.models, &config, &node)?;
         let options = RenderOptions::new(&config, &node, args.runtime()?)?;
         let ruleset = iptables::render(&model, &options);
         let jumps = jumps::jump_rules(&options);
@@ -160,72 +166,6 @@ impl Export {
             }
         };
         print!("{text}");
-        Ok(())
-    }
-}
-
-#[derive(Subcommand)]
-pub enum Bench {
-    /// Time rendering a generated model (ClusterIP+NodePort services, ready endpoints).
-    Render {
-        #[arg(long, default_value_t = 10_000)]
-        services: usize,
-        #[arg(long, default_value_t = 2)]
-        endpoints: usize,
-        /// Repetitions; the best time of each stage is reported.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-    },
-}
-
-impl Bench {
-    pub fn run(self) -> anyhow::Result<()> {
-        let Bench::Render {
-            services,
-            endpoints,
-            runs,
-        } = self;
-        let model = model::synthetic(services, endpoints);
-        let config = ProxyConfig {
-            cluster_cidrs: vec![Cidr::parse_sloppy("10.128.0.0/9").context("literal CIDR")?],
-            ..ProxyConfig::default()
-        };
-        let node = NodeInfo::new("node-0", IpFamily::V4);
-        let options = RenderOptions::new(&config, &node, Runtime::default())?;
-        let jumps = jumps::jump_rules(&options);
-        let mut best = [f64::MAX; 3];
-        let mut sizes = (0, 0, 0);
-        for _ in 0..runs.max(1) {
-            let start = Instant::now();
-            let ruleset = iptables::render(&model, &options);
-            let rendered = start.elapsed().as_secs_f64();
-            let payload = iptables::restore::payload(&ruleset, None);
-            let restored = start.elapsed().as_secs_f64();
-            let saved = iptables::save::save(&ruleset, &jumps, None);
-            let total = start.elapsed().as_secs_f64();
-            for (slot, value) in best
-                .iter_mut()
-                .zip([rendered, restored - rendered, total - restored])
-            {
-                *slot = slot.min(value);
-            }
-            sizes = (
-                ruleset.filter.rules.len() + ruleset.nat.rules.len(),
-                payload.len(),
-                saved.len(),
-            );
-        }
-        println!(
-            "model: {services} services x {endpoints} endpoints; {} rules, restore payload {} bytes, save {} bytes",
-            sizes.0, sizes.1, sizes.2
-        );
-        println!("render (model -> rules):      {:>8.1} ms", best[0] * 1e3);
-        println!("restore payload (rules -> text): {:>5.1} ms", best[1] * 1e3);
-        println!("save view (rules -> text):    {:>8.1} ms", best[2] * 1e3);
-        println!(
-            "render + restore payload:     {:>8.1} ms",
-            (best[0] + best[1]) * 1e3
-        );
         Ok(())
     }
 }

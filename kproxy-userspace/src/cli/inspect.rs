@@ -9,8 +9,8 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use kproxy::{
-    bpf::DEFAULT_PIN_DIR,
-    inspect::{Inspection, explain::Probe, json, table, verify},
+    ebpf::{DEFAULT_PIN_DIR, verify},
+    inspect::{Inspection, explain::Probe, json, table},
     model::Protocol,
 };
 

@@ -1,20 +1,16 @@
-//! `kproxy run` and `kproxy cleanup`: the agent's command line.
+//! `kproxy run`: the agent's command line.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
 };
 
-use anyhow::Context as _;
 use clap::Args;
 use kproxy::{
     agent::{self, AgentOptions, Mode},
-    attach::LinkPins,
-    bpf, iface,
-    netfilter::{self, Backend},
-    state,
+    ebpf::DEFAULT_PIN_DIR,
+    iptables::Flavor,
 };
-use log::info;
 
 /// Default source address of masqueraded (hairpin) flows: link-local, owned by no node,
 /// so the kernel accepts the rewritten packets and pods route the replies to the node.
@@ -45,11 +41,11 @@ pub struct Run {
     #[arg(long, value_enum, default_value = "ebpf")]
     mode: Mode,
     /// bpffs directory for the pinned maps and links.
-    #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_path: PathBuf,
     /// iptables implementation for --mode iptables.
     #[arg(long, value_enum, default_value = "system")]
-    iptables_backend: Backend,
+    iptables_backend: Flavor,
     /// The node's primary IP (default: its first non-loopback IPv4 address).
     #[arg(long)]
     node_ip: Option<IpAddr>,
@@ -84,44 +80,5 @@ impl Run {
             once: self.once,
         };
         Ok(agent::run(&opts)?)
-    }
-}
-
-#[derive(Args)]
-pub struct Cleanup {
-    /// bpffs directory the agent pinned under.
-    #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
-    pin_path: PathBuf,
-    /// Only this iptables backend (default: both nft and legacy).
-    #[arg(long, value_enum)]
-    iptables_backend: Option<Backend>,
-}
-
-impl Cleanup {
-    pub fn run(self) -> anyhow::Result<()> {
-        let links_dir = self.pin_path.join("links");
-        if links_dir.exists() {
-            let pins = LinkPins::new(&self.pin_path)?;
-            let removed = pins.sweep(&iface::list()?, true)?;
-            info!("removed {} link pins (programs detached)", removed.len());
-            std::fs::remove_dir(&links_dir).with_context(|| format!("remove {}", links_dir.display()))?;
-        }
-        bpf::unpin_all(&self.pin_path)?;
-        state::remove(&self.pin_path)?;
-        let backends = match self.iptables_backend {
-            Some(only) => vec![only],
-            None => vec![Backend::Nft, Backend::Legacy],
-        };
-        for backend in backends {
-            if !netfilter::available(backend) {
-                continue;
-            }
-            let chains = netfilter::cleanup(backend)?;
-            if chains > 0 {
-                info!("removed {chains} KUBE-* chains and their jumps ({backend:?})");
-            }
-        }
-        info!("cleanup of {} done", self.pin_path.display());
-        Ok(())
     }
 }

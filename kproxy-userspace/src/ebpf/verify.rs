@@ -1,5 +1,5 @@
 //! Drift: every difference between the live maps and what the agent should have written
-//! for its model ([`crate::sync::desired_state`]) and node addresses.
+//! for its model ([`super::desired_state`]) and node addresses.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -7,9 +7,9 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use crate::{
-    bpf::{BackendId, DatapathMaps, Frontend, MapsError, ServiceId, ServiceOptions},
-    sync::DesiredState,
+use super::{
+    desired::DesiredState,
+    maps::{BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, MapsError},
 };
 
 /// One difference between the maps and the model.
@@ -18,7 +18,7 @@ pub enum Drift {
     /// The model has this frontend; the services map does not.
     MissingFrontend { frontend: Frontend, service: String },
     /// The services map has a frontend the model does not.
-    ExtraFrontend { frontend: Frontend, id: ServiceId },
+    ExtraFrontend { frontend: Frontend, id: FrontendId },
     /// The frontend leads to other backends than the model's (slot order ignored).
     StaleBackends {
         frontend: Frontend,
@@ -30,8 +30,8 @@ pub enum Drift {
     StaleOptions {
         frontend: Frontend,
         service: String,
-        want: ServiceOptions,
-        have: ServiceOptions,
+        want: FrontendOptions,
+        have: FrontendOptions,
     },
     /// The service value declares more slots than the slots map holds.
     MissingSlots {
@@ -46,11 +46,11 @@ pub enum Drift {
         backend: BackendId,
     },
     /// No reverse-NAT entry for the frontend's id: replies would leave untranslated.
-    MissingRevNat { frontend: Frontend, id: ServiceId },
+    MissingRevNat { frontend: Frontend, id: FrontendId },
     /// The reverse-NAT entry names another address.
     StaleRevNat {
         frontend: Frontend,
-        id: ServiceId,
+        id: FrontendId,
         want: SocketAddrV4,
         have: SocketAddrV4,
     },
@@ -101,7 +101,7 @@ fn list(addrs: &[SocketAddrV4]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-fn affinity(options: &ServiceOptions) -> String {
+fn affinity(options: &FrontendOptions) -> String {
     match options.client_ip_affinity {
         Some(t) => format!("ClientIP affinity {}s", t.as_secs()),
         None => "no affinity".into(),
@@ -207,7 +207,7 @@ pub fn verify(
 ) -> Result<Vec<Drift>, MapsError> {
     let mut drift = Vec::new();
     let backends: BTreeMap<BackendId, SocketAddrV4> = maps.backends()?.into_iter().collect();
-    let live: BTreeMap<Frontend, _> = maps.services()?.into_iter().map(|s| (s.frontend, s)).collect();
+    let live: BTreeMap<Frontend, _> = maps.frontends()?.into_iter().map(|s| (s.frontend, s)).collect();
 
     for (frontend, want) in &desired.frontends {
         let Some(have) = live.get(frontend) else {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{InspectError, Inspection};
 use crate::{
-    bpf::{CtDirection, CtFlow, Frontend, ServiceId, ktime_now_ns},
+    ebpf::{CtDirection, CtFlow, Frontend, FrontendId, ktime_now_ns},
     iptables::chain_name::endpoint_chain,
 };
 
@@ -62,8 +62,11 @@ impl Inspection {
     /// Every flow in the conntrack map, oldest first.
     pub fn conntrack(&self) -> Result<Vec<FlowReport>, InspectError> {
         let maps = self.maps()?;
-        let frontends: BTreeMap<ServiceId, Frontend> =
-            maps.services()?.into_iter().map(|s| (s.id, s.frontend)).collect();
+        let frontends: BTreeMap<FrontendId, Frontend> = maps
+            .frontends()?
+            .into_iter()
+            .map(|s| (s.id, s.frontend))
+            .collect();
         let index = self.frontend_index();
         let now = ktime_now_ns();
         let mut flows: Vec<CtFlow> = maps
@@ -76,7 +79,7 @@ impl Inspection {
             .iter()
             .map(|flow| {
                 let port = frontends
-                    .get(&flow.service_id)
+                    .get(&flow.frontend_id)
                     .and_then(|f| index.get(f))
                     .map(|(port, _)| *port);
                 let state = if expired(flow, now) {
@@ -97,7 +100,7 @@ impl Inspection {
                     state,
                     age_s: seconds(now.saturating_sub(flow.created_ns)),
                     idle_s: seconds(now.saturating_sub(flow.last_seen_ns)),
-                    service_id: flow.service_id.0,
+                    service_id: flow.frontend_id.0,
                     backend_id: flow.backend_id.0,
                     service: port.map(|p| p.name.to_string()),
                     backend_chain: port.map(|p| endpoint_chain(&p.name, &flow.backend.to_string())),

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::Drift;
+use crate::ebpf::Drift;
 
 /// Version of the JSON documents.
 pub const SCHEMA: u32 = 1;

@@ -3,14 +3,15 @@
 //!
 //! Both sides come from one place each: the iptables side from the exporter
 //! ([`crate::iptables::render`]) run on the model the agent last applied (recorded by
-//! [`crate::state`]), the BPF side from the pinned maps and [`crate::sync::desired_state`]
-//! of that model. Nothing here re-derives chain names, rules or endpoint choices.
+//! [`crate::record`]), the BPF side from the pinned maps and
+//! [`crate::ebpf::desired_state`] of that model. Nothing here re-derives chain names,
+//! rules or endpoint choices.
 //!
 //! - [`Inspection::open`] gathers the record, the model, the rendered rules and the maps;
 //! - [`report`] builds the per-service-port view ([`table`] and [`json`] print it);
 //! - [`conntrack`] decodes the flows, labelled with service and `KUBE-SEP-…` names;
-//! - [`verify`] lists every difference between the maps and the model (the agent runs it
-//!   after each sync);
+//! - [`crate::ebpf::verify`] lists every difference between the maps and the model (the
+//!   agent runs it after each sync; `--verify` prints it);
 //! - [`explain`] walks one packet through the rules and through the maps.
 
 pub mod conntrack;
@@ -18,7 +19,6 @@ pub mod explain;
 pub mod json;
 pub mod report;
 pub mod table;
-pub mod verify;
 
 use std::{
     collections::BTreeMap,
@@ -26,28 +26,29 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use verify::{Drift, verify};
-
 use crate::{
-    bpf::{DatapathMaps, Frontend, MapsError},
     config::{ConfigError, ProxyConfig},
+    ebpf::{self, DatapathMaps, DesiredState, Frontend, FrontendState, MapsError},
     iptables::{self, RenderOptions, Ruleset, Runtime, jumps::JumpRule},
-    model::{self, IpFamily, Model, NodeInfo, ServicePort},
-    source::SourceError,
-    state::{self, Recorded, StateError},
-    sync::{self, DesiredState, FrontendState},
+    manifests::{self, ManifestError},
+    model::{IpFamily, Model, NodeInfo, ServicePort},
+    record::{self, Mode, RecordError, Recorded},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error(transparent)]
-    State(#[from] StateError),
-    #[error("the recorded configuration: {0}")]
+    State(#[from] RecordError),
+    #[error("the recorded configuration")]
     Config(#[from] ConfigError),
-    #[error("the recorded model in {dir}: {source}")]
-    Model { dir: PathBuf, source: Box<SourceError> },
+    #[error("the recorded model in {}", dir.display())]
+    Model {
+        dir: PathBuf,
+        #[source]
+        source: Box<ManifestError>,
+    },
     #[error("no pinned maps under {}: the agent ran in {mode} mode, which uses none", pin_path.display())]
-    NoMaps { pin_path: PathBuf, mode: String },
+    NoMaps { pin_path: PathBuf, mode: Mode },
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error("no service port {0} in the recorded model")]
@@ -72,10 +73,10 @@ impl Inspection {
     /// Reads the record of the agent pinning under `pin_path`, its model and configuration,
     /// renders kube-proxy's rules for them and opens the pinned maps.
     pub fn open(pin_path: &Path) -> Result<Self, InspectError> {
-        let recorded = state::load(pin_path)?;
+        let recorded = record::load(pin_path)?;
         let maps = match DatapathMaps::open_pinned(pin_path) {
             Ok(maps) => Some(maps),
-            Err(_) if recorded.applied.mode == "iptables" => None,
+            Err(_) if recorded.applied.mode == Mode::Iptables => None,
             Err(source) => return Err(source.into()),
         };
         Self::new(pin_path, recorded, maps)
@@ -93,11 +94,11 @@ impl Inspection {
             .node_ip
             .map(|ip| IpFamily::of(&ip))
             .unwrap_or(IpFamily::V4);
-        let mut node = NodeInfo::new(&applied.node_name, family);
-        node.node_ip = applied.node_ip;
-        node.addresses = applied.node_addresses.clone();
+        let node = NodeInfo::new(&applied.node_name, family)
+            .with_node_ip(applied.node_ip)
+            .with_addresses(applied.node_addresses.clone());
         let model =
-            model::load(std::slice::from_ref(&recorded.model_dir), &config, &node).map_err(|source| {
+            manifests::load(std::slice::from_ref(&recorded.model_dir), &config, &node).map_err(|source| {
                 InspectError::Model {
                     dir: recorded.model_dir.clone(),
                     source: Box::new(source),
@@ -123,18 +124,18 @@ impl Inspection {
     pub fn maps(&self) -> Result<&DatapathMaps, InspectError> {
         self.maps.as_ref().ok_or_else(|| InspectError::NoMaps {
             pin_path: self.pin_path.clone(),
-            mode: self.recorded.applied.mode.clone(),
+            mode: self.recorded.applied.mode,
         })
     }
 
     /// What the agent wrote to the maps for the recorded model.
     pub fn desired(&self) -> DesiredState {
-        sync::desired_state(&self.model)
+        ebpf::desired_state(&self.model)
     }
 
     /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
     pub fn expected_node_addresses(&self) -> Vec<Ipv4Addr> {
-        sync::node_port_addresses(&self.config, &self.node)
+        ebpf::node_port_addresses(&self.config, &self.node)
     }
 
     /// The service port named `ns/name[:port]`, or every port.
@@ -170,7 +171,7 @@ fn matches_service(port: &ServicePort, selector: &str) -> bool {
 
 /// The desired state of one service port alone (the same definition the agent uses).
 pub fn port_desired(family: IpFamily, port: &ServicePort) -> DesiredState {
-    sync::desired_state(&Model {
+    ebpf::desired_state(&Model {
         family,
         service_ports: vec![port.clone()],
     })

@@ -11,7 +11,10 @@ use serde::Serialize;
 
 use super::{InspectError, Inspection, port_desired};
 use crate::{
-    bpf::{BackendId, CtDirection, DatapathMaps, Frontend, ServiceEntry, ServiceId, ktime_now_ns},
+    ebpf::{
+        BackendId, CtDirection, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendState,
+        ktime_now_ns,
+    },
     iptables::{
         Table,
         chain_name::{ServiceChains, endpoint_chain},
@@ -19,7 +22,7 @@ use crate::{
         rule::{Address, Part, Rule, Target},
     },
     model::ServicePort,
-    sync::FrontendState,
+    record::Mode,
 };
 
 /// Packets and bytes the datapath translated, summed over CPUs.
@@ -70,7 +73,7 @@ pub struct Report {
 /// What the agent recorded at its last sync, and the node-wide map entries.
 #[derive(Clone, Debug, Serialize)]
 pub struct AgentFacts {
-    pub mode: String,
+    pub mode: Mode,
     pub node_name: String,
     pub sync: u64,
     pub applied_at_unix: u64,
@@ -166,12 +169,12 @@ pub struct BackendReport {
 }
 
 /// Live service-direction conntrack entries per service id.
-fn live_flows(maps: &DatapathMaps) -> Result<HashMap<ServiceId, usize>, InspectError> {
+fn live_flows(maps: &DatapathMaps) -> Result<HashMap<FrontendId, usize>, InspectError> {
     let now = ktime_now_ns();
     let mut out = HashMap::new();
     for flow in maps.conntrack()? {
         if flow.direction == CtDirection::Service && !super::conntrack::expired(&flow, now) {
-            *out.entry(flow.service_id).or_insert(0) += 1;
+            *out.entry(flow.frontend_id).or_insert(0) += 1;
         }
     }
     Ok(out)
@@ -260,8 +263,8 @@ impl Inspection {
         let applied = &self.recorded.applied;
         let (live, flows, node_addresses, masquerade, events) = match &self.maps {
             Some(maps) => {
-                let live: BTreeMap<Frontend, ServiceEntry> =
-                    maps.services()?.into_iter().map(|s| (s.frontend, s)).collect();
+                let live: BTreeMap<Frontend, FrontendEntry> =
+                    maps.frontends()?.into_iter().map(|s| (s.frontend, s)).collect();
                 let events = maps
                     .events()?
                     .into_iter()
@@ -289,7 +292,7 @@ impl Inspection {
             schema: super::json::SCHEMA,
             pin_path: self.pin_path.display().to_string(),
             agent: AgentFacts {
-                mode: applied.mode.clone(),
+                mode: applied.mode,
                 node_name: applied.node_name.clone(),
                 sync: applied.sync,
                 applied_at_unix: applied.applied_at_unix,
@@ -305,9 +308,9 @@ impl Inspection {
     fn service_report(
         &self,
         port: &ServicePort,
-        live: &BTreeMap<Frontend, ServiceEntry>,
+        live: &BTreeMap<Frontend, FrontendEntry>,
         backends: &BTreeMap<BackendId, SocketAddrV4>,
-        flows: &HashMap<ServiceId, usize>,
+        flows: &HashMap<FrontendId, usize>,
     ) -> Result<ServiceReport, InspectError> {
         let name = port.name.to_string();
         let names = ServiceChains::of(&port.name);
@@ -364,7 +367,7 @@ impl Inspection {
                             counters: maps.backend_counters(*id)?.into(),
                         });
                     }
-                    let counters: Counters = maps.service_counters(svc.id)?.into();
+                    let counters: Counters = maps.frontend_counters(svc.id)?.into();
                     let conntrack_flows = flows.get(&svc.id).copied().unwrap_or(0);
                     total += counters;
                     total_flows += conntrack_flows;

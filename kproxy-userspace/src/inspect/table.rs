@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
+use crate::{ebpf::Drift, record::Mode};
+
 use super::{
-    Drift,
     conntrack::FlowReport,
     explain::Explanation,
     report::{Counters, Report, ServiceReport},
@@ -155,7 +156,7 @@ pub fn report(report: &Report) -> String {
         },
         agent.masquerade_address.as_deref().unwrap_or("-")
     );
-    let maps = agent.mode != "iptables";
+    let maps = agent.mode != Mode::Iptables;
     for svc in &report.services {
         service(&mut out, svc, maps);
     }

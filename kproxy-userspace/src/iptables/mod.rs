@@ -6,12 +6,15 @@
 //!   from the built-in chains ([`jumps::jump_rules`]) are loaded on a pristine node;
 //! - [`list::list`]: what `iptables -n -L` prints for the same state.
 //!
+//! [`netfilter`] applies them with the system's binaries (the agent's iptables mode);
+//! [`simulate`] walks a packet through them (`kproxy explain`).
+//!
 //! ```no_run
-//! use kproxy::{config::ProxyConfig, iptables, model::{self, IpFamily, NodeInfo}};
+//! use kproxy::{config::ProxyConfig, iptables, manifests, model::{IpFamily, NodeInfo}};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ProxyConfig::default();
 //! let node = NodeInfo::new("host1", IpFamily::V4);
-//! let model = model::load(&["examples".into()], &config, &node)?;
+//! let model = manifests::load(&["examples".into()], &config, &node)?;
 //! let options = iptables::RenderOptions::new(&config, &node, iptables::Runtime::default())?;
 //! let ruleset = iptables::render(&model, &options);
 //! let payload = iptables::restore::payload(&ruleset, None); // for iptables-restore --noflush
@@ -23,11 +26,14 @@ pub mod chain_name;
 pub mod jumps;
 pub mod kernel;
 pub mod list;
+pub mod netfilter;
 mod render;
 pub mod restore;
 pub mod rule;
 pub mod save;
+pub mod simulate;
 
+pub use netfilter::{Flavor, NetfilterError};
 pub use render::{NFACCT_INVALID_DROPPED, NFACCT_LOCALHOST_NODEPORTS, RenderOptions, Runtime, render};
 pub use rule::{Table, TableRules};
 

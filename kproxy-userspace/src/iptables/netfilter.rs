@@ -2,7 +2,7 @@
 //! kube-proxy does: one `iptables-restore --noflush` per sync for its own chains,
 //! jump rules from the built-in chains ensured one by one (`-C`, then `-I … 1`).
 //!
-//! The backend is chosen explicitly so nft and legacy can be compared side by side.
+//! The flavour is chosen explicitly so nft and legacy can be compared side by side.
 
 use std::{
     io::Write as _,
@@ -10,8 +10,11 @@ use std::{
 };
 
 /// Which iptables implementation to drive.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
     /// Whatever `iptables` is on this system (nft-backed on Debian).
     #[default]
     System,
@@ -21,26 +24,30 @@ pub enum Backend {
     Legacy,
 }
 
-impl Backend {
+impl Flavor {
     fn binary(self, tool: &str) -> String {
         match self {
-            Backend::System => tool.to_string(),
-            Backend::Nft => tool.replacen("iptables", "iptables-nft", 1),
-            Backend::Legacy => tool.replacen("iptables", "iptables-legacy", 1),
+            Flavor::System => tool.to_string(),
+            Flavor::Nft => tool.replacen("iptables", "iptables-nft", 1),
+            Flavor::Legacy => tool.replacen("iptables", "iptables-legacy", 1),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
-    #[error("run {command}: {source} (is the iptables package installed? `cargo xtask setup` installs it)")]
-    Spawn { command: String, source: std::io::Error },
+    #[error("run {command} (is the iptables package installed? `cargo xtask setup` installs it)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{command} failed: {stderr}")]
     Failed { command: String, stderr: String },
 }
 
-fn run(backend: Backend, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
-    let binary = backend.binary(tool);
+fn run(flavor: Flavor, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
+    let binary = flavor.binary(tool);
     let command = format!("{binary} {}", args.join(" "));
     let mut child = Command::new(&binary)
         .args(args)
@@ -76,37 +83,32 @@ fn run(backend: Backend, tool: &str, args: &[&str], stdin: Option<&str>) -> Resu
 
 /// Loads `payload` with `iptables-restore --noflush` (chains it declares are flushed
 /// and refilled; other chains are left alone), as kube-proxy does on every sync.
-pub fn restore(backend: Backend, payload: &str) -> Result<(), NetfilterError> {
-    run(backend, "iptables-restore", &["--noflush"], Some(payload)).map(|_| ())
+pub fn restore(flavor: Flavor, payload: &str) -> Result<(), NetfilterError> {
+    run(flavor, "iptables-restore", &["--noflush"], Some(payload)).map(|_| ())
 }
 
 /// What `iptables-save` prints for `table`.
-pub fn save(backend: Backend, table: &str) -> Result<String, NetfilterError> {
-    run(backend, "iptables-save", &["-t", table], None)
+pub fn save(flavor: Flavor, table: &str) -> Result<String, NetfilterError> {
+    run(flavor, "iptables-save", &["-t", table], None)
 }
 
 /// Inserts the rule `args` at the top of `chain` in `table` unless an identical rule
 /// exists (kube-proxy's `-C` then `-I CHAIN 1` for its jumps from built-in chains).
-pub fn ensure_rule(
-    backend: Backend,
-    table: &str,
-    chain: &str,
-    args: &[String],
-) -> Result<(), NetfilterError> {
+pub fn ensure_rule(flavor: Flavor, table: &str, chain: &str, args: &[String]) -> Result<(), NetfilterError> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut check = vec!["-w", "-t", table, "-C", chain];
     check.extend_from_slice(&args);
-    if run(backend, "iptables", &check, None).is_ok() {
+    if run(flavor, "iptables", &check, None).is_ok() {
         return Ok(());
     }
     let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
     insert.extend_from_slice(&args);
-    run(backend, "iptables", &insert, None).map(|_| ())
+    run(flavor, "iptables", &insert, None).map(|_| ())
 }
 
-/// Whether this backend's binaries are installed.
-pub fn available(backend: Backend) -> bool {
-    run(backend, "iptables", &["--version"], None).is_ok()
+/// Whether this flavor's binaries are installed.
+pub fn available(flavor: Flavor) -> bool {
+    run(flavor, "iptables", &["--version"], None).is_ok()
 }
 
 /// Chains whose names mark them as kube-proxy's (and so kproxy's in iptables mode).
@@ -154,13 +156,13 @@ pub fn cleanup_payload(table: &str, saved: &str) -> Option<String> {
 
 /// Removes every `KUBE-*` chain and the jumps into them from the filter and nat
 /// tables; returns how many chains were removed.
-pub fn cleanup(backend: Backend) -> Result<usize, NetfilterError> {
+pub fn cleanup(flavor: Flavor) -> Result<usize, NetfilterError> {
     let mut removed = 0;
     for table in ["filter", "nat"] {
-        let saved = save(backend, table)?;
+        let saved = save(flavor, table)?;
         if let Some(payload) = cleanup_payload(table, &saved) {
             removed += payload.lines().filter(|l| l.starts_with("-X ")).count();
-            restore(backend, &payload)?;
+            restore(flavor, &payload)?;
         }
     }
     Ok(removed)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{SourceError, Sourced, field_error, object_name};
+use super::{ManifestError, Sourced, field_error, object_name};
 use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName, parse_ip_sloppy};
 
 /// The label naming the Service a slice belongs to.
@@ -16,7 +16,7 @@ pub(super) fn collect_endpoints(
     slices: &[Sourced<EndpointSlice>],
     family: IpFamily,
     node_name: &str,
-) -> Result<HashMap<ServicePortName, Vec<Endpoint>>, SourceError> {
+) -> Result<HashMap<ServicePortName, Vec<Endpoint>>, ManifestError> {
     // Slices in a fixed order (namespace, service, slice name) so duplicates resolve
     // the same way on every run.
     let mut ordered: Vec<(String, String, String, &Sourced<EndpointSlice>)> = Vec::new();

@@ -18,12 +18,19 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{IpFamily, Model};
+use crate::{
+    config::ProxyConfig,
+    model::{IpFamily, Model, NodeInfo},
+};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+pub enum ManifestError {
+    #[error("read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: document {document}: not valid YAML: {message}")]
     Yaml {
         path: PathBuf,
@@ -56,8 +63,17 @@ pub struct Objects {
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
 }
 
+/// Reads `paths` (files or directories of `*.yaml`/`*.yml`) into the model for `node`'s
+/// IP family; `config` supplies the node name override. A broken file is an error naming
+/// the file, the object and the field; no partial model is returned.
+pub fn load(paths: &[PathBuf], config: &ProxyConfig, node: &NodeInfo) -> Result<Model, ManifestError> {
+    let node_name = config.hostname_override.as_deref().unwrap_or(&node.name);
+    let objects = read_objects(paths)?;
+    build_model(&objects, node.family, node_name)
+}
+
 /// Reads every path; fails on the first broken file.
-pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, SourceError> {
+pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, ManifestError> {
     let mut objects = Objects::default();
     for path in paths {
         for file in yaml_files(path)? {
@@ -68,7 +84,7 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, SourceError> {
 }
 
 /// Builds the model for `family` from `objects`; `node_name` decides which endpoints are local.
-pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, SourceError> {
+pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, ManifestError> {
     let mut service_ports = Vec::new();
     for service in &objects.services {
         service_ports.extend(service::service_ports(service, family)?);
@@ -88,10 +104,10 @@ pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Resu
     })
 }
 
-fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let meta = fs::metadata(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => SourceError::Missing { path: path.into() },
-        _ => SourceError::Read {
+        std::io::ErrorKind::NotFound => ManifestError::Missing { path: path.into() },
+        _ => ManifestError::Read {
             path: path.into(),
             source,
         },
@@ -99,7 +115,7 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let read_err = |source| SourceError::Read {
+    let read_err = |source| ManifestError::Read {
         path: path.into(),
         source,
     };
@@ -115,12 +131,12 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(files)
 }
 
-fn read_file(path: &Path, objects: &mut Objects) -> Result<(), SourceError> {
-    let text = fs::read_to_string(path).map_err(|source| SourceError::Read {
+fn read_file(path: &Path, objects: &mut Objects) -> Result<(), ManifestError> {
+    let text = fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: path.into(),
         source,
     })?;
-    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| SourceError::Yaml {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| ManifestError::Yaml {
         path: path.into(),
         document: 0,
         message: e.to_string(),
@@ -136,12 +152,12 @@ fn add_document(
     index: usize,
     document: Value,
     objects: &mut Objects,
-) -> Result<(), SourceError> {
+) -> Result<(), ManifestError> {
     if document.is_null() {
         return Ok(());
     }
     let Some(map) = document.as_object() else {
-        return Err(SourceError::Yaml {
+        return Err(ManifestError::Yaml {
             path: path.into(),
             document: index,
             message: "not a mapping (expected a Kubernetes object)".into(),
@@ -169,7 +185,7 @@ fn add_document(
                 Some(Value::Array(items)) => items.clone(),
                 Some(Value::Null) | None => Vec::new(),
                 Some(_) => {
-                    return Err(SourceError::Field {
+                    return Err(ManifestError::Field {
                         path: path.into(),
                         kind: "List",
                         object: format!("document {index}"),
@@ -205,9 +221,9 @@ fn parse_object<T: DeserializeOwned>(
     path: &Path,
     kind: &'static str,
     document: Value,
-) -> Result<T, SourceError> {
+) -> Result<T, ManifestError> {
     let object = raw_object_name(&document);
-    serde_path_to_error::deserialize(document).map_err(|e| SourceError::Field {
+    serde_path_to_error::deserialize(document).map_err(|e| ManifestError::Field {
         path: path.into(),
         kind,
         object,
@@ -223,8 +239,8 @@ pub(crate) fn field_error(
     object: &str,
     field: impl Into<String>,
     message: impl Into<String>,
-) -> SourceError {
-    SourceError::Field {
+) -> ManifestError {
+    ManifestError::Field {
         path: path.into(),
         kind,
         object: object.to_string(),

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
-use super::{SourceError, Sourced, field_error, object_name};
+use super::{ManifestError, Sourced, field_error, object_name};
 use crate::model::{
     Cidr, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity, parse_ip_sloppy,
 };
@@ -17,7 +17,7 @@ const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub(super) fn service_ports(
     sourced: &Sourced<Service>,
     family: IpFamily,
-) -> Result<Vec<ServicePort>, SourceError> {
+) -> Result<Vec<ServicePort>, ManifestError> {
     let service = &sourced.object;
     let (namespace, name) = object_name(&service.metadata);
     let object = format!("{namespace}/{name}");
@@ -167,7 +167,7 @@ pub(super) fn service_ports(
     Ok(ports)
 }
 
-type FieldError<'a> = dyn Fn(String, String) -> SourceError + 'a;
+type FieldError<'a> = dyn Fn(String, String) -> ManifestError + 'a;
 
 /// The first of `spec.clusterIPs` (or `spec.clusterIP`) of `family`; `None` for headless
 /// (`None`), unassigned (empty) or other-family services.
@@ -175,7 +175,7 @@ fn cluster_ip_of_family(
     spec: &k8s_openapi::api::core::v1::ServiceSpec,
     family: IpFamily,
     error: &FieldError<'_>,
-) -> Result<Option<IpAddr>, SourceError> {
+) -> Result<Option<IpAddr>, ManifestError> {
     let (field, candidates): (&str, Vec<&String>) = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips.iter().collect()),
         _ => ("spec.clusterIP", spec.cluster_ip.iter().collect()),
@@ -216,7 +216,7 @@ fn usable_ip(text: &str, family: IpFamily) -> Option<IpAddr> {
     }
 }
 
-fn policy_is_local(value: Option<&str>, name: &str, error: &FieldError<'_>) -> Result<bool, SourceError> {
+fn policy_is_local(value: Option<&str>, name: &str, error: &FieldError<'_>) -> Result<bool, ManifestError> {
     match value {
         None | Some("Cluster") => Ok(false),
         Some("Local") => Ok(true),
@@ -227,6 +227,6 @@ fn policy_is_local(value: Option<&str>, name: &str, error: &FieldError<'_>) -> R
     }
 }
 
-fn port_number(value: i32, field: &str, error: &FieldError<'_>) -> Result<u16, SourceError> {
+fn port_number(value: i32, field: &str, error: &FieldError<'_>) -> Result<u16, ManifestError> {
     u16::try_from(value).map_err(|_| error(field.to_string(), format!("{value} is not in 0..=65535")))
 }

@@ -2,24 +2,20 @@
 //! endpoints, read from real Kubernetes objects. Both the BPF datapath and the iptables
 //! exporter consume it, so it holds facts only (no iptables text).
 //!
-//! # Loading
-//!
-//! [`load`] is the single entry point: it reads `Service` and `EndpointSlice` objects
-//! from YAML files or directories (see [`crate::source`]), applies kube-proxy's
-//! defaults and filters for one IP family, and returns a [`Model`]. A broken file is an
-//! error naming the file, the object and the field; no partial model is returned.
+//! [`crate::manifests::load`] builds it from Service and EndpointSlice YAML; this module
+//! imports nothing else of the crate.
 //!
 //! ```no_run
 //! # use std::path::PathBuf;
-//! use kproxy::{config::ProxyConfig, model::{self, IpFamily, NodeInfo}};
+//! use kproxy::{config::ProxyConfig, manifests, model::{IpFamily, NodeInfo}};
 //! let config = ProxyConfig::default();
 //! let node = NodeInfo::new("host1", IpFamily::V4);
-//! let model = model::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
+//! let model = manifests::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
 //! for port in &model.service_ports {
 //!     let sets = port.categorize();
 //!     println!("{} -> {} cluster endpoints", port.name, sets.cluster.len());
 //! }
-//! # Ok::<(), kproxy::source::SourceError>(())
+//! # Ok::<(), kproxy::manifests::ManifestError>(())
 //! ```
 //!
 //! # Endpoint categorisation
@@ -30,15 +26,15 @@
 
 mod categorize;
 mod ip;
+mod node;
 mod synthetic;
 
-use std::{fmt, net::IpAddr, path::PathBuf};
+use std::{fmt, net::IpAddr};
 
 pub use categorize::EndpointSets;
 pub use ip::{Cidr, IpFamily, join_host_port, parse_ip_sloppy};
+pub use node::NodeInfo;
 pub use synthetic::synthetic;
-
-use crate::{config::ProxyConfig, source};
 
 /// The services and endpoints one kube-proxy instance (one IP family) proxies.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -53,38 +49,6 @@ impl Model {
     /// "large cluster" mode.
     pub fn total_endpoints(&self) -> usize {
         self.service_ports.iter().map(|p| p.endpoints.len()).sum()
-    }
-}
-
-/// Reads `paths` (files or directories of `*.yaml`/`*.yml`) into the model for `node`'s
-/// IP family; `config` supplies the node name override. See the module docs.
-pub fn load(paths: &[PathBuf], config: &ProxyConfig, node: &NodeInfo) -> Result<Model, source::SourceError> {
-    let node_name = config.hostname_override.as_deref().unwrap_or(&node.name);
-    let objects = source::read_objects(paths)?;
-    source::build_model(&objects, node.family, node_name)
-}
-
-/// What this node knows about itself at run time (not in any Kubernetes object).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeInfo {
-    /// The node's name: endpoints with this `nodeName` are local.
-    pub name: String,
-    pub family: IpFamily,
-    /// The node's primary IP (LoadBalancer source-range checks, `nodePortAddresses: [primary]`).
-    pub node_ip: Option<IpAddr>,
-    /// Every local address of the node (matched against `nodePortAddresses` CIDRs).
-    pub addresses: Vec<IpAddr>,
-    /// The node's `spec.podCIDRs` (for `detectLocalMode: NodeCIDR`).
-    pub pod_cidrs: Vec<Cidr>,
-}
-
-impl NodeInfo {
-    pub fn new(name: &str, family: IpFamily) -> Self {
-        NodeInfo {
-            name: name.to_string(),
-            family,
-            ..NodeInfo::default()
-        }
     }
 }
 
@@ -123,6 +87,20 @@ impl Protocol {
             Protocol::Udp => 17,
             Protocol::Sctp => 132,
         }
+    }
+
+    /// The protocol with IP protocol number `n`, if a service can use it.
+    pub fn from_number(n: u8) -> Option<Self> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+            .into_iter()
+            .find(|p| p.number() == n)
+    }
+}
+
+impl fmt::Display for Protocol {
+    /// Lower case (`tcp`), as frontends and rules print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.lower())
     }
 }
 

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kproxy::bpf::DatapathMaps;
+use kproxy::ebpf::DatapathMaps;
 use kproxy_tests::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, http_get_hostname},

@@ -11,7 +11,7 @@ pub struct Iface {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
-    #[error("list network interfaces (if_nameindex): {0}")]
+    #[error("list network interfaces: `if_nameindex` failed")]
     List(#[source] nix::Error),
 }
 

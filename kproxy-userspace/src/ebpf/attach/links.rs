@@ -21,7 +21,7 @@ use aya::{
     },
 };
 
-use crate::iface::Iface;
+use super::iface::Iface;
 
 /// Which hook a link attaches a program to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,34 +48,73 @@ pub enum Attached {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("create link directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("attach {hook:?} to {iface} (bpf_link_create): {source:#}")]
+    #[error("create link directory {path}: `mkdir` failed")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attach {hook:?} to {iface}: `bpf_link_create` failed")]
     Attach {
         hook: Hook,
         iface: String,
+        #[source]
         source: ProgramError,
     },
-    #[error("adopt pinned link {path} (bpf_link_update): {source:#}")]
-    Adopt { path: PathBuf, source: ProgramError },
-    #[error("open pinned link {path} (BPF_OBJ_GET): {source:#}")]
-    OpenPin { path: PathBuf, source: LinkError },
-    #[error("{hook:?} link on {iface} is not an fd link (attached via netlink?): {source}")]
+    #[error("adopt pinned link {path}: `bpf_link_update` failed")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("open pinned link {path}: `BPF_OBJ_GET` failed")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("{hook:?} link on {iface} is not an fd link (attached via netlink?)")]
     NotFdLink {
         hook: Hook,
         iface: String,
+        #[source]
         source: LinkError,
     },
-    #[error("take link of {hook:?} on {iface}: {source:#}")]
+    #[error("take link of {hook:?} on {iface}")]
     Take {
         hook: Hook,
         iface: String,
+        #[source]
         source: ProgramError,
     },
-    #[error("pin link at {path} (BPF_OBJ_PIN): {source}")]
-    Pin { path: PathBuf, source: PinError },
-    #[error("list or remove link pins in {path}: {source}")]
-    Sweep { path: PathBuf, source: io::Error },
+    #[error("pin link at {path}: `BPF_OBJ_PIN` failed")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("list or remove link pins in {path}")]
+    Sweep {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attach XDP to {iface}: native mode: {native}; generic mode failed")]
+    XdpBothModes {
+        iface: String,
+        /// Why native mode was not used (the driver lacks it, or its attach error).
+        native: String,
+        #[source]
+        generic: Box<AttachError>,
+    },
+    #[error("write {path}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    XdpFeatures(#[from] super::xdp_features::XdpFeaturesError),
 }
 
 /// The pinned links under one pin directory.

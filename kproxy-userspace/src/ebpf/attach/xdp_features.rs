@@ -28,17 +28,17 @@ const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpFeaturesError {
-    #[error("open a generic netlink socket: {0}")]
+    #[error("open a generic netlink socket: `socket` failed")]
     Socket(#[source] io::Error),
-    #[error("{op} on the generic netlink socket: {source}")]
+    #[error("`{op}` on the generic netlink socket failed")]
     Io {
         op: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("generic netlink family \"netdev\" not found (kernel older than 6.3?): {0}")]
+    #[error("generic netlink family \"netdev\" not found (kernel older than 6.3?)")]
     NoFamily(#[source] io::Error),
-    #[error("netdev DEV_GET of ifindex {ifindex}: {source}")]
+    #[error("netdev DEV_GET of ifindex {ifindex} failed")]
     Device {
         ifindex: u32,
         #[source]

@@ -203,7 +203,7 @@ impl Drop for BenchNode {
             let pin = self.pins.path().display().to_string();
             let _ = run_kproxy(&self.topo.node, &["cleanup", "--pin-path", &pin]);
         }
-        let _ = kproxy::state::remove(self.pins.path());
+        let _ = kproxy::record::remove(self.pins.path());
         // The iptables rules die with the node namespace (dropped last).
     }
 }
@@ -325,7 +325,7 @@ pub fn scratch_full_sync(
         let pin = pins.path().display().to_string();
         let _ = run_kproxy(&ns, &["cleanup", "--pin-path", &pin]);
     }
-    let _ = kproxy::state::remove(pins.path());
+    let _ = kproxy::record::remove(pins.path());
     outcome
 }
 

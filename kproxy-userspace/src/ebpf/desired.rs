@@ -1,0 +1,296 @@
+//! Model → what the BPF maps should hold: the same endpoint choices kube-proxy's rules
+//! make, per frontend.
+//!
+//! Per service port (IPv4, TCP/UDP):
+//! - ClusterIP:port uses the internal policy's endpoints (node-local ones with
+//!   `internalTrafficPolicy: Local`, else the cluster set);
+//! - NodePort, externalIPs and LoadBalancer IPs use the external policy's endpoints
+//!   (node-local ones with `externalTrafficPolicy: Local`, else the cluster set);
+//! - no usable endpoint: the frontend stays with zero backends, and the datapath
+//!   rejects its packets, as kube-proxy's REJECT rules do.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use super::maps::{Frontend, FrontendOptions};
+use crate::{
+    config::{NodePortAddresses, ProxyConfig},
+    model::{Endpoint, Model, NodeInfo, Protocol, ServicePort},
+};
+
+/// One frontend as it should be: its backends in slot order and its options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendState {
+    pub backends: Vec<SocketAddrV4>,
+    pub options: FrontendOptions,
+    /// The service port it belongs to (`namespace/name:port`), for logs and inspection.
+    pub service: String,
+}
+
+/// Everything the maps should hold for one model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<Frontend, FrontendState>,
+    /// What the model asks for that the eBPF datapath does not do, one line each.
+    pub unsupported: Vec<String>,
+}
+
+impl DesiredState {
+    /// Every backend some frontend uses.
+    pub fn backends(&self) -> BTreeSet<SocketAddrV4> {
+        self.frontends
+            .values()
+            .flat_map(|f| f.backends.iter().copied())
+            .collect()
+    }
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn backends_of(endpoints: &[&Endpoint]) -> Vec<SocketAddrV4> {
+    endpoints
+        .iter()
+        .filter_map(|e| v4(e.ip).map(|ip| SocketAddrV4::new(ip, e.port)))
+        .collect()
+}
+
+/// The frontends of one service port and the maps' state for each.
+pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
+    let service = port.name.to_string();
+    let proto = port.name.protocol;
+    if proto == Protocol::Sctp {
+        out.unsupported
+            .push(format!("{service}: SCTP is not handled by the eBPF datapath"));
+        return;
+    }
+    let Some(cluster_ip) = v4(port.cluster_ip) else {
+        out.unsupported
+            .push(format!("{service}: IPv6 is not handled by the eBPF datapath"));
+        return;
+    };
+    let sets = port.categorize();
+    let internal = backends_of(if port.internal_policy_local {
+        &sets.local
+    } else {
+        &sets.cluster
+    });
+    let external = backends_of(if port.external_policy_local {
+        &sets.local
+    } else {
+        &sets.cluster
+    });
+    let options = FrontendOptions {
+        client_ip_affinity: port
+            .session_affinity
+            .map(|a| Duration::from_secs(a.timeout_seconds.into())),
+    };
+    let state = |backends: &Vec<SocketAddrV4>| FrontendState {
+        backends: backends.clone(),
+        options,
+        service: service.clone(),
+    };
+
+    out.frontends.insert(
+        Frontend::Address {
+            addr: SocketAddrV4::new(cluster_ip, port.port),
+            proto,
+        },
+        state(&internal),
+    );
+    if port.node_port != 0 {
+        out.frontends.insert(
+            Frontend::NodePort {
+                port: port.node_port,
+                proto,
+            },
+            state(&external),
+        );
+    }
+    for ip in port.external_ips.iter().filter_map(|ip| v4(*ip)) {
+        out.frontends.insert(
+            Frontend::Address {
+                addr: SocketAddrV4::new(ip, port.port),
+                proto,
+            },
+            state(&external),
+        );
+    }
+    if !port.load_balancer_source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
+        // Serving them without the source check would open the service to everyone.
+        out.unsupported.push(format!(
+            "{service}: loadBalancerSourceRanges are not enforced by the eBPF datapath yet; \
+             its LoadBalancer IPs are left unserved"
+        ));
+        return;
+    }
+    for ip in port.load_balancer_ips.iter().filter_map(|ip| v4(*ip)) {
+        out.frontends.insert(
+            Frontend::Address {
+                addr: SocketAddrV4::new(ip, port.port),
+                proto,
+            },
+            state(&external),
+        );
+    }
+}
+
+/// What the maps should hold for `model`.
+pub fn desired_state(model: &Model) -> DesiredState {
+    let mut out = DesiredState::default();
+    for port in &model.service_ports {
+        port_frontends(port, &mut out);
+    }
+    out
+}
+
+/// The IPv4 addresses NodePort frontends answer on (the node-address map): the node's
+/// addresses `nodePortAddresses` selects, loopback excluded (the datapath sees no
+/// loopback traffic).
+pub fn node_port_addresses(config: &ProxyConfig, node: &NodeInfo) -> Vec<Ipv4Addr> {
+    let chosen = match config.node_port_addresses(node) {
+        NodePortAddresses::All => node.addresses.clone(),
+        NodePortAddresses::Only(addrs) => addrs,
+    };
+    let mut out: Vec<Ipv4Addr> = chosen
+        .into_iter()
+        .filter_map(v4)
+        .filter(|a| !a.is_loopback())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::ProxyConfig, manifests, model::NodeInfo};
+
+    fn model(yaml: &str) -> Model {
+        let dir = std::env::temp_dir().join(format!(
+            "kproxy-desired-test-{}-{}",
+            std::process::id(),
+            yaml.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let node = NodeInfo::new("node-a", crate::model::IpFamily::V4);
+        let m = manifests::load(&[path], &ProxyConfig::default(), &node)
+            .unwrap_or_else(|e: manifests::ManifestError| panic!("{e}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        m
+    }
+
+    const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalIPs: [192.0.2.7]
+  externalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: dns, protocol: SCTP, port: 53, targetPort: 53}
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.9}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 8080}, {name: dns, protocol: SCTP, port: 53}]
+endpoints:
+- {addresses: [10.1.0.2], conditions: {ready: true}, nodeName: node-a}
+- {addresses: [10.1.0.3], conditions: {ready: true}, nodeName: node-b}
+- {addresses: [10.1.0.4], conditions: {ready: false}, nodeName: node-a}
+";
+
+    fn sock(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn policies_pick_the_backends_kube_proxy_would() {
+        let desired = desired_state(&model(SERVICE));
+        let tcp = Protocol::Tcp;
+        let get = |f: Frontend| desired.frontends.get(&f).unwrap_or_else(|| panic!("no {f}"));
+        let cluster = get(Frontend::Address {
+            addr: sock("10.96.0.10:80"),
+            proto: tcp,
+        });
+        assert_eq!(
+            cluster.backends,
+            vec![sock("10.1.0.2:8080"), sock("10.1.0.3:8080")]
+        );
+        assert_eq!(
+            cluster.options.client_ip_affinity,
+            Some(Duration::from_secs(10800))
+        );
+        assert_eq!(cluster.service, "shop/web:http");
+        let local_only = vec![sock("10.1.0.2:8080")];
+        assert_eq!(
+            get(Frontend::NodePort {
+                port: 30080,
+                proto: tcp
+            })
+            .backends,
+            local_only
+        );
+        assert_eq!(
+            get(Frontend::Address {
+                addr: sock("192.0.2.7:80"),
+                proto: tcp
+            })
+            .backends,
+            local_only
+        );
+        assert_eq!(
+            get(Frontend::Address {
+                addr: sock("198.51.100.9:80"),
+                proto: tcp
+            })
+            .backends,
+            local_only
+        );
+        assert_eq!(desired.frontends.len(), 4);
+        assert_eq!(
+            desired.unsupported,
+            vec!["shop/web:dns: SCTP is not handled by the eBPF datapath".to_string()]
+        );
+    }
+
+    #[test]
+    fn source_ranges_leave_load_balancer_ips_unserved() {
+        let yaml = SERVICE.replace(
+            "  sessionAffinity: ClientIP\n",
+            "  loadBalancerSourceRanges: [203.0.113.0/24]\n",
+        );
+        let desired = desired_state(&model(&yaml));
+        assert!(!desired.frontends.keys().any(|f| *f
+            == Frontend::Address {
+                addr: sock("198.51.100.9:80"),
+                proto: Protocol::Tcp
+            }));
+        assert!(
+            desired
+                .unsupported
+                .iter()
+                .any(|u| u.contains("loadBalancerSourceRanges"))
+        );
+    }
+}

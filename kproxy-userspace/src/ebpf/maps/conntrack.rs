@@ -1,0 +1,105 @@
+//! The conntrack map: both entries of every translated flow, decoded for inspection and
+//! written raw by tests; and the ClientIP affinity map.
+
+use std::net::SocketAddrV4;
+
+use kproxy_common::{
+    CtEntry, CtKey,
+    conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED},
+    map_names as names,
+};
+
+use super::{BackendId, DatapathMaps, FrontendId, MapOp, MapsError, found, frontend::sock, removed};
+
+/// Direction of a conntrack entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtDirection {
+    /// Client → frontend (the entry the forward packets follow).
+    Service,
+    /// Backend → client (the entry replies are reverse-translated by).
+    Reply,
+}
+
+/// A decoded conntrack entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CtFlow {
+    pub direction: CtDirection,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// The tuple packets of this direction carry.
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub client: SocketAddrV4,
+    /// The frontend address the client used (for NodePort, the node address).
+    pub frontend: SocketAddrV4,
+    pub backend: SocketAddrV4,
+    pub backend_id: BackendId,
+    pub frontend_id: FrontendId,
+    /// The source the backend sees, when masqueraded (hairpin).
+    pub masquerade: Option<SocketAddrV4>,
+    pub established: bool,
+    pub closing: bool,
+    /// CLOCK_MONOTONIC ns (compare with [`super::ktime_now_ns`]).
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+}
+
+impl DatapathMaps {
+    /// Every conntrack entry, raw.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapsError> {
+        self.conntrack
+            .iter()
+            .map(|r| r.map_err(MapOp::Iterate.on(names::CONNTRACK)))
+            .collect()
+    }
+
+    /// Every conntrack entry, decoded.
+    pub fn conntrack(&self) -> Result<Vec<CtFlow>, MapsError> {
+        Ok(self
+            .conntrack_entries()?
+            .iter()
+            .map(|(k, e)| CtFlow {
+                direction: if k.dir == CT_DIR_REPLY {
+                    CtDirection::Reply
+                } else {
+                    CtDirection::Service
+                },
+                proto: k.proto,
+                src: sock(k.saddr, k.sport),
+                dst: sock(k.daddr, k.dport),
+                client: sock(e.client_addr, e.client_port),
+                frontend: sock(e.frontend_addr, e.frontend_port),
+                backend: sock(e.backend_addr, e.backend_port),
+                backend_id: BackendId(e.backend_id),
+                frontend_id: FrontendId(e.rev_nat_id),
+                masquerade: (e.flags & CT_F_MASQ != 0).then(|| sock(e.masq_addr, e.masq_port)),
+                established: e.state & CT_ST_ESTABLISHED != 0,
+                closing: e.state & CT_ST_CLOSING != 0,
+                last_seen_ns: e.last_seen_ns,
+                created_ns: e.created_ns,
+            })
+            .collect())
+    }
+
+    /// One raw conntrack entry.
+    pub fn conntrack_get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapsError> {
+        found(self.conntrack.get(key, 0), names::CONNTRACK)
+    }
+
+    /// Writes a raw conntrack entry (restoring state, tests).
+    pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapsError> {
+        self.conntrack
+            .insert(key, entry, 0)
+            .map_err(MapOp::Insert.on(names::CONNTRACK))
+    }
+
+    /// Deletes a raw conntrack entry (missing is fine).
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<(), MapsError> {
+        removed(self.conntrack.remove(key), names::CONNTRACK)
+    }
+
+    /// Number of ClientIP affinity entries (for inspection).
+    pub fn affinity_len(&self) -> usize {
+        self.affinity.keys().count()
+    }
+}

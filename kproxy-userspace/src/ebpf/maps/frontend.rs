@@ -1,0 +1,121 @@
+//! The frontend codecs: what a client addresses (`Frontend`), the ids the agent gives
+//! frontends and backends, and their conversion to the maps' network-order keys.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use kproxy_common::{
+    RevNat, ServiceKey,
+    service::{SCOPE_EXACT, SCOPE_NODE_PORT, addr_octets, be_addr, be_port, host_port},
+};
+
+use crate::model::Protocol;
+
+/// What a client addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Frontend {
+    /// A ClusterIP, externalIP or LoadBalancer IP with its port.
+    Address { addr: SocketAddrV4, proto: Protocol },
+    /// A NodePort: this port on every node address (`DatapathMaps::set_node_addresses`).
+    NodePort { port: u16, proto: Protocol },
+}
+
+impl Frontend {
+    /// The services map key.
+    pub(super) fn key(self) -> ServiceKey {
+        match self {
+            Frontend::Address { addr, proto } => ServiceKey {
+                addr: be_addr(addr.ip().octets()),
+                port: be_port(addr.port()),
+                proto: proto.number(),
+                scope: SCOPE_EXACT,
+            },
+            Frontend::NodePort { port, proto } => ServiceKey {
+                addr: 0,
+                port: be_port(port),
+                proto: proto.number(),
+                scope: SCOPE_NODE_PORT,
+            },
+        }
+    }
+
+    /// The frontend a services map key stands for (None: a key this agent never writes).
+    pub(super) fn from_key(key: &ServiceKey) -> Option<Self> {
+        let proto = Protocol::from_number(key.proto)?;
+        match key.scope {
+            SCOPE_EXACT => Some(Frontend::Address {
+                addr: sock(key.addr, key.port),
+                proto,
+            }),
+            SCOPE_NODE_PORT => Some(Frontend::NodePort {
+                port: host_port(key.port),
+                proto,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The reverse-NAT value: the address replies are rewritten to come from.
+    pub(super) fn rev_nat(self) -> RevNat {
+        let key = self.key();
+        RevNat {
+            addr: key.addr,
+            port: key.port,
+            _pad: 0,
+        }
+    }
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Frontend::Address { addr, proto } => write!(f, "{addr}/{proto}"),
+            Frontend::NodePort { port, proto } => write!(f, "nodeport *:{port}/{proto}"),
+        }
+    }
+}
+
+/// The agent's handle on a backend endpoint (any non-zero number it picks, stable while
+/// the endpoint exists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A frontend's id in the maps: its reverse-NAT id, the key of its slots, affinity and
+/// counters, and what conntrack entries record. Allocated by
+/// `DatapathMaps::upsert_frontend` and kept across updates and agent restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendId(pub u32);
+
+/// Per-frontend options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendOptions {
+    /// `sessionAffinity: ClientIP` with this timeout (kube-proxy default 10800 s).
+    pub client_ip_affinity: Option<Duration>,
+}
+
+/// A frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendEntry {
+    pub frontend: Frontend,
+    pub id: FrontendId,
+    /// Backends in slot order (stops at the first missing slot).
+    pub backends: Vec<BackendId>,
+    /// How many slots the service value declares (more than `backends` when slots are
+    /// missing: inspection reports it).
+    pub slot_count: u16,
+    pub options: FrontendOptions,
+}
+
+/// A network-order address and port from a map, as a socket address.
+pub(super) fn sock(addr: u32, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), host_port(port))
+}

@@ -1,0 +1,200 @@
+//! The frontend maps: services (frontend key → id, slot count, options), slots (the
+//! backends of each frontend, written make before break) and reverse NAT.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use kproxy_common::{
+    ServiceValue, SlotKey, map_names as names,
+    service::{MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY},
+};
+
+use super::{
+    BackendId, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions, MapOp, MapsError, found,
+    frontend::sock, removed,
+};
+
+impl DatapathMaps {
+    /// Points `frontend` at `backends` (in slot order; empty = reject its packets),
+    /// creating it if needed; returns its id. Make before break: the new slots are
+    /// written at the other slot base, then the service value flips to them in one
+    /// update, then the old slots are deleted, so packets always see a complete set.
+    /// Every backend must already exist ([`Self::upsert_backend`]).
+    pub fn upsert_frontend(
+        &mut self,
+        frontend: Frontend,
+        backends: &[BackendId],
+        options: FrontendOptions,
+    ) -> Result<FrontendId, MapsError> {
+        if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
+            return Err(MapsError::TooManyBackends {
+                frontend,
+                count: backends.len(),
+            });
+        }
+        for &id in backends {
+            if found(self.backends.get(&id.0, 0), names::BACKENDS)?.is_none() {
+                return Err(MapsError::UnknownBackend { frontend, id });
+            }
+        }
+        let key = frontend.key();
+        let current = found(self.services.get(&key, 0), names::SERVICES)?;
+        let (flags, affinity_timeout_s) = match options.client_ip_affinity {
+            Some(t) => (SVC_F_AFFINITY, t.as_secs().min(u32::MAX as u64) as u32),
+            None => (0, 0),
+        };
+        let (id, base) = match current {
+            Some(cur) => {
+                if cur.flags == flags
+                    && cur.affinity_timeout_s == affinity_timeout_s
+                    && self.slot_backends(&cur)? == backends
+                {
+                    return Ok(FrontendId(cur.id));
+                }
+                (cur.id, cur.slot_base ^ SLOT_BASE_ALT)
+            }
+            None => {
+                let id = self.allocate_id()?;
+                // Leftovers of an id used before (a crash mid-removal) must not count.
+                removed(self.service_stats.remove(&id), names::SERVICE_STATS)?;
+                (id, 0)
+            }
+        };
+        for (i, b) in backends.iter().enumerate() {
+            let slot = SlotKey {
+                service_id: id,
+                slot: base + i as u32,
+            };
+            self.slots
+                .insert(slot, b.0, 0)
+                .map_err(MapOp::Insert.on(names::SLOTS))?;
+        }
+        self.revnat
+            .insert(id, frontend.rev_nat(), 0)
+            .map_err(MapOp::Insert.on(names::REVNAT))?;
+        let value = ServiceValue {
+            id,
+            count: backends.len() as u16,
+            flags,
+            slot_base: base,
+            affinity_timeout_s,
+        };
+        self.services
+            .insert(key, value, 0)
+            .map_err(MapOp::Insert.on(names::SERVICES))?;
+        self.used_ids.insert(id);
+        if let Some(old) = current {
+            self.remove_slots(old.id, old.slot_base, old.count)?;
+        }
+        Ok(FrontendId(id))
+    }
+
+    /// Removes `frontend`: new packets to it pass untranslated, replies of its existing
+    /// flows are still translated until their conntrack entries expire.
+    pub fn remove_frontend(&mut self, frontend: Frontend) -> Result<(), MapsError> {
+        let key = frontend.key();
+        let Some(cur) = found(self.services.get(&key, 0), names::SERVICES)? else {
+            return Ok(());
+        };
+        removed(self.services.remove(&key), names::SERVICES)?;
+        self.remove_slots(cur.id, cur.slot_base, cur.count)?;
+        removed(self.revnat.remove(&cur.id), names::REVNAT)?;
+        removed(self.service_stats.remove(&cur.id), names::SERVICE_STATS)?;
+        self.used_ids.remove(&cur.id);
+        Ok(())
+    }
+
+    /// The id of `frontend`, if present.
+    pub fn frontend_id(&self, frontend: Frontend) -> Result<Option<FrontendId>, MapsError> {
+        Ok(found(self.services.get(&frontend.key(), 0), names::SERVICES)?.map(|v| FrontendId(v.id)))
+    }
+
+    /// Every frontend with its backends (what an adopting agent diffs its model against).
+    pub fn frontends(&self) -> Result<Vec<FrontendEntry>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.services.iter() {
+            let (key, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
+            let Some(frontend) = Frontend::from_key(&key) else {
+                continue;
+            };
+            out.push(FrontendEntry {
+                frontend,
+                id: FrontendId(v.id),
+                backends: self.slot_backends(&v)?,
+                slot_count: v.count,
+                options: FrontendOptions {
+                    client_ip_affinity: (v.flags & SVC_F_AFFINITY != 0)
+                        .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
+                },
+            });
+        }
+        out.sort_by_key(|s| s.frontend);
+        Ok(out)
+    }
+
+    /// Deletes slots no live service points at (left by an agent that died mid-update).
+    pub fn prune_orphan_slots(&mut self) -> Result<usize, MapsError> {
+        let mut live = std::collections::HashMap::new();
+        for item in self.services.iter() {
+            let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
+            live.insert(v.id, v);
+        }
+        let mut orphans = Vec::new();
+        for key in self.slots.keys() {
+            let key = key.map_err(MapOp::Iterate.on(names::SLOTS))?;
+            let keep = live
+                .get(&key.service_id)
+                .is_some_and(|v| key.slot >= v.slot_base && key.slot < v.slot_base + v.count as u32);
+            if !keep {
+                orphans.push(key);
+            }
+        }
+        for key in &orphans {
+            removed(self.slots.remove(key), names::SLOTS)?;
+        }
+        Ok(orphans.len())
+    }
+
+    fn slot_backends(&self, v: &ServiceValue) -> Result<Vec<BackendId>, MapsError> {
+        let mut out = Vec::with_capacity(v.count as usize);
+        for i in 0..v.count as u32 {
+            let key = SlotKey {
+                service_id: v.id,
+                slot: v.slot_base + i,
+            };
+            match found(self.slots.get(&key, 0), names::SLOTS)? {
+                Some(b) => out.push(BackendId(b)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_slots(&mut self, id: u32, base: u32, count: u16) -> Result<(), MapsError> {
+        for i in 0..count as u32 {
+            let key = SlotKey {
+                service_id: id,
+                slot: base + i,
+            };
+            removed(self.slots.remove(&key), names::SLOTS)?;
+        }
+        Ok(())
+    }
+
+    /// The id after the highest in use (constant time per frontend, so a full sync of
+    /// N services stays linear); gaps are searched only once ids reach the top.
+    fn allocate_id(&self) -> Result<u32, MapsError> {
+        match self.used_ids.last() {
+            None => Ok(1),
+            Some(&max) if max < u32::MAX => Ok(max + 1),
+            Some(_) => (1..=u32::MAX)
+                .find(|id| !self.used_ids.contains(id))
+                .ok_or(MapsError::NoFrontendId(self.used_ids.len())),
+        }
+    }
+
+    /// The reverse-NAT entry of service `id`: the address replies are rewritten to come
+    /// from (0.0.0.0 for a NodePort: the node address the client used).
+    pub fn rev_nat(&self, id: FrontendId) -> Result<Option<SocketAddrV4>, MapsError> {
+        Ok(found(self.revnat.get(&id.0, 0), names::REVNAT)?.map(|r| sock(r.addr, r.port)))
+    }
+}

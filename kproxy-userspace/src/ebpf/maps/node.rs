@@ -1,0 +1,91 @@
+//! Node-wide maps: the addresses NodePorts answer on, the masquerade (hairpin) source
+//! and the interfaces XDP may redirect to.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use aya::maps::xdp::XdpMapError;
+use kproxy_common::{
+    Config, NodeAddr, map_names as names,
+    service::{addr_octets, be_addr},
+};
+
+use super::{DatapathMaps, MapOp, MapsError, removed, stale_keys};
+
+impl DatapathMaps {
+    /// Sets the addresses NodePort frontends answer on (adds new ones before removing
+    /// stale ones).
+    pub fn set_node_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<(), MapsError> {
+        let want: BTreeSet<u32> = addrs.iter().map(|a| be_addr(a.octets())).collect();
+        for &a in &want {
+            self.node_addrs
+                .insert(a, NodeAddr { flags: 0 }, 0)
+                .map_err(MapOp::Insert.on(names::NODE_ADDRS))?;
+        }
+        for key in stale_keys(self.node_addrs.keys(), &want, names::NODE_ADDRS)? {
+            removed(self.node_addrs.remove(&key), names::NODE_ADDRS)?;
+        }
+        Ok(())
+    }
+
+    /// The node addresses NodePort frontends answer on.
+    pub fn node_addresses(&self) -> Result<Vec<Ipv4Addr>, MapsError> {
+        let mut out = Vec::new();
+        for key in self.node_addrs.keys() {
+            out.push(Ipv4Addr::from(addr_octets(
+                key.map_err(MapOp::Iterate.on(names::NODE_ADDRS))?,
+            )));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Sets the source address of hairpin flows (a pod reaching itself through a
+    /// service); None disables masquerade (such flows then fail, as their replies skip
+    /// the reverse translation). Use an address the node does not own (e.g. 169.254.x.y):
+    /// the translation happens before routing, where a local source is a martian.
+    pub fn set_masquerade_address(&mut self, addr: Option<Ipv4Addr>) -> Result<(), MapsError> {
+        let value = Config {
+            masq_addr: addr.map(|a| be_addr(a.octets())).unwrap_or(0),
+            flags: 0,
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(MapOp::Insert.on(names::CONFIG))
+    }
+
+    /// The masquerade (hairpin) source address, if set.
+    pub fn masquerade_address(&self) -> Result<Option<Ipv4Addr>, MapsError> {
+        let value = self.config.get(&0, 0).map_err(MapOp::Lookup.on(names::CONFIG))?;
+        Ok((value.masq_addr != 0).then(|| Ipv4Addr::from(addr_octets(value.masq_addr))))
+    }
+
+    /// Sets the interfaces (ifindexes in the caller's network namespace) the XDP program
+    /// may redirect translated packets to; it hands packets routed anywhere else to the
+    /// stack. List only interfaces that accept redirected frames from the XDP mode in use:
+    /// in native mode a veth does only if its peer runs XDP or has GRO on, and a frame
+    /// redirected to one that does not is lost. Adds new ones before removing stale ones.
+    pub fn set_xdp_targets(&mut self, ifindexes: &[u32]) -> Result<(), MapsError> {
+        let want: BTreeSet<u32> = ifindexes.iter().copied().collect();
+        for &i in &want {
+            self.xdp_targets.insert(i, i, None, 0).map_err(|e| match e {
+                XdpMapError::MapError(e) => MapOp::Insert.on(names::XDP_TARGETS)(e),
+                other => MapsError::XdpTarget(other),
+            })?;
+        }
+        for key in stale_keys(self.xdp_targets.keys(), &want, names::XDP_TARGETS)? {
+            removed(self.xdp_targets.remove(key), names::XDP_TARGETS)?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces XDP may redirect to (ifindexes), sorted.
+    pub fn xdp_targets(&self) -> Result<Vec<u32>, MapsError> {
+        let mut out = self
+            .xdp_targets
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(MapOp::Iterate.on(names::XDP_TARGETS))?;
+        out.sort();
+        Ok(out)
+    }
+}
