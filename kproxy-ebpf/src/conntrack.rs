@@ -7,8 +7,9 @@ use kproxy_common::{
 };
 
 use crate::{
+    hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::CONNTRACK,
-    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::Flow,
 };
 
 /// The conntrack map refused an entry (an LRU map evicts, so this is rare).
