@@ -84,7 +84,7 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
 /// How long `entry` of protocol `proto` may stay idle.
 #[inline(always)]
 pub const fn ct_timeout_ns(proto: u8, state: u8) -> u64 {
-    if proto == crate::service::PROTO_TCP {
+    if proto == crate::lb::PROTO_TCP {
         if state & CT_ST_CLOSING != 0 {
             CT_TIMEOUT_TCP_CLOSING_NS
         } else if state & CT_ST_ESTABLISHED != 0 {

@@ -5,17 +5,17 @@
 #![no_std]
 
 pub mod conntrack;
-pub mod counters;
 pub mod csum;
 pub mod events;
-pub mod service;
+pub mod lb;
+pub mod stats;
 
 pub use conntrack::{CtEntry, CtKey};
-pub use counters::{CounterKey, IfaceCounters};
-pub use service::{
+pub use lb::{
     AffinityKey, AffinityValue, Backend, Config, FlowCounters, NodeAddr, RevNat, ServiceKey, ServiceValue,
     SlotKey,
 };
+pub use stats::{CounterKey, IfaceCounters};
 
 /// Names of the maps in the eBPF object (versioned: a layout change gets a new name, so a
 /// new agent never adopts an old pinned map of another layout).

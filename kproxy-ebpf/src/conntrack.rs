@@ -3,7 +3,7 @@
 use kproxy_common::{
     Backend, CtEntry, CtKey,
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, ct_timeout_ns},
-    service::PROTO_TCP,
+    lb::PROTO_TCP,
 };
 
 use crate::{

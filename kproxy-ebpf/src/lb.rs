@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey,
-    service::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
+    lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
 };
 
 use crate::{

@@ -4,7 +4,7 @@
 //! Everything else (ARP, IPv6, VLAN tags, IP options, fragments, short packets) is
 //! reported as not handled and passes untouched.
 
-use kproxy_common::service::{PROTO_TCP, PROTO_UDP};
+use kproxy_common::lb::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     ctx::{L4Csum, Packet, read_at},

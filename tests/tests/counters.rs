@@ -11,7 +11,7 @@ use aya::{
 use kproxy::{counters, programs};
 use kproxy_common::{
     CounterKey, IfaceCounters,
-    counters::{HOOK_TC_INGRESS, HOOK_XDP},
+    stats::{HOOK_TC_INGRESS, HOOK_XDP},
 };
 use kproxy_tests::{
     netns::{NetNs, unique_name, veth_pair},

@@ -17,7 +17,7 @@ use std::{
 
 use aya::maps::PerCpuHashMap;
 use kproxy::counters;
-use kproxy_common::{CounterKey, IfaceCounters, counters::HOOK_XDP};
+use kproxy_common::{CounterKey, IfaceCounters, stats::HOOK_XDP};
 use kproxy_tests::{
     forwarding::{ExternalPath, attach, event, seed_node_port},
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},

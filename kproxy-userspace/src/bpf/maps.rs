@@ -23,11 +23,11 @@ use kproxy_common::{
     ServiceValue, SlotKey,
     conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     events::EVENT_NAMES,
-    map_names as names,
-    service::{
+    lb::{
         MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, SCOPE_EXACT, SCOPE_NODE_PORT, SLOT_BASE_ALT,
         SVC_F_AFFINITY, addr_octets, be_addr, be_port, host_port,
     },
+    map_names as names,
 };
 
 /// Transport protocol of a frontend.
