@@ -1,4 +1,5 @@
-//! Packet counters.
+//! Counters the datapath keeps: packets and bytes per interface and hook, per service
+//! and per backend, and the global event counters.
 
 /// Packets and bytes seen by one program on one interface (value of the per-CPU
 /// `KPROXY_IFACE_STATS_V1` map, keyed by ifindex).
@@ -20,7 +21,7 @@ pub const HOOK_XDP: u32 = 0;
 /// Index of the TC ingress program's counters in a [`CounterKey`].
 pub const HOOK_TC_INGRESS: u32 = 1;
 
-/// Key of the per-interface counter map: which hook, on which interface.
+/// Which hook, on which interface (key of `KPROXY_IFACE_STATS_V1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CounterKey {
@@ -33,3 +34,69 @@ pub struct CounterKey {
 unsafe impl aya::Pod for CounterKey {}
 
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
+
+/// Packets and bytes translated to a service or backend, per CPU (values of
+/// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows (conntrack entries) created.
+    pub new_flows: u64,
+    /// Packets dropped because the service had no usable backend.
+    pub no_backend_drops: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), four u64 fields, no padding.
+unsafe impl aya::Pod for FlowCounters {}
+
+// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V2`).
+
+/// A new flow got a backend and conntrack entries.
+pub const EV_NEW_FLOW: u32 = 0;
+/// A packet followed an existing conntrack entry.
+pub const EV_CT_HIT: u32 = 1;
+/// A reply was translated back to its frontend.
+pub const EV_REPLY_NAT: u32 = 2;
+/// A flow's backend had gone (or its entry was stale): a new backend was chosen.
+pub const EV_RESELECT: u32 = 3;
+/// Dropped: the service has no backends (kube-proxy's REJECT).
+pub const EV_DROP_NO_BACKEND: u32 = 4;
+/// Dropped: a slot or backend the service value points to is missing (maps mid-update
+/// by a non-conforming writer).
+pub const EV_DROP_INCONSISTENT: u32 = 5;
+/// Dropped: the conntrack entries could not be created (fail closed, as Cilium).
+pub const EV_DROP_CT_FULL: u32 = 6;
+/// A flow was masqueraded (hairpin: the client is the chosen backend).
+pub const EV_MASQ: u32 = 7;
+/// Passed untranslated: IPv4 with options or fragmented (not handled).
+pub const EV_PASS_UNHANDLED: u32 = 8;
+/// Dropped: a checksum or store helper failed mid-rewrite.
+pub const EV_DROP_REWRITE: u32 = 9;
+/// XDP: a translated packet was sent straight to its next hop's interface
+/// (`bpf_fib_lookup` + `bpf_redirect_map`), skipping the stack.
+pub const EV_XDP_REDIRECT: u32 = 10;
+/// XDP: a translated packet was handed to the stack (no route or neighbour known to the
+/// FIB, TTL expiring, MTU exceeded, or its interface not a redirect target).
+pub const EV_XDP_PASS_TRANSLATED: u32 = 11;
+/// Number of event counters.
+pub const EV_MAX: u32 = 12;
+
+/// Names of the event counters, by index.
+pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
+    "new_flow",
+    "ct_hit",
+    "reply_nat",
+    "reselect",
+    "drop_no_backend",
+    "drop_inconsistent",
+    "drop_ct_full",
+    "masquerade",
+    "pass_unhandled",
+    "drop_rewrite",
+    "xdp_redirect",
+    "xdp_pass_translated",
+];

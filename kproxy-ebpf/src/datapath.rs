@@ -7,7 +7,7 @@ use aya_log_ebpf::debug;
 use kproxy_common::{
     CtEntry, ServiceValue,
     conntrack::CT_ST_CLOSING,
-    events::{
+    stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE, EV_MASQ,
         EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
     },

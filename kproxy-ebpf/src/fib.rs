@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     csum,
-    events::{EV_XDP_PASS_TRANSLATED, EV_XDP_REDIRECT},
+    stats::{EV_XDP_PASS_TRANSLATED, EV_XDP_REDIRECT},
 };
 
 use crate::{

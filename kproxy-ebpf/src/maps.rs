@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
-    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, events::EV_MAX,
+    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, stats::EV_MAX,
 };
 
 /// Hash maps the agent writes: not preallocated, so an update replaces an element
@@ -61,7 +61,7 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 #[map(name = "KPROXY_BACKEND_STATS_V1")]
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
-/// Global event counters, per CPU (indexes `kproxy_common::events::EV_*`).
+/// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
 #[map(name = "KPROXY_EVENTS_V2")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 

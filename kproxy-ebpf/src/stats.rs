@@ -23,7 +23,7 @@ pub fn count_packet(ifindex: u32, hook: u32, bytes: u64) {
     let _ = IFACE_STATS.insert(key, first, 0);
 }
 
-/// Bumps the global event counter `ev` (`kproxy_common::events::EV_*`).
+/// Bumps the global event counter `ev` (`kproxy_common::stats::EV_*`).
 #[inline(always)]
 pub fn event(ev: u32) {
     if let Some(c) = EVENTS.get_ptr_mut(ev) {

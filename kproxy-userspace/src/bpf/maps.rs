@@ -21,13 +21,14 @@ use aya::{
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RevNat, ServiceKey,
     ServiceValue, SlotKey,
+    byteorder::{addr_octets, be_addr, be_port, host_port},
     conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED},
-    events::EVENT_NAMES,
     lb::{
         MAX_BACKENDS_PER_SERVICE, PROTO_TCP, PROTO_UDP, SCOPE_EXACT, SCOPE_NODE_PORT, SLOT_BASE_ALT,
-        SVC_F_AFFINITY, addr_octets, be_addr, be_port, host_port,
+        SVC_F_AFFINITY,
     },
     map_names as names,
+    stats::EVENT_NAMES,
 };
 
 /// Transport protocol of a frontend.
@@ -741,7 +742,7 @@ impl DatapathMaps {
             .unwrap_or_default())
     }
 
-    /// The global event counters (`kproxy_common::events`), by name, summed over CPUs.
+    /// The global event counters (`kproxy_common::stats::EV_*`), by name, summed over CPUs.
     pub fn events(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         let mut out = Vec::with_capacity(EVENT_NAMES.len());
         for (i, name) in EVENT_NAMES.iter().enumerate() {
