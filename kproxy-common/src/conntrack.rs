@@ -59,7 +59,7 @@ pub struct CtEntry {
     /// `bpf_ktime_get_ns()` when the flow was created.
     pub created_ns: u64,
     pub backend_id: u32,
-    /// Service id (= reverse-NAT id) of the frontend.
+    /// [`ServiceValue::rev_nat_id`](crate::ServiceValue::rev_nat_id) of the frontend.
     pub rev_nat_id: u32,
     /// The frontend address the client used (for NodePort: the node address it hit).
     pub frontend_addr: u32,

@@ -39,13 +39,15 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 
-/// What a frontend leads to: its id, how many backend slots it has and where (value of
-/// `KPROXY_SERVICES_V1`).
+/// What a frontend leads to: its reverse-NAT id, how many backend slots it has and where
+/// (value of `KPROXY_SERVICES_V1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Service id, also the reverse-NAT id and the counters' key; never 0.
-    pub id: u32,
+    /// The frontend's reverse-NAT id (Cilium's `rev_nat_index`), never 0: the one id
+    /// that keys its slots, ClientIP affinity, `KPROXY_REVNAT_V1` entry and service
+    /// counters, and that its flows' conntrack entries record.
+    pub rev_nat_id: u32,
     /// Number of usable backends: slots `slot_base .. slot_base + count`. 0 = reject.
     pub count: u16,
     /// `SVC_F_*` bits.
@@ -61,7 +63,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SlotKey {
-    pub service_id: u32,
+    pub rev_nat_id: u32,
     /// `slot_base + index`.
     pub slot: u32,
 }
@@ -84,7 +86,7 @@ pub struct Backend {
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 
 /// The frontend replies are translated back to (value of `KPROXY_REVNAT_V1`, keyed by
-/// service id).
+/// reverse-NAT id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNat {
@@ -97,13 +99,13 @@ pub struct RevNat {
 }
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 
-/// ClientIP affinity: which client, which service (key of `KPROXY_AFFINITY_V1`).
+/// ClientIP affinity: which client, which frontend (key of `KPROXY_AFFINITY_V1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     /// Client address (network order).
     pub client_addr: u32,
-    pub service_id: u32,
+    pub rev_nat_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 

@@ -62,10 +62,10 @@ fn add(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, d: Delta) {
     let _ = map.insert(id, first, 0);
 }
 
-/// Counts a packet of service `id`.
+/// Counts a packet of the service with reverse-NAT id `rev_nat_id`.
 #[inline(always)]
-pub fn count_service(id: u32, d: Delta) {
-    add(&SERVICE_STATS, id, d);
+pub fn count_service(rev_nat_id: u32, d: Delta) {
+    add(&SERVICE_STATS, rev_nat_id, d);
 }
 
 /// Counts a packet sent to backend `id`.

@@ -420,7 +420,7 @@ impl DatapathMaps {
         };
         for item in maps.services.iter() {
             let (_, v) = item.map_err(iter_err(names::SERVICES))?;
-            maps.used_ids.insert(v.id);
+            maps.used_ids.insert(v.rev_nat_id);
         }
         Ok(maps)
     }
@@ -497,9 +497,9 @@ impl DatapathMaps {
                     && cur.affinity_timeout_s == affinity_timeout_s
                     && self.slot_backends(&cur)? == backends
                 {
-                    return Ok(ServiceId(cur.id));
+                    return Ok(ServiceId(cur.rev_nat_id));
                 }
-                (cur.id, cur.slot_base ^ SLOT_BASE_ALT)
+                (cur.rev_nat_id, cur.slot_base ^ SLOT_BASE_ALT)
             }
             None => {
                 let id = self.allocate_id()?;
@@ -510,7 +510,7 @@ impl DatapathMaps {
         };
         for (i, b) in backends.iter().enumerate() {
             let slot = SlotKey {
-                service_id: id,
+                rev_nat_id: id,
                 slot: base + i as u32,
             };
             self.slots
@@ -521,7 +521,7 @@ impl DatapathMaps {
             .insert(id, frontend.rev_nat(), 0)
             .map_err(update_err(names::REVNAT))?;
         let value = ServiceValue {
-            id,
+            rev_nat_id: id,
             count: backends.len() as u16,
             flags,
             slot_base: base,
@@ -532,7 +532,7 @@ impl DatapathMaps {
             .map_err(update_err(names::SERVICES))?;
         self.used_ids.insert(id);
         if let Some(old) = current {
-            self.remove_slots(old.id, old.slot_base, old.count)?;
+            self.remove_slots(old.rev_nat_id, old.slot_base, old.count)?;
         }
         Ok(ServiceId(id))
     }
@@ -545,16 +545,16 @@ impl DatapathMaps {
             return Ok(());
         };
         removed(self.services.remove(&key), names::SERVICES)?;
-        self.remove_slots(cur.id, cur.slot_base, cur.count)?;
-        removed(self.revnat.remove(&cur.id), names::REVNAT)?;
-        removed(self.service_stats.remove(&cur.id), names::SERVICE_STATS)?;
-        self.used_ids.remove(&cur.id);
+        self.remove_slots(cur.rev_nat_id, cur.slot_base, cur.count)?;
+        removed(self.revnat.remove(&cur.rev_nat_id), names::REVNAT)?;
+        removed(self.service_stats.remove(&cur.rev_nat_id), names::SERVICE_STATS)?;
+        self.used_ids.remove(&cur.rev_nat_id);
         Ok(())
     }
 
     /// The id of `frontend`, if present.
     pub fn service_id(&self, frontend: Frontend) -> Result<Option<ServiceId>, MapsError> {
-        Ok(found(self.services.get(&frontend.key(), 0), names::SERVICES)?.map(|v| ServiceId(v.id)))
+        Ok(found(self.services.get(&frontend.key(), 0), names::SERVICES)?.map(|v| ServiceId(v.rev_nat_id)))
     }
 
     /// Every frontend with its backends (what an adopting agent diffs its model against).
@@ -567,7 +567,7 @@ impl DatapathMaps {
             };
             out.push(ServiceEntry {
                 frontend,
-                id: ServiceId(v.id),
+                id: ServiceId(v.rev_nat_id),
                 backends: self.slot_backends(&v)?,
                 slot_count: v.count,
                 options: ServiceOptions {
@@ -585,13 +585,13 @@ impl DatapathMaps {
         let mut live = std::collections::HashMap::new();
         for item in self.services.iter() {
             let (_, v) = item.map_err(iter_err(names::SERVICES))?;
-            live.insert(v.id, v);
+            live.insert(v.rev_nat_id, v);
         }
         let mut orphans = Vec::new();
         for key in self.slots.keys() {
             let key = key.map_err(iter_err(names::SLOTS))?;
             let keep = live
-                .get(&key.service_id)
+                .get(&key.rev_nat_id)
                 .is_some_and(|v| key.slot >= v.slot_base && key.slot < v.slot_base + v.count as u32);
             if !keep {
                 orphans.push(key);
@@ -607,7 +607,7 @@ impl DatapathMaps {
         let mut out = Vec::with_capacity(v.count as usize);
         for i in 0..v.count as u32 {
             let key = SlotKey {
-                service_id: v.id,
+                rev_nat_id: v.rev_nat_id,
                 slot: v.slot_base + i,
             };
             match found(self.slots.get(&key, 0), names::SLOTS)? {
@@ -621,7 +621,7 @@ impl DatapathMaps {
     fn remove_slots(&mut self, id: u32, base: u32, count: u16) -> Result<(), MapsError> {
         for i in 0..count as u32 {
             let key = SlotKey {
-                service_id: id,
+                rev_nat_id: id,
                 slot: base + i,
             };
             removed(self.slots.remove(&key), names::SLOTS)?;
