@@ -97,9 +97,5 @@ pub const fn ct_timeout_ns(proto: u8, state: u8) -> u64 {
     }
 }
 
-#[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, explicit padding, sizes asserted above.
-unsafe impl aya::Pod for CtKey {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for CtEntry {}
+unsafe_impl_pod!(CtKey, CtEntry);

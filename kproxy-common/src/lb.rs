@@ -119,16 +119,13 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY (all below): repr(C), integer fields only, padding spelled out as fields,
-    // sizes asserted above.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for SlotKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for RevNat {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-}
+// SAFETY: repr(C), integer fields only, padding spelled out as fields, sizes asserted above.
+unsafe_impl_pod!(
+    ServiceKey,
+    ServiceValue,
+    SlotKey,
+    Backend,
+    RevNat,
+    AffinityKey,
+    AffinityValue
+);

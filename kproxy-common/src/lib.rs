@@ -13,6 +13,18 @@
 //! - [`map_names`]: the maps' names.
 #![no_std]
 
+/// Implements `aya::Pod` (userspace only) for map keys and values. The caller vouches,
+/// in a `// SAFETY:` comment, that each type is `#[repr(C)]`, has integer fields only
+/// and spells its padding out as fields (so every byte is initialised).
+macro_rules! unsafe_impl_pod {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $ty {}
+        )+
+    };
+}
+
 pub mod byteorder;
 pub mod conntrack;
 pub mod csum;

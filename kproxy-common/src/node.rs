@@ -25,10 +25,5 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY (both): repr(C), u32 fields only, no padding, sizes asserted above.
-    unsafe impl aya::Pod for NodeAddr {}
-    unsafe impl aya::Pod for Config {}
-}
+// SAFETY: repr(C), u32 fields only, no padding, sizes asserted above.
+unsafe_impl_pod!(NodeAddr, Config);

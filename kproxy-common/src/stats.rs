@@ -9,11 +9,6 @@ pub struct IfaceCounters {
     pub packets: u64,
     pub bytes: u64,
 }
-
-#[cfg(feature = "user")]
-// SAFETY: repr(C), two u64 fields, no padding.
-unsafe impl aya::Pod for IfaceCounters {}
-
 const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
 
 /// Index of the XDP program's counters in a [`CounterKey`].
@@ -28,11 +23,6 @@ pub struct CounterKey {
     pub ifindex: u32,
     pub hook: u32,
 }
-
-#[cfg(feature = "user")]
-// SAFETY: repr(C), two u32 fields, no padding.
-unsafe impl aya::Pod for CounterKey {}
-
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
 
 /// Packets and bytes translated to a service or backend, per CPU (values of
@@ -49,9 +39,8 @@ pub struct FlowCounters {
 }
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
 
-#[cfg(feature = "user")]
-// SAFETY: repr(C), four u64 fields, no padding.
-unsafe impl aya::Pod for FlowCounters {}
+// SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
+unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
 
 // Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V2`).
 
