@@ -59,7 +59,7 @@ pub struct CtEntry {
     /// `bpf_ktime_get_ns()` when the flow was created.
     pub created_ns: u64,
     pub backend_id: u32,
-    /// Service id (= reverse-NAT id) of the frontend.
+    /// [`ServiceValue::rev_nat_id`](crate::ServiceValue::rev_nat_id) of the frontend.
     pub rev_nat_id: u32,
     /// The frontend address the client used (for NodePort: the node address it hit).
     pub frontend_addr: u32,
@@ -84,7 +84,7 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
 /// How long `entry` of protocol `proto` may stay idle.
 #[inline(always)]
 pub const fn ct_timeout_ns(proto: u8, state: u8) -> u64 {
-    if proto == crate::service::PROTO_TCP {
+    if proto == crate::lb::PROTO_TCP {
         if state & CT_ST_CLOSING != 0 {
             CT_TIMEOUT_TCP_CLOSING_NS
         } else if state & CT_ST_ESTABLISHED != 0 {
@@ -97,9 +97,5 @@ pub const fn ct_timeout_ns(proto: u8, state: u8) -> u64 {
     }
 }
 
-#[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, explicit padding, sizes asserted above.
-unsafe impl aya::Pod for CtKey {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for CtEntry {}
+unsafe_impl_pod!(CtKey, CtEntry);

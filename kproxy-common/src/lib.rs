@@ -2,20 +2,40 @@
 //!
 //! Every map key and value is `#[repr(C)]` with explicit padding fields, so the byte
 //! layout is the same on both sides and no uninitialised byte is ever hashed.
+//!
+//! One module per concern, named as in `kproxy-ebpf` where both sides have one:
+//! - [`lb`]: frontends, backend slots, backends, reverse NAT, ClientIP affinity;
+//! - [`conntrack`]: entries of translated flows and their timeouts;
+//! - [`node`]: the node's addresses and node-wide settings;
+//! - [`stats`]: interface, service and backend counters, global events;
+//! - [`byteorder`]: the maps' network-order addresses and ports;
+//! - [`csum`]: incremental checksum updates (XDP rewrites);
+//! - [`map_names`]: the maps' names.
 #![no_std]
 
+/// Implements `aya::Pod` (userspace only) for map keys and values. The caller vouches,
+/// in a `// SAFETY:` comment, that each type is `#[repr(C)]`, has integer fields only
+/// and spells its padding out as fields (so every byte is initialised).
+macro_rules! unsafe_impl_pod {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $ty {}
+        )+
+    };
+}
+
+pub mod byteorder;
 pub mod conntrack;
-pub mod counters;
 pub mod csum;
-pub mod events;
-pub mod service;
+pub mod lb;
+pub mod node;
+pub mod stats;
 
 pub use conntrack::{CtEntry, CtKey};
-pub use counters::{CounterKey, IfaceCounters};
-pub use service::{
-    AffinityKey, AffinityValue, Backend, Config, FlowCounters, NodeAddr, RevNat, ServiceKey, ServiceValue,
-    SlotKey,
-};
+pub use lb::{AffinityKey, AffinityValue, Backend, RevNat, ServiceKey, ServiceValue, SlotKey};
+pub use node::{Config, NodeAddr};
+pub use stats::{CounterKey, FlowCounters, IfaceCounters};
 
 /// Names of the maps in the eBPF object (versioned: a layout change gets a new name, so a
 /// new agent never adopts an old pinned map of another layout).

@@ -3,12 +3,13 @@
 use kproxy_common::{
     Backend, CtEntry, CtKey,
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, ct_timeout_ns},
-    service::PROTO_TCP,
+    lb::PROTO_TCP,
 };
 
 use crate::{
+    hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::CONNTRACK,
-    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::Flow,
 };
 
 /// The conntrack map refused an entry (an LRU map evicts, so this is rare).

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use kproxy_common::csum;
 
-use crate::parse::IP_CSUM_OFF;
+use crate::hdr::IP_CSUM_OFF;
 
 /// Where a flow's L4 checksum is and how it treats zero.
 #[derive(Clone, Copy)]

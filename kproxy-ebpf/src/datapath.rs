@@ -7,7 +7,7 @@ use aya_log_ebpf::debug;
 use kproxy_common::{
     CtEntry, ServiceValue,
     conntrack::CT_ST_CLOSING,
-    events::{
+    stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE, EV_MASQ,
         EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
     },
@@ -66,14 +66,14 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
         // kube-proxy REJECTs; we drop and count (see the crate docs).
         event(EV_DROP_NO_BACKEND);
         stats::count_service(
-            svc.id,
+            svc.rev_nat_id,
             Delta {
                 bytes,
                 new_flow: false,
                 no_backend_drop: true,
             },
         );
-        debug!(ctx, "kproxy: service {} has no backends, dropped", svc.id);
+        debug!(ctx, "kproxy: service {} has no backends, dropped", svc.rev_nat_id);
         return Verdict::Drop;
     }
     let now = now();
@@ -108,7 +108,7 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
             // Hairpin: the client is its own backend. Its reply would go straight back
             // to itself, so the source becomes the masquerade address.
             let masq = if b.addr == flow.saddr { masq_addr() } else { 0 };
-            let Ok(e) = ct::create(flow, svc.id, backend_id, &b, masq, now) else {
+            let Ok(e) = ct::create(flow, svc.rev_nat_id, backend_id, &b, masq, now) else {
                 event(EV_DROP_CT_FULL);
                 return Verdict::Drop;
             };
@@ -124,7 +124,7 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
         new_flow,
         no_backend_drop: false,
     };
-    stats::count_service(svc.id, delta);
+    stats::count_service(svc.rev_nat_id, delta);
     stats::count_backend(e.backend_id, delta);
     if nat::dnat(ctx, flow, &e).is_err() {
         event(EV_DROP_REWRITE);
@@ -136,7 +136,7 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
 /// Whether the packet `flow` of service `svc` keeps following the conntrack entry `e`.
 #[inline(always)]
 fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
-    if e.rev_nat_id != svc.id {
+    if e.rev_nat_id != svc.rev_nat_id {
         return false;
     }
     if ct::opens(flow) && e.state & CT_ST_CLOSING != 0 {

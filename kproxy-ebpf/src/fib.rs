@@ -15,24 +15,20 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     csum,
-    events::{EV_XDP_PASS_TRANSLATED, EV_XDP_REDIRECT},
+    stats::{EV_XDP_PASS_TRANSLATED, EV_XDP_REDIRECT},
 };
 
 use crate::{
     ctx::{ptr_at, read_at},
+    hdr::{
+        IP_CSUM_OFF, IP_DST_OFF, IP_PROTO_OFF, IP_SRC_OFF, IP_TOS_OFF, IP_TOT_LEN_OFF, IP_TTL_PROTO_OFF,
+        L4_DPORT_OFF, L4_SPORT_OFF,
+    },
     maps::XDP_TARGETS,
-    parse::{ETH_LEN, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
     stats::event,
 };
 
 const AF_INET: u8 = 2;
-/// Offset of the IPv4 TOS byte.
-const TOS_OFF: usize = ETH_LEN + 1;
-/// Offset of the IPv4 total length.
-const TOT_LEN_OFF: usize = ETH_LEN + 2;
-/// Offset of the IPv4 TTL and protocol (one checksummed 16-bit word).
-const TTL_PROTO_OFF: usize = ETH_LEN + 8;
-const PROTO_OFF: usize = ETH_LEN + 9;
 
 /// The XDP action for a packet the datapath translated: redirected to its next hop when
 /// the FIB knows it, else passed to the stack.
@@ -54,9 +50,9 @@ pub fn forward(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn lookup(ctx: &XdpContext) -> Option<FibParams> {
     // Read the header again: the translation rewrote it.
-    let tos: u8 = read_at(ctx, TOS_OFF)?;
-    let tot_len: u16 = read_at(ctx, TOT_LEN_OFF)?;
-    let proto: u8 = read_at(ctx, PROTO_OFF)?;
+    let tos: u8 = read_at(ctx, IP_TOS_OFF)?;
+    let tot_len: u16 = read_at(ctx, IP_TOT_LEN_OFF)?;
+    let proto: u8 = read_at(ctx, IP_PROTO_OFF)?;
     let saddr: u32 = read_at(ctx, IP_SRC_OFF)?;
     let daddr: u32 = read_at(ctx, IP_DST_OFF)?;
     let sport: u16 = read_at(ctx, L4_SPORT_OFF)?;
@@ -84,7 +80,7 @@ fn lookup(ctx: &XdpContext) -> Option<FibParams> {
 fn redirect(ctx: &XdpContext) -> Option<u32> {
     let p = lookup(ctx)?;
     let macs = ptr_at::<XdpContext, [u8; 12]>(ctx, 0)?;
-    let ttl_proto = ptr_at::<XdpContext, u16>(ctx, TTL_PROTO_OFF)?;
+    let ttl_proto = ptr_at::<XdpContext, u16>(ctx, IP_TTL_PROTO_OFF)?;
     let check = ptr_at::<XdpContext, u16>(ctx, IP_CSUM_OFF)?;
     // SAFETY: bounds-checked against data_end just above.
     let old = unsafe { ttl_proto.read_unaligned() };

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey,
-    service::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
+    lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
 };
 
 use crate::{
@@ -55,7 +55,7 @@ pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Option<(u32,
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     let akey = AffinityKey {
         client_addr: client,
-        service_id: svc.id,
+        rev_nat_id: svc.rev_nat_id,
     };
     if affinity && let Some(a) = AFFINITY.get_ptr(akey) {
         // SAFETY: map value pointer, copied at once.
@@ -75,7 +75,7 @@ pub fn select_backend(svc: &ServiceValue, client: u32, now: u64) -> Option<(u32,
     // SAFETY: helper without arguments.
     let index = unsafe { bpf_get_prandom_u32() } % count;
     let slot = SlotKey {
-        service_id: svc.id,
+        rev_nat_id: svc.rev_nat_id,
         slot: svc.slot_base + index,
     };
     // SAFETY: map value pointer, copied at once.

@@ -1,6 +1,7 @@
 //! Kernel-side modules of kproxy. The entry points live in `main.rs`.
 //!
 //! Layout (Cilium bpf/lib style, one concern per module):
+//! - [`hdr`]: header offsets and lengths of the frames handled;
 //! - [`ctx`]: the packet-context abstraction (TC via checksum helpers, XDP via RFC 1624);
 //! - [`parse`]: Ethernet/IPv4/TCP/UDP into a [`parse::Flow`];
 //! - [`lb`]: frontend lookup (exact, then NodePort on node addresses) and backend choice;
@@ -20,6 +21,7 @@ pub mod conntrack;
 pub mod ctx;
 pub mod datapath;
 pub mod fib;
+pub mod hdr;
 pub mod lb;
 pub mod maps;
 pub mod nat;

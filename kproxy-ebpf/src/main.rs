@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use kproxy_common::counters::{HOOK_TC_INGRESS, HOOK_XDP};
+use kproxy_common::stats::{HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
     datapath::{Verdict, handle},
     fib,

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
-    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, events::EV_MAX,
+    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, stats::EV_MAX,
 };
 
 /// Hash maps the agent writes: not preallocated, so an update replaces an element
@@ -20,11 +20,11 @@ const NO_PREALLOC: u32 = 1;
 #[map(name = "KPROXY_IFACE_STATS_V1")]
 pub static IFACE_STATS: PerCpuHashMap<CounterKey, IfaceCounters> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// Frontends (address, port, protocol, scope) → service id, backend count, slot base, flags.
+/// Frontends (address, port, protocol, scope) → rev-NAT id, backend count, slot base, flags.
 #[map(name = "KPROXY_SERVICES_V1")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65_536, NO_PREALLOC);
 
-/// (service id, slot) → backend id: the service's usable backends, chosen at random.
+/// (rev-NAT id, slot) → backend id: the service's usable backends, chosen at random.
 #[map(name = "KPROXY_SLOTS_V1")]
 pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(262_144, NO_PREALLOC);
 
@@ -32,7 +32,7 @@ pub static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(262_144, NO_PREALLOC);
 #[map(name = "KPROXY_BACKENDS_V1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(65_536, NO_PREALLOC);
 
-/// Service id (reverse-NAT id) → frontend address and port, for inspection; replies use
+/// Rev-NAT id → frontend address and port, for inspection; replies use
 /// the address recorded in conntrack (a NodePort frontend has no single address).
 #[map(name = "KPROXY_REVNAT_V1")]
 pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(65_536, NO_PREALLOC);
@@ -41,7 +41,7 @@ pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(65_536, NO_PREALLOC);
 #[map(name = "KPROXY_CT_V1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
 
-/// ClientIP session affinity: (client, service) → backend and when last chosen (LRU).
+/// ClientIP session affinity: (client, rev-NAT id) → backend and when last chosen (LRU).
 #[map(name = "KPROXY_AFFINITY_V1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
 
@@ -53,7 +53,7 @@ pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC
 #[map(name = "KPROXY_CONFIG_V1")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-/// Per-service packets, bytes, new flows and no-backend drops, per CPU (by service id).
+/// Per-service packets, bytes, new flows and no-backend drops, per CPU (by rev-NAT id).
 #[map(name = "KPROXY_SERVICE_STATS_V1")]
 pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
@@ -61,7 +61,7 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 #[map(name = "KPROXY_BACKEND_STATS_V1")]
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
-/// Global event counters, per CPU (indexes `kproxy_common::events::EV_*`).
+/// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
 #[map(name = "KPROXY_EVENTS_V2")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 

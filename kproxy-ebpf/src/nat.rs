@@ -5,7 +5,8 @@ use kproxy_common::{CtEntry, conntrack::CT_F_MASQ};
 
 use crate::{
     ctx::{Packet, RewriteError},
-    parse::{Flow, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
+    hdr::{IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF},
+    parse::Flow,
 };
 
 /// Client → backend: destination to the backend; source to the masquerade address for a

@@ -4,37 +4,16 @@
 //! Everything else (ARP, IPv6, VLAN tags, IP options, fragments, short packets) is
 //! reported as not handled and passes untouched.
 
-use kproxy_common::service::{PROTO_TCP, PROTO_UDP};
+use kproxy_common::lb::{PROTO_TCP, PROTO_UDP};
 
-use crate::ctx::{L4Csum, Packet, read_at};
-
-pub const ETH_LEN: usize = 14;
-pub const IPV4_LEN: usize = 20;
-/// Offset of the IPv4 header checksum.
-pub const IP_CSUM_OFF: usize = ETH_LEN + 10;
-/// Offset of the IPv4 source address.
-pub const IP_SRC_OFF: usize = ETH_LEN + 12;
-/// Offset of the IPv4 destination address.
-pub const IP_DST_OFF: usize = ETH_LEN + 16;
-/// Offset of the L4 header (IHL 5 only).
-pub const L4_OFF: usize = ETH_LEN + IPV4_LEN;
-/// Offset of the L4 source port.
-pub const L4_SPORT_OFF: usize = L4_OFF;
-/// Offset of the L4 destination port.
-pub const L4_DPORT_OFF: usize = L4_OFF + 2;
-const TCP_FLAGS_OFF: usize = L4_OFF + 13;
-const TCP_CSUM_OFF: usize = L4_OFF + 16;
-const UDP_CSUM_OFF: usize = L4_OFF + 6;
-const TCP_MIN_LEN: usize = 20;
-const UDP_LEN: usize = 8;
-
-/// EtherType IPv4 in network order, as read natively from the frame.
-const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use crate::{
+    ctx::{L4Csum, Packet, read_at},
+    hdr::{
+        ETH_LEN, ETH_P_IP_BE, ETH_TYPE_OFF, IP_DST_OFF, IP_FRAG_OFF, IP_PROTO_OFF, IP_SRC_OFF,
+        IP_TOT_LEN_OFF, IP_VIHL_OFF, IPV4_LEN, L4_DPORT_OFF, L4_OFF, L4_SPORT_OFF, TCP_CSUM_OFF,
+        TCP_FLAGS_OFF, TCP_MIN_LEN, UDP_CSUM_OFF, UDP_LEN,
+    },
+};
 
 /// The fields of a packet the datapath decides on.
 #[derive(Clone, Copy)]
@@ -64,12 +43,12 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
     if !ctx.pull(ETH_LEN + IPV4_LEN) {
         return Err(NotHandled::Other);
     }
-    let ethertype: u16 = read_at(ctx, 12).ok_or(NotHandled::Other)?;
+    let ethertype: u16 = read_at(ctx, ETH_TYPE_OFF).ok_or(NotHandled::Other)?;
     if ethertype != ETH_P_IP_BE {
         return Err(NotHandled::Other);
     }
-    let vihl: u8 = read_at(ctx, ETH_LEN).ok_or(NotHandled::Other)?;
-    let proto: u8 = read_at(ctx, ETH_LEN + 9).ok_or(NotHandled::Other)?;
+    let vihl: u8 = read_at(ctx, IP_VIHL_OFF).ok_or(NotHandled::Other)?;
+    let proto: u8 = read_at(ctx, IP_PROTO_OFF).ok_or(NotHandled::Other)?;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(NotHandled::Other);
     }
@@ -79,12 +58,12 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
     if vihl != 0x45 {
         return Err(NotHandled::Unsupported);
     }
-    let frags: u16 = read_at(ctx, ETH_LEN + 6).ok_or(NotHandled::Other)?;
+    let frags: u16 = read_at(ctx, IP_FRAG_OFF).ok_or(NotHandled::Other)?;
     // MF flag or a non-zero fragment offset (DF may be set).
     if u16::from_be(frags) & 0x3fff != 0 {
         return Err(NotHandled::Unsupported);
     }
-    let tot_len = u16::from_be(read_at::<C, u16>(ctx, ETH_LEN + 2).ok_or(NotHandled::Other)?) as usize;
+    let tot_len = u16::from_be(read_at::<C, u16>(ctx, IP_TOT_LEN_OFF).ok_or(NotHandled::Other)?) as usize;
     let (l4_len, csum_off) = if proto == PROTO_TCP {
         (TCP_MIN_LEN, TCP_CSUM_OFF)
     } else {

@@ -23,7 +23,7 @@ pub fn count_packet(ifindex: u32, hook: u32, bytes: u64) {
     let _ = IFACE_STATS.insert(key, first, 0);
 }
 
-/// Bumps the global event counter `ev` (`kproxy_common::events::EV_*`).
+/// Bumps the global event counter `ev` (`kproxy_common::stats::EV_*`).
 #[inline(always)]
 pub fn event(ev: u32) {
     if let Some(c) = EVENTS.get_ptr_mut(ev) {
@@ -62,10 +62,10 @@ fn add(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, d: Delta) {
     let _ = map.insert(id, first, 0);
 }
 
-/// Counts a packet of service `id`.
+/// Counts a packet of the service with reverse-NAT id `rev_nat_id`.
 #[inline(always)]
-pub fn count_service(id: u32, d: Delta) {
-    add(&SERVICE_STATS, id, d);
+pub fn count_service(rev_nat_id: u32, d: Delta) {
+    add(&SERVICE_STATS, rev_nat_id, d);
 }
 
 /// Counts a packet sent to backend `id`.

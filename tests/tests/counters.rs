@@ -10,7 +10,7 @@ use aya::{
 use kproxy::ebpf::{self, maps::counters::iface_counters};
 use kproxy_common::{
     IfaceCounters,
-    counters::{HOOK_TC_INGRESS, HOOK_XDP},
+    stats::{HOOK_TC_INGRESS, HOOK_XDP},
 };
 use kproxy_tests::{
     netns::{NetNs, unique_name, veth_pair},

@@ -24,8 +24,9 @@ use kproxy::{
 };
 use kproxy_common::{
     CtEntry, CtKey,
+    byteorder::{be_addr, be_port},
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_ST_CLOSING, CT_ST_ESTABLISHED},
-    service::{PROTO_TCP, PROTO_UDP, be_addr, be_port},
+    lb::{PROTO_TCP, PROTO_UDP},
 };
 use kproxy_tests::{
     forwarding::{FibNs, event},

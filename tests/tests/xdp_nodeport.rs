@@ -15,7 +15,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
-use kproxy_common::counters::HOOK_XDP;
+use kproxy_common::stats::HOOK_XDP;
 use kproxy_tests::{
     forwarding::{ExternalPath, attach, event, seed_node_port},
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},

@@ -3,8 +3,9 @@
 use std::net::SocketAddrV4;
 
 use kproxy_common::{
-    Backend, map_names as names,
-    service::{be_addr, be_port},
+    Backend,
+    byteorder::{be_addr, be_port},
+    map_names as names,
 };
 
 use super::{BackendId, DatapathMaps, MapOp, MapsError, frontend::sock, removed};

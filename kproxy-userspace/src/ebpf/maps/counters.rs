@@ -5,7 +5,7 @@ use aya::{
     Ebpf,
     maps::{MapError, PerCpuHashMap},
 };
-use kproxy_common::{CounterKey, FlowCounters, IfaceCounters, events::EVENT_NAMES, map_names as names};
+use kproxy_common::{CounterKey, FlowCounters, IfaceCounters, map_names as names, stats::EVENT_NAMES};
 
 use super::{BackendId, DatapathMaps, FrontendId, MapOp, MapsError, found};
 
@@ -33,7 +33,7 @@ impl DatapathMaps {
             .unwrap_or_default())
     }
 
-    /// The global event counters (`kproxy_common::events`), by name, summed over CPUs.
+    /// The global event counters (`kproxy_common::stats::EVENT_NAMES`), by name, summed over CPUs.
     pub fn events(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         let mut out = Vec::with_capacity(EVENT_NAMES.len());
         for (i, name) in EVENT_NAMES.iter().enumerate() {

@@ -9,7 +9,8 @@ use std::{
 
 use kproxy_common::{
     RevNat, ServiceKey,
-    service::{SCOPE_EXACT, SCOPE_NODE_PORT, addr_octets, be_addr, be_port, host_port},
+    byteorder::{addr_octets, be_addr, be_port, host_port},
+    lb::{SCOPE_EXACT, SCOPE_NODE_PORT},
 };
 
 use crate::model::Protocol;

@@ -4,8 +4,9 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use kproxy_common::{
-    ServiceValue, SlotKey, map_names as names,
-    service::{MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY},
+    ServiceValue, SlotKey,
+    lb::{MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY},
+    map_names as names,
 };
 
 use super::{
@@ -48,9 +49,9 @@ impl DatapathMaps {
                     && cur.affinity_timeout_s == affinity_timeout_s
                     && self.slot_backends(&cur)? == backends
                 {
-                    return Ok(FrontendId(cur.id));
+                    return Ok(FrontendId(cur.rev_nat_id));
                 }
-                (cur.id, cur.slot_base ^ SLOT_BASE_ALT)
+                (cur.rev_nat_id, cur.slot_base ^ SLOT_BASE_ALT)
             }
             None => {
                 let id = self.allocate_id()?;
@@ -61,7 +62,7 @@ impl DatapathMaps {
         };
         for (i, b) in backends.iter().enumerate() {
             let slot = SlotKey {
-                service_id: id,
+                rev_nat_id: id,
                 slot: base + i as u32,
             };
             self.slots
@@ -72,7 +73,7 @@ impl DatapathMaps {
             .insert(id, frontend.rev_nat(), 0)
             .map_err(MapOp::Insert.on(names::REVNAT))?;
         let value = ServiceValue {
-            id,
+            rev_nat_id: id,
             count: backends.len() as u16,
             flags,
             slot_base: base,
@@ -83,7 +84,7 @@ impl DatapathMaps {
             .map_err(MapOp::Insert.on(names::SERVICES))?;
         self.used_ids.insert(id);
         if let Some(old) = current {
-            self.remove_slots(old.id, old.slot_base, old.count)?;
+            self.remove_slots(old.rev_nat_id, old.slot_base, old.count)?;
         }
         Ok(FrontendId(id))
     }
@@ -96,16 +97,16 @@ impl DatapathMaps {
             return Ok(());
         };
         removed(self.services.remove(&key), names::SERVICES)?;
-        self.remove_slots(cur.id, cur.slot_base, cur.count)?;
-        removed(self.revnat.remove(&cur.id), names::REVNAT)?;
-        removed(self.service_stats.remove(&cur.id), names::SERVICE_STATS)?;
-        self.used_ids.remove(&cur.id);
+        self.remove_slots(cur.rev_nat_id, cur.slot_base, cur.count)?;
+        removed(self.revnat.remove(&cur.rev_nat_id), names::REVNAT)?;
+        removed(self.service_stats.remove(&cur.rev_nat_id), names::SERVICE_STATS)?;
+        self.used_ids.remove(&cur.rev_nat_id);
         Ok(())
     }
 
     /// The id of `frontend`, if present.
     pub fn frontend_id(&self, frontend: Frontend) -> Result<Option<FrontendId>, MapsError> {
-        Ok(found(self.services.get(&frontend.key(), 0), names::SERVICES)?.map(|v| FrontendId(v.id)))
+        Ok(found(self.services.get(&frontend.key(), 0), names::SERVICES)?.map(|v| FrontendId(v.rev_nat_id)))
     }
 
     /// Every frontend with its backends (what an adopting agent diffs its model against).
@@ -118,7 +119,7 @@ impl DatapathMaps {
             };
             out.push(FrontendEntry {
                 frontend,
-                id: FrontendId(v.id),
+                id: FrontendId(v.rev_nat_id),
                 backends: self.slot_backends(&v)?,
                 slot_count: v.count,
                 options: FrontendOptions {
@@ -136,13 +137,13 @@ impl DatapathMaps {
         let mut live = std::collections::HashMap::new();
         for item in self.services.iter() {
             let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
-            live.insert(v.id, v);
+            live.insert(v.rev_nat_id, v);
         }
         let mut orphans = Vec::new();
         for key in self.slots.keys() {
             let key = key.map_err(MapOp::Iterate.on(names::SLOTS))?;
             let keep = live
-                .get(&key.service_id)
+                .get(&key.rev_nat_id)
                 .is_some_and(|v| key.slot >= v.slot_base && key.slot < v.slot_base + v.count as u32);
             if !keep {
                 orphans.push(key);
@@ -158,7 +159,7 @@ impl DatapathMaps {
         let mut out = Vec::with_capacity(v.count as usize);
         for i in 0..v.count as u32 {
             let key = SlotKey {
-                service_id: v.id,
+                rev_nat_id: v.rev_nat_id,
                 slot: v.slot_base + i,
             };
             match found(self.slots.get(&key, 0), names::SLOTS)? {
@@ -172,7 +173,7 @@ impl DatapathMaps {
     fn remove_slots(&mut self, id: u32, base: u32, count: u16) -> Result<(), MapsError> {
         for i in 0..count as u32 {
             let key = SlotKey {
-                service_id: id,
+                rev_nat_id: id,
                 slot: base + i,
             };
             removed(self.slots.remove(&key), names::SLOTS)?;

@@ -28,7 +28,7 @@ pub use conntrack::{CtDirection, CtFlow};
 pub use frontend::{BackendId, Frontend, FrontendEntry, FrontendId, FrontendOptions};
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RevNat, ServiceKey,
-    ServiceValue, SlotKey, map_names as names, service::MAX_BACKENDS_PER_SERVICE,
+    ServiceValue, SlotKey, lb::MAX_BACKENDS_PER_SERVICE, map_names as names,
 };
 
 /// A failed map operation or an update the maps cannot take.
@@ -238,7 +238,7 @@ impl DatapathMaps {
         };
         for item in maps.services.iter() {
             let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
-            maps.used_ids.insert(v.id);
+            maps.used_ids.insert(v.rev_nat_id);
         }
         Ok(maps)
     }

@@ -5,8 +5,9 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::maps::xdp::XdpMapError;
 use kproxy_common::{
-    Config, NodeAddr, map_names as names,
-    service::{addr_octets, be_addr},
+    Config, NodeAddr,
+    byteorder::{addr_octets, be_addr},
+    map_names as names,
 };
 
 use super::{DatapathMaps, MapOp, MapsError, removed, stale_keys};

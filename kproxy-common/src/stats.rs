@@ -1,4 +1,48 @@
-//! Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V1`).
+//! Counters the datapath keeps: packets and bytes per interface and hook, per service
+//! and per backend, and the global event counters.
+
+/// Packets and bytes seen by one program on one interface (value of the per-CPU
+/// `KPROXY_IFACE_STATS_V1` map, keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
+
+/// Index of the XDP program's counters in a [`CounterKey`].
+pub const HOOK_XDP: u32 = 0;
+/// Index of the TC ingress program's counters in a [`CounterKey`].
+pub const HOOK_TC_INGRESS: u32 = 1;
+
+/// Which hook, on which interface (key of `KPROXY_IFACE_STATS_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub ifindex: u32,
+    pub hook: u32,
+}
+const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
+
+/// Packets and bytes translated to a service or backend, per CPU (values of
+/// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows (conntrack entries) created.
+    pub new_flows: u64,
+    /// Packets dropped because the service had no usable backend.
+    pub no_backend_drops: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
+
+// SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
+unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
+
+// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V2`).
 
 /// A new flow got a backend and conntrack entries.
 pub const EV_NEW_FLOW: u32 = 0;

@@ -1,8 +1,7 @@
-//! Service frontends, their backend slots, backends and reverse-NAT entries.
+//! Load balancing: service frontends, their backend slots, backends, reverse-NAT
+//! entries and ClientIP affinity.
 //!
-//! Addresses and ports are stored in network byte order: the packet's bytes read as a
-//! native integer (`u32::from_ne_bytes(octets)`, `u16::from_ne_bytes(bytes)`), so the
-//! datapath compares and copies them without swapping. [`be_addr`] and friends convert.
+//! Addresses and ports are in network byte order ([`crate::byteorder`]).
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
@@ -40,13 +39,15 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 
-/// What a frontend leads to: its id, how many backend slots it has and where (value of
-/// `KPROXY_SERVICES_V1`).
+/// What a frontend leads to: its reverse-NAT id, how many backend slots it has and where
+/// (value of `KPROXY_SERVICES_V1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Service id, also the reverse-NAT id and the counters' key; never 0.
-    pub id: u32,
+    /// The frontend's reverse-NAT id (Cilium's `rev_nat_index`), never 0: the one id
+    /// that keys its slots, ClientIP affinity, `KPROXY_REVNAT_V1` entry and service
+    /// counters, and that its flows' conntrack entries record.
+    pub rev_nat_id: u32,
     /// Number of usable backends: slots `slot_base .. slot_base + count`. 0 = reject.
     pub count: u16,
     /// `SVC_F_*` bits.
@@ -62,7 +63,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SlotKey {
-    pub service_id: u32,
+    pub rev_nat_id: u32,
     /// `slot_base + index`.
     pub slot: u32,
 }
@@ -85,7 +86,7 @@ pub struct Backend {
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 
 /// The frontend replies are translated back to (value of `KPROXY_REVNAT_V1`, keyed by
-/// service id).
+/// reverse-NAT id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNat {
@@ -98,13 +99,13 @@ pub struct RevNat {
 }
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 
-/// ClientIP affinity: which client, which service (key of `KPROXY_AFFINITY_V1`).
+/// ClientIP affinity: which client, which frontend (key of `KPROXY_AFFINITY_V1`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     /// Client address (network order).
     pub client_addr: u32,
-    pub service_id: u32,
+    pub rev_nat_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 
@@ -118,81 +119,13 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
-/// Value of `KPROXY_NODE_ADDRS_V1`, keyed by a node address (network order): NodePort
-/// frontends match packets to these addresses.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeAddr {
-    /// Reserved (0).
-    pub flags: u32,
-}
-const _: () = assert!(core::mem::size_of::<NodeAddr>() == 4);
-
-/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V1`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// Source address for masqueraded (hairpin) flows, network order; 0 = no masquerade.
-    /// Must not be an address the node owns (a packet arriving with a local source is a
-    /// martian), e.g. a link-local 169.254.x.y routed nowhere: replies come back to the
-    /// node by the pod's default route and are translated before routing.
-    pub masq_addr: u32,
-    /// Reserved (0).
-    pub flags: u32,
-}
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
-
-/// Packets and bytes translated to a service or backend, per CPU (values of
-/// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCounters {
-    pub packets: u64,
-    pub bytes: u64,
-    /// Flows (conntrack entries) created.
-    pub new_flows: u64,
-    /// Packets dropped because the service had no usable backend.
-    pub no_backend_drops: u64,
-}
-const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
-
-/// Converts an address to the maps' network-order representation.
-#[inline(always)]
-pub const fn be_addr(octets: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(octets)
-}
-
-/// The octets of a network-order address from the maps.
-#[inline(always)]
-pub const fn addr_octets(addr: u32) -> [u8; 4] {
-    addr.to_ne_bytes()
-}
-
-/// Converts a host-order port to the maps' network order.
-#[inline(always)]
-pub const fn be_port(port: u16) -> u16 {
-    port.to_be()
-}
-
-/// Converts a network-order port from the maps to host order.
-#[inline(always)]
-pub const fn host_port(port: u16) -> u16 {
-    u16::from_be(port)
-}
-
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY (all below): repr(C), integer fields only, padding spelled out as fields,
-    // sizes asserted above.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for SlotKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for RevNat {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for NodeAddr {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for FlowCounters {}
-}
+// SAFETY: repr(C), integer fields only, padding spelled out as fields, sizes asserted above.
+unsafe_impl_pod!(
+    ServiceKey,
+    ServiceValue,
+    SlotKey,
+    Backend,
+    RevNat,
+    AffinityKey,
+    AffinityValue
+);
