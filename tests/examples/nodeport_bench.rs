@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! KPROXY_EBPF_OBJECT=$PWD/target/bpfel-unknown-none/release/kproxy \
-//!     cargo run --release -p kproxy-tests --example nodeport_bench [-- SECONDS ROUNDS SERVICES]
+//!     cargo run --release -p kproxy-testbed --example nodeport_bench [-- SECONDS ROUNDS SERVICES]
 //! ```
 //!
 //! 1. Per packet: BPF_PROG_TEST_RUN of one NodePort packet through each program (the
@@ -45,7 +45,7 @@ use kproxy::{
     netfilter::{self, Backend},
     programs,
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     forwarding::{ExternalPath, FibNs, attach, event, seed_node_port},
     manifests::{NODE_NAME, NODE_PORT, TARGET_PORT, proxy_config, write_model},
     netns::{NetNs, unique_name},

@@ -9,7 +9,7 @@ use kproxy::{
     iface::{self, Iface},
     programs,
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
     pins::PinDir,
 };

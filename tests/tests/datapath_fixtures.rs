@@ -27,7 +27,7 @@ use kproxy_common::{
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     service::{PROTO_TCP, PROTO_UDP, be_addr, be_port},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     forwarding::{FibNs, event},
     packet::{
         ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum, tcp, tcp6,

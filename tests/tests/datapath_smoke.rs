@@ -16,7 +16,7 @@ use kproxy::{
     bpf::{BackendId, Frontend, Protocol, ServiceOptions},
     programs,
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
     pins::PinDir,
 };

@@ -12,7 +12,7 @@ use kproxy::{
     bpf::DatapathMaps,
     iface::Iface,
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     agent::run_kproxy,
     cluster::{
         CLIENT, Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, http_backends,

@@ -14,7 +14,7 @@ use kproxy::{
     iptables::{self, RenderOptions, Runtime, Table, jumps, list::ProtocolColumn},
     model::{self, IpFamily, NodeInfo},
 };
-use kproxy_tests::netns::NetNs;
+use kproxy_testbed::netns::NetNs;
 
 /// One iptables backend's binaries for one family.
 struct Backend {

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use kproxy::bpf::DatapathMaps;
-use kproxy_tests::{
+use kproxy_testbed::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, http_get_hostname},
     netns::NetNs,
@@ -243,7 +243,7 @@ fn run() -> anyhow::Result<()> {
 
 /// `kproxy ARGS` (pure commands, no namespace needed) → stdout.
 fn kproxy_out(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(kproxy_tests::agent::kproxy_bin())
+    let out = Command::new(kproxy_testbed::agent::kproxy_bin())
         .args(args)
         .output()
         .context("run kproxy")?;

@@ -81,7 +81,7 @@ impl Cli {
 
 /// Whether this kproxy can run the XDP datapath (`kproxy run --xdp-iface`).
 fn kproxy_has_xdp() -> bool {
-    Command::new(kproxy_tests::agent::kproxy_bin())
+    Command::new(kproxy_testbed::agent::kproxy_bin())
         .args(["run", "--help"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--xdp-iface"))

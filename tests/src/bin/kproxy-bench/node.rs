@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kproxy_tests::{
+use kproxy_testbed::{
     agent::{Agent, run_kproxy},
     netns::{NetNs, unique_name},
     pins::PinDir,
