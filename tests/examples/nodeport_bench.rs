@@ -47,7 +47,7 @@ use kproxy::{
 };
 use kproxy_testbed::{
     forwarding::{ExternalPath, FibNs, attach, event, seed_node_port},
-    manifests::{NODE_NAME, NODE_PORT, TARGET_PORT, proxy_config, write_model},
+    manifests::{CLUSTER_CIDR, NODE_NAME, NODE_PORT, TARGET_PORT, proxy_config, write_model},
     netns::{NetNs, unique_name},
     packet::{ACK, SYN, tcp, udp},
     pins::PinDir,
@@ -364,7 +364,7 @@ fn kube_proxy_rules(dir: &std::path::Path, services: usize) -> (String, String) 
         std::fs::write(fillers.join(format!("fillers-{n}.yaml")), text).expect("write fillers");
     }
     let config_path = dir.join("config.yaml");
-    std::fs::write(&config_path, proxy_config()).expect("write config");
+    std::fs::write(&config_path, proxy_config(NODE_NAME, CLUSTER_CIDR)).expect("write config");
     let config = ProxyConfig::load(Some(&config_path)).expect("config");
     let mut node = NodeInfo::new(NODE_NAME, IpFamily::V4);
     node.node_ip = Some(NODE_IP.into());

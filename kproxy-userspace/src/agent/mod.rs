@@ -10,7 +10,7 @@
 mod ebpf;
 mod iptables;
 mod node;
-mod signals;
+pub mod signals;
 
 use std::{
     net::Ipv4Addr,
@@ -95,7 +95,7 @@ trait Datapath {
 
 /// Runs the agent until SIGINT/SIGTERM (or after one sync with `once`).
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
-    let stop = signals::install()?;
+    let stop = signals::install().map_err(AgentError::Signals)?;
     let mut datapath: Box<dyn Datapath> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfMode::start(opts)?),
         Mode::Iptables => Box::new(iptables::IptablesMode::new(opts)),

@@ -1,11 +1,9 @@
 //! SIGINT and SIGTERM set a flag the agent loop checks: it then exits and leaves the
-//! datapath in place.
+//! datapath in place. The test bed's demo and bench stop on the same flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-
-use super::AgentError;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -14,7 +12,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Installs the handlers; returns the flag they set.
-pub fn install() -> Result<&'static AtomicBool, AgentError> {
+pub fn install() -> Result<&'static AtomicBool, nix::Error> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
@@ -22,7 +20,7 @@ pub fn install() -> Result<&'static AtomicBool, AgentError> {
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }.map_err(AgentError::Signals)?;
+        unsafe { sigaction(signal, &action) }?;
     }
     Ok(&STOP)
 }

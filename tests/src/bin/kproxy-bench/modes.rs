@@ -1,8 +1,9 @@
-//! The datapaths the bench compares, and the `kproxy run` arguments for each.
+//! The datapaths the bench compares, and how the agent runs each.
 
 use std::{fmt, str::FromStr};
 
 use anyhow::bail;
+use kproxy_testbed::cluster;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -41,25 +42,16 @@ impl Mode {
         matches!(self, Mode::Tc | Mode::Xdp)
     }
 
-    /// `kproxy run` arguments selecting this datapath on a node whose pod veths match
-    /// `pod_ifaces` and whose external link matches `external_ifaces` (`None` for no agent).
-    pub fn agent_args(self, pod_ifaces: &str, external_ifaces: &str) -> Option<Vec<String>> {
-        let ebpf = [
-            "--mode",
-            "ebpf",
-            "--iface",
-            pod_ifaces,
-            "--iface",
-            external_ifaces,
-        ];
-        let args: Vec<&str> = match self {
-            Mode::None => return None,
-            Mode::Iptables => vec!["--mode", "iptables", "--iptables-backend", "nft"],
-            Mode::IptablesLegacy => vec!["--mode", "iptables", "--iptables-backend", "legacy"],
-            Mode::Tc => ebpf.to_vec(),
-            Mode::Xdp => [ebpf.as_slice(), &["--xdp-iface", external_ifaces]].concat(),
-        };
-        Some(args.into_iter().map(String::from).collect())
+    /// The agent's datapath for this mode and the `kproxy run` arguments it adds
+    /// (`None`: no agent).
+    pub fn agent(self) -> Option<(cluster::Mode, &'static [&'static str])> {
+        match self {
+            Mode::None => None,
+            Mode::Iptables => Some((cluster::Mode::Iptables, &["--iptables-backend", "nft"])),
+            Mode::IptablesLegacy => Some((cluster::Mode::Iptables, &["--iptables-backend", "legacy"])),
+            Mode::Tc => Some((cluster::Mode::Ebpf, &[])),
+            Mode::Xdp => Some((cluster::Mode::EbpfXdp, &[])),
+        }
     }
 }
 

@@ -17,10 +17,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use kproxy_testbed::{
     agent::{Agent, run_kproxy},
+    cluster, manifests,
     netns::{NetNs, unique_name},
     pins::PinDir,
     tempdir::TempDir,
-    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, POD_IFACE_PREFIX, Topology},
+    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
 };
 
 use crate::{
@@ -105,9 +106,9 @@ impl BenchNode {
             let model_dir = node.dir.path().join("model");
             node.model = Some(BenchModel::write(&model_dir, services)?);
             let config = node.config_path();
-            fs::write(&config, model::proxy_config()).context("write config")?;
+            let text = manifests::proxy_config(model::NODE_NAME, model::CLUSTER_CIDR);
+            fs::write(&config, text).context("write config")?;
             let args = agent_args(mode, &model_dir, &config, node.pins.path(), false)?;
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             node.agent = Some(Agent::start_logging(&node.topo.node, &args, AGENT_LOG));
         }
         Ok(node)
@@ -225,19 +226,14 @@ fn agent_args(
     pins: &Path,
     once: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let pod_ifaces = format!("{POD_IFACE_PREFIX}*");
-    let external_ifaces = format!("{EXTERNAL_IFACE_PREFIX}*");
-    let Some(mode_args) = mode.agent_args(&pod_ifaces, &external_ifaces) else {
+    let Some((datapath, extra)) = mode.agent() else {
         bail!("mode none runs no agent");
     };
-    let mut args = vec!["run".to_string()];
+    let mut args = cluster::run_args(datapath, model_dir, config, pins);
+    args.extend(extra.iter().map(|a| a.to_string()));
     if once {
         args.push("--once".into());
     }
-    for (flag, path) in [("--model", model_dir), ("--config", config), ("--pin-path", pins)] {
-        args.extend([flag.to_string(), path.display().to_string()]);
-    }
-    args.extend(mode_args);
     Ok(args)
 }
 
@@ -314,7 +310,6 @@ pub fn scratch_full_sync(
     ns.ip(&["link", "set", &peer, "up"]);
     let pins = PinDir::new("scr");
     let args = agent_args(mode, model_dir, config, pins.path(), true)?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_logging(&ns, &args, AGENT_LOG);
     let outcome = wait_for_sync(&mut agent, 1, cap);
     if let Some(pid) = agent.pid() {
