@@ -15,16 +15,27 @@ pub enum Mode {
     IptablesLegacy,
     /// kproxy's eBPF datapath at TC ingress.
     Tc,
-    /// kproxy's eBPF datapath with XDP on the external interface (`--xdp-iface`).
+    /// kproxy's eBPF datapath with XDP on the external interface (`--xdp-iface`): native
+    /// mode, and the pod veths cannot take natively redirected frames, so what XDP
+    /// translates goes through the stack.
     Xdp,
+    /// As `xdp`, with GRO on inside the pods: their veths then take native redirects,
+    /// so XDP sends NodePort traffic straight to the backend's veth.
+    XdpRedirect,
+    /// As `xdp`, on an external link native XDP refuses (its peer's MTU is above what a
+    /// veth runs native XDP with), as on a NIC without native XDP: the agent falls back
+    /// to generic (skb) mode, which redirects into any interface.
+    XdpGeneric,
 }
 
-pub const ALL: [Mode; 5] = [
+pub const ALL: [Mode; 7] = [
     Mode::None,
     Mode::Iptables,
     Mode::IptablesLegacy,
     Mode::Tc,
     Mode::Xdp,
+    Mode::XdpRedirect,
+    Mode::XdpGeneric,
 ];
 
 impl Mode {
@@ -35,11 +46,23 @@ impl Mode {
             Mode::IptablesLegacy => "iptables-legacy",
             Mode::Tc => "tc",
             Mode::Xdp => "xdp",
+            Mode::XdpRedirect => "xdp-redirect",
+            Mode::XdpGeneric => "xdp-generic",
         }
     }
 
     pub fn is_ebpf(self) -> bool {
-        matches!(self, Mode::Tc | Mode::Xdp)
+        matches!(self, Mode::Tc) || self.has_xdp()
+    }
+
+    pub fn has_xdp(self) -> bool {
+        matches!(self, Mode::Xdp | Mode::XdpRedirect | Mode::XdpGeneric)
+    }
+
+    /// The XDP variants beside `xdp` differ only in how XDP forwards external traffic:
+    /// they are measured on the NodePort paths alone.
+    pub fn external_only(self) -> bool {
+        matches!(self, Mode::XdpRedirect | Mode::XdpGeneric)
     }
 
     /// The agent's datapath for this mode and the `kproxy run` arguments it adds
@@ -50,7 +73,7 @@ impl Mode {
             Mode::Iptables => Some((cluster::Mode::Iptables, &["--iptables-backend", "nft"])),
             Mode::IptablesLegacy => Some((cluster::Mode::Iptables, &["--iptables-backend", "legacy"])),
             Mode::Tc => Some((cluster::Mode::Ebpf, &[])),
-            Mode::Xdp => Some((cluster::Mode::EbpfXdp, &[])),
+            Mode::Xdp | Mode::XdpRedirect | Mode::XdpGeneric => Some((cluster::Mode::EbpfXdp, &[])),
         }
     }
 }

@@ -84,6 +84,7 @@ impl BenchNode {
             time_wait_fix(&pod.ns, !pod.name.starts_with("be-"))?;
         }
         time_wait_fix(&topo.external, true)?;
+        external_forwarding(&topo, mode);
         let port = model::TARGET_PORT;
         let servers = Backends::start(&[
             (&topo.pod("be-a").ns, sock(model::BACKEND_A, port)),
@@ -173,6 +174,18 @@ impl BenchNode {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// How the agent set XDP up, in its own words: the mode of each XDP link and the
+    /// redirect targets (the XDP variants are only what they claim if these agree).
+    pub fn xdp_setup(&self) -> Option<String> {
+        let log = self.agent.as_ref()?.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("xdp on ") || l.contains("xdp redirect targets"))
+            .filter_map(|l| l.split_once("] ").map(|(_, message)| message))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
+    }
+
     /// The agent's resident memory in MB.
     pub fn agent_rss_mb(&self) -> Option<f64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.agent_pid()?)).ok()?;
@@ -235,6 +248,23 @@ fn agent_args(
         args.push("--once".into());
     }
     Ok(args)
+}
+
+/// What the XDP variants change on the node before the agent starts, so that its own
+/// policy picks the forwarding they measure.
+fn external_forwarding(topo: &Topology, mode: Mode) {
+    match mode {
+        // A veth takes natively redirected frames only while its peer has NAPI.
+        Mode::XdpRedirect => {
+            for pod in &topo.pods {
+                pod.ns.ethtool(&["-K", "eth0", "gro", "on"]);
+            }
+        }
+        // Native XDP on a veth refuses a peer MTU above a page's worth of frame; the
+        // frames themselves stay at the node side's 1500.
+        Mode::XdpGeneric => topo.external.ip(&["link", "set", "eth0", "mtu", "4000"]),
+        _ => {}
+    }
 }
 
 /// Waits for `agent` to log `sync #n`, or a sync failure, or exit; at `cap`, kills the
