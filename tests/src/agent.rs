@@ -5,6 +5,7 @@
 //! to a log file the test can read, and it is stopped with SIGTERM when dropped.
 
 use std::{
+    ffi::OsStr,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -29,7 +30,7 @@ pub fn kproxy_bin() -> PathBuf {
 }
 
 /// A `kproxy ARGS` command that runs in `ns`'s network namespace only.
-pub fn kproxy_in(ns: &NetNs, args: &[&str]) -> Command {
+pub fn kproxy_in(ns: &NetNs, args: &[impl AsRef<OsStr>]) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
         .arg("--")
@@ -51,12 +52,12 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `kproxy ARGS` in `ns` with debug logging into a temporary log file.
-    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+    pub fn start(ns: &NetNs, args: &[impl AsRef<OsStr>]) -> Self {
         Self::start_logging(ns, args, "debug")
     }
 
     /// Starts `kproxy ARGS` in `ns` logging at `filter` (`RUST_LOG`) into a temporary log file.
-    pub fn start_logging(ns: &NetNs, args: &[&str], filter: &str) -> Self {
+    pub fn start_logging(ns: &NetNs, args: &[impl AsRef<OsStr>], filter: &str) -> Self {
         let log = std::env::temp_dir().join(format!("kproxy-agent-{}.log", unique_name("log")));
         let file = fs::File::create(&log).expect("create agent log");
         let child = kproxy_in(ns, args)

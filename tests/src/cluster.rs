@@ -14,7 +14,9 @@ use std::{
 use crate::{
     agent::{Agent, run_kproxy},
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
-    manifests::{CLUSTER_IP, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model},
+    manifests::{
+        CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model,
+    },
     netns::NetNs,
     pins::PinDir,
     tempdir::TempDir,
@@ -71,7 +73,11 @@ impl Cluster {
         let dir = TempDir::new("hac");
         let model = dir.path().join("hello-app.yaml");
         write_model(&model, endpoints);
-        std::fs::write(dir.path().join("config.yaml"), proxy_config()).expect("config");
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            proxy_config(NODE_NAME, CLUSTER_CIDR),
+        )
+        .expect("config");
         let pins = PinDir::new("hac");
         let agent = start_agent(&topo, mode, dir.path(), &pins);
         let mut cluster = Cluster {
@@ -140,33 +146,42 @@ impl Drop for Cluster {
 }
 
 fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir) -> Agent {
-    let model = dir.join("hello-app.yaml").display().to_string();
-    let config = dir.join("config.yaml").display().to_string();
-    let pin_path = pins.path().display().to_string();
+    let args = run_args(
+        mode,
+        &dir.join("hello-app.yaml"),
+        &dir.join("config.yaml"),
+        pins.path(),
+    );
+    Agent::start(&topo.node, &args)
+}
+
+/// `kproxy run` on a [`Topology`]'s node: `mode`'s datapath, TC on the pod veths and the
+/// external link (XDP in front of the latter with [`Mode::EbpfXdp`]), from the model
+/// and configuration files given, with its maps and links pinned under `pins`.
+pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path) -> Vec<String> {
     let mode_arg = match mode {
         Mode::Ebpf | Mode::EbpfXdp => "ebpf",
         Mode::Iptables => "iptables",
     };
-    let xdp_pattern = format!("{EXTERNAL_IFACE_PREFIX}*");
+    let path = |p: &Path| p.display().to_string();
     let mut args = vec![
-        "run",
-        "--model",
-        &model,
-        "--config",
-        &config,
-        "--mode",
-        mode_arg,
-        "--pin-path",
-        &pin_path,
+        "run".to_string(),
+        "--model".into(),
+        path(model),
+        "--config".into(),
+        path(config),
+        "--mode".into(),
+        mode_arg.into(),
+        "--pin-path".into(),
+        path(pins),
     ];
-    let patterns = topo.iface_patterns();
-    for p in &patterns {
-        args.extend(["--iface", p.as_str()]);
+    for pattern in Topology::iface_patterns() {
+        args.extend(["--iface".into(), pattern]);
     }
     if mode == Mode::EbpfXdp {
-        args.extend(["--xdp-iface", xdp_pattern.as_str()]);
+        args.extend(["--xdp-iface".into(), format!("{EXTERNAL_IFACE_PREFIX}*")]);
     }
-    Agent::start(&topo.node, &args)
+    args
 }
 
 /// The pods that answered `TRIES` HTTP requests from `ns` to `target`.

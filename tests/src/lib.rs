@@ -1,11 +1,19 @@
-//! Helpers for kproxy's privileged suites: network namespaces and veth pairs that the
-//! test creates and removes (also when it fails), running code inside them, the seed
-//! cluster topology, and the hello-app servers and clients.
+//! kproxy's test bed: what the privileged suites, the demo and the bench stand on.
+//!
+//! - Namespaces and topologies: [`netns`] (namespaces and veths removed on drop),
+//!   [`topology`] (the seed cluster: a node, pods, an external client), [`forwarding`]
+//!   (how external traffic crosses the node), [`cluster`] (the hello-app with a running
+//!   agent), [`agent`] (the `kproxy` binary in a namespace), [`hello`] (servers and
+//!   clients), [`manifests`] (Service and EndpointSlice YAML, the proxy configuration).
+//! - Packets: [`packet`] (frames and checksums), [`prog_test_run`] (one frame through a
+//!   program), [`fixture`] (the case harness the fixture tables run on), [`pins`] (a
+//!   loaded datapath under its own pin directory).
 //!
 //! Names are unique per process and per call, so suites can run side by side.
 
 pub mod agent;
 pub mod cluster;
+pub mod fixture;
 pub mod forwarding;
 pub mod hello;
 pub mod manifests;

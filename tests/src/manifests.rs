@@ -1,8 +1,9 @@
-//! Kubernetes manifests for the suites and the demo: the seed's hello-app Service
-//! (ClusterIP 10.104.81.240, port 80 → 8080, NodePort 30811, TCP and UDP) and an
-//! EndpointSlice listing whichever pods a test wants, written as real YAML.
+//! Kubernetes manifests for the suites, the demo and the bench, written as real YAML:
+//! a [`Service`] with its EndpointSlice (the seed's hello-app, or the bench's numbered
+//! services, however many), files of them replaced as an operator would, and the
+//! KubeProxyConfiguration.
 
-use std::{fmt::Write as _, fs, net::Ipv4Addr, path::Path};
+use std::{fs, io, net::Ipv4Addr, path::Path};
 
 /// The seed's ClusterIP.
 pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 240);
@@ -14,85 +15,167 @@ pub const NODE_PORT: u16 = 30811;
 pub const TARGET_PORT: u16 = 8080;
 /// The node name the agent runs as (`hostnameOverride`).
 pub const NODE_NAME: &str = "host1";
+/// The seed cluster's pod network (`clusterCIDR`).
+pub const CLUSTER_CIDR: &str = "172.16.0.0/16";
 
-/// The hello-app Service, with a TCP and a UDP port (both 80 → 8080, NodePort 30811).
-pub fn hello_service() -> String {
-    format!(
-        "apiVersion: v1
+/// One port of a Service, and the same port on its EndpointSlice.
+#[derive(Clone, Copy, Debug)]
+pub struct Port {
+    pub name: &'static str,
+    /// `TCP` or `UDP`.
+    pub protocol: &'static str,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: u16,
+}
+
+impl Port {
+    pub const fn tcp(name: &'static str, port: u16, target_port: u16, node_port: u16) -> Self {
+        Port {
+            name,
+            protocol: "TCP",
+            port,
+            target_port,
+            node_port,
+        }
+    }
+
+    pub const fn udp(name: &'static str, port: u16, target_port: u16, node_port: u16) -> Self {
+        Port {
+            protocol: "UDP",
+            ..Port::tcp(name, port, target_port, node_port)
+        }
+    }
+}
+
+/// The hello-app's ports: TCP and UDP, both 80 → 8080 and NodePort 30811.
+pub const HELLO_PORTS: [Port; 2] = [
+    Port::tcp("http", SERVICE_PORT, TARGET_PORT, NODE_PORT),
+    Port::udp("udp", SERVICE_PORT, TARGET_PORT, NODE_PORT),
+];
+
+/// A NodePort Service and its one EndpointSlice, every endpoint ready and on
+/// `node_name`.
+#[derive(Clone, Debug)]
+pub struct Service<'a> {
+    pub namespace: &'a str,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<Port>,
+    pub endpoints: &'a [Ipv4Addr],
+    pub node_name: &'a str,
+}
+
+impl Service<'_> {
+    /// The seed's hello-app-service with an endpoint per pod in `pods`.
+    pub fn hello_app(pods: &[Ipv4Addr]) -> Service<'_> {
+        Service {
+            namespace: "default",
+            name: "hello-app-service".into(),
+            cluster_ip: CLUSTER_IP,
+            ports: HELLO_PORTS.to_vec(),
+            endpoints: pods,
+            node_name: NODE_NAME,
+        }
+    }
+
+    /// The Service and its EndpointSlice, as two YAML documents each opened by `---`.
+    pub fn yaml(&self) -> String {
+        let Service {
+            namespace,
+            name,
+            cluster_ip: ip,
+            node_name,
+            ..
+        } = self;
+        let each_port = |line: fn(&Port) -> String| self.ports.iter().map(line).collect::<String>();
+        let service_ports = each_port(|p| {
+            format!(
+                "  - {{name: {}, protocol: {}, port: {}, targetPort: {}, nodePort: {}}}\n",
+                p.name, p.protocol, p.port, p.target_port, p.node_port
+            )
+        });
+        let slice_ports = each_port(|p| {
+            format!(
+                "- {{name: {}, protocol: {}, port: {}}}\n",
+                p.name, p.protocol, p.target_port
+            )
+        });
+        // No endpoints must be spelled `[]`: a bare `endpoints:` reads as null.
+        let endpoints: String = if self.endpoints.is_empty() {
+            " []\n".into()
+        } else {
+            let ready = "conditions: {ready: true, serving: true, terminating: false}";
+            let each = self
+                .endpoints
+                .iter()
+                .map(|ip| format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node_name}}}\n"));
+            std::iter::once("\n".to_string()).chain(each).collect()
+        };
+        format!(
+            "---
+apiVersion: v1
 kind: Service
-metadata:
-  name: hello-app-service
-  namespace: default
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   type: NodePort
-  selector:
-    app: hello-app
-  clusterIP: {CLUSTER_IP}
-  clusterIPs: [{CLUSTER_IP}]
+  clusterIP: {ip}
+  clusterIPs: [{ip}]
   ports:
-  - name: http
-    protocol: TCP
-    port: {SERVICE_PORT}
-    targetPort: {TARGET_PORT}
-    nodePort: {NODE_PORT}
-  - name: udp
-    protocol: UDP
-    port: {SERVICE_PORT}
-    targetPort: {TARGET_PORT}
-    nodePort: {NODE_PORT}
-"
-    )
-}
-
-/// An EndpointSlice of hello-app-service with one ready endpoint per pod IP, all on
-/// this node.
-pub fn hello_endpoints(pods: &[Ipv4Addr]) -> String {
-    let mut out = String::from(
-        "apiVersion: discovery.k8s.io/v1
+{service_ports}---
+apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: hello-app-service-abc12
-  namespace: default
-  labels:
-    kubernetes.io/service-name: hello-app-service
+  name: {name}-abc12
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv4
 ports:
-- name: http
-  protocol: TCP
-  port: 8080
-- name: udp
-  protocol: UDP
-  port: 8080
-endpoints:
-",
-    );
-    for ip in pods {
-        let _ = write!(
-            out,
-            "- addresses: [\"{ip}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {NODE_NAME}\n"
-        );
+{slice_ports}endpoints:{endpoints}"
+        )
     }
-    if pods.is_empty() {
-        out = out.replace("endpoints:\n", "endpoints: []\n");
-    }
-    out
 }
 
-/// The KubeProxyConfiguration the suites run with: this node's name and the pod CIDR.
-pub fn proxy_config() -> String {
+/// Writes `services` to `path` as one multi-document file, atomically (write, then
+/// rename), as an operator replacing the file would: the agent's watcher never reads
+/// half a file.
+pub fn write_services(path: &Path, services: &[Service]) -> io::Result<()> {
+    let text: String = services.iter().map(Service::yaml).collect();
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path)
+}
+
+/// Writes the hello-app Service with an endpoint per pod in `pods` to `path`.
+pub fn write_model(path: &Path, pods: &[Ipv4Addr]) {
+    write_services(path, &[Service::hello_app(pods)]).expect("write the hello-app model");
+}
+
+/// The KubeProxyConfiguration of a node called `node_name` in a cluster whose pods are
+/// in `cluster_cidr` (traffic from outside it is masqueraded).
+pub fn proxy_config(node_name: &str, cluster_cidr: &str) -> String {
     format!(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-hostnameOverride: {NODE_NAME}
-clusterCIDR: 172.16.0.0/16
+hostnameOverride: {node_name}
+clusterCIDR: {cluster_cidr}
 "
     )
 }
 
-/// Writes the Service and an EndpointSlice for `pods` to `path` as one multi-document
-/// file, atomically (write then rename), as an operator replacing the file would.
-pub fn write_model(path: &Path, pods: &[Ipv4Addr]) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, format!("{}---\n{}", hello_service(), hello_endpoints(pods))).expect("write model");
-    fs::rename(&tmp, path).expect("rename model into place");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_app_has_both_ports_and_one_endpoint_per_pod() {
+        let pods = [Ipv4Addr::new(172, 16, 166, 130), Ipv4Addr::new(172, 16, 192, 89)];
+        let yaml = Service::hello_app(&pods).yaml();
+        assert_eq!(yaml.matches("---\n").count(), 2, "{yaml}");
+        assert!(yaml.contains("nodePort: 30811"), "{yaml}");
+        assert_eq!(yaml.matches("protocol: UDP").count(), 2, "{yaml}");
+        assert_eq!(yaml.matches("addresses:").count(), 2, "{yaml}");
+        let empty = Service::hello_app(&[]).yaml();
+        assert!(empty.ends_with("endpoints: []\n"), "{empty}");
+    }
 }

@@ -123,7 +123,7 @@ impl Topology {
     }
 
     /// The glob patterns an agent on this node attaches to: pod veths and the external link.
-    pub fn iface_patterns(&self) -> Vec<String> {
+    pub fn iface_patterns() -> Vec<String> {
         vec![
             format!("{POD_IFACE_PREFIX}*"),
             format!("{EXTERNAL_IFACE_PREFIX}*"),

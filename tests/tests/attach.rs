@@ -7,7 +7,7 @@ use kproxy::ebpf::{
     self, Loaded,
     attach::{Attached, Hook, Iface, LinkPins, iface},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
     pins::PinDir,
 };

@@ -12,7 +12,7 @@ use kproxy_common::{
     IfaceCounters,
     stats::{HOOK_TC_INGRESS, HOOK_XDP},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
     packet::udp4,
     pins::PinDir,

@@ -1,8 +1,9 @@
-//! Katran-style BPF_PROG_TEST_RUN fixtures for the datapath: each case seeds the maps,
-//! runs packets through an entry point, and checks the verdict, the exact output bytes
-//! (expected packets are built by etherparse, so their checksums are right by
-//! construction; every output is also checked by an independent checksum sum) and the
-//! conntrack/counter side effects. Every case loads into its own pin directory.
+//! Katran-style BPF_PROG_TEST_RUN fixtures for the datapath: a table of cases, each
+//! seeding the maps, running packets through an entry point, and checking the verdict,
+//! the exact output bytes (expected packets are built by etherparse, so their checksums
+//! are right by construction; every output is also checked by an independent checksum
+//! sum) and the conntrack/counter side effects. The harness that runs them is
+//! `kproxy_testbed::fixture`; every case loads into its own pin directory.
 //!
 //! The table runs against both entry points, `kproxy_tc_ingress` and `kproxy_xdp`: they
 //! share the datapath (TC rewrites through the kernel's checksum helpers, XDP by RFC 1624
@@ -13,81 +14,31 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    panic::{AssertUnwindSafe, catch_unwind},
     time::Duration,
 };
 
-use aya::programs::Program;
 use kproxy::{
-    ebpf::{self, BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, ktime_now_ns},
+    ebpf::{BackendId, DatapathMaps, Frontend, FrontendOptions},
     model::Protocol,
 };
 use kproxy_common::{
-    CtEntry, CtKey,
-    byteorder::{be_addr, be_port},
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     lb::{PROTO_TCP, PROTO_UDP},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
+    fixture::{
+        Case, Expect, Flow, HOOKS, Hook, Seed, Verdict,
+        Verdict::{Drop as DROP, Pass as PASS},
+        ct_key, handshake, no_conntrack, none, run_steps, run_table, sa, seed_flow, seed_service, step,
+        test_run, untouched,
+    },
     forwarding::{FibNs, event},
     packet::{
         ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum, tcp, tcp6,
         udp, with_ipv4_options,
     },
     pins::PinDir,
-    prog_test_run,
 };
-
-/// An entry point under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hook {
-    Tc,
-    Xdp,
-}
-
-const HOOKS: [Hook; 2] = [Hook::Tc, Hook::Xdp];
-
-/// What the program decides, independent of the hook's return codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    /// On to the stack (translated or untouched): TC_ACT_OK / XDP_PASS.
-    Pass,
-    /// TC_ACT_SHOT / XDP_DROP.
-    Drop,
-    /// XDP only: sent to the next hop's interface (XDP_REDIRECT).
-    Redirect,
-}
-use Verdict::{Drop as DROP, Pass as PASS};
-
-impl Hook {
-    fn program(self) -> &'static str {
-        match self {
-            Hook::Tc => ebpf::TC_INGRESS_PROGRAM,
-            Hook::Xdp => ebpf::XDP_PROGRAM,
-        }
-    }
-
-    /// The hook's return code for `v`.
-    fn code(self, v: Verdict) -> u32 {
-        const TC_ACT_OK: u32 = 0;
-        const TC_ACT_SHOT: u32 = 2;
-        const XDP_DROP: u32 = 1;
-        const XDP_PASS: u32 = 2;
-        const XDP_REDIRECT: u32 = 4;
-        match (self, v) {
-            (Hook::Tc, Verdict::Pass) => TC_ACT_OK,
-            (Hook::Tc, Verdict::Drop) => TC_ACT_SHOT,
-            (Hook::Tc, Verdict::Redirect) => unreachable!("TC never redirects"),
-            (Hook::Xdp, Verdict::Pass) => XDP_PASS,
-            (Hook::Xdp, Verdict::Drop) => XDP_DROP,
-            (Hook::Xdp, Verdict::Redirect) => XDP_REDIRECT,
-        }
-    }
-}
-
-fn sa(ip: [u8; 4], port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(ip), port)
-}
 
 // The cast of the fixtures.
 const CLIENT: [u8; 4] = [10, 0, 1, 5];
@@ -129,175 +80,37 @@ fn seed_backends(m: &mut DatapathMaps) {
     m.upsert_backend(ID2, sa(B2, 8080)).unwrap();
 }
 
-fn seed_service(m: &mut DatapathMaps, f: Frontend, backends: &[BackendId]) -> FrontendId {
-    m.upsert_frontend(f, backends, FrontendOptions::default())
-        .unwrap()
+/// Backends 1 and 2, and the TCP ClusterIP over `backends`.
+fn cluster_tcp_on(backends: &'static [BackendId]) -> Seed {
+    Box::new(|m| {
+        seed_backends(m);
+        seed_service(m, cluster_tcp(), backends);
+    })
 }
 
-fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8, dir: u8) -> CtKey {
-    CtKey {
-        saddr: be_addr(src.ip().octets()),
-        daddr: be_addr(dst.ip().octets()),
-        sport: be_port(src.port()),
-        dport: be_port(dst.port()),
-        proto,
-        dir,
-        _pad: [0; 2],
-    }
+/// Backends 1 and 2, the node's address, and the TCP NodePort over `backends`.
+fn node_port_on(backends: &'static [BackendId]) -> Seed {
+    Box::new(|m| {
+        seed_backends(m);
+        m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+        seed_service(m, node_port(), backends);
+    })
 }
 
-/// Seeds both conntrack entries of an established TCP flow client → frontend → backend.
-fn seed_flow(
-    m: &mut DatapathMaps,
-    svc: FrontendId,
-    client: SocketAddrV4,
-    frontend: SocketAddrV4,
-    (bid, backend): (BackendId, SocketAddrV4),
-    proto: u8,
-    age: Duration,
-) {
-    let now = ktime_now_ns() - age.as_nanos() as u64;
-    let e = CtEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        backend_id: bid.0,
-        rev_nat_id: svc.0,
-        frontend_addr: be_addr(frontend.ip().octets()),
-        backend_addr: be_addr(backend.ip().octets()),
-        client_addr: be_addr(client.ip().octets()),
-        masq_addr: 0,
-        frontend_port: be_port(frontend.port()),
-        backend_port: be_port(backend.port()),
-        client_port: be_port(client.port()),
-        masq_port: be_port(client.port()),
-        state: if proto == PROTO_TCP { CT_ST_ESTABLISHED } else { 0 },
-        flags: 0,
-        _pad: [0; 6],
-    };
-    m.conntrack_insert(ct_key(client, frontend, proto, CT_DIR_SERVICE), e)
-        .unwrap();
-    m.conntrack_insert(ct_key(backend, client, proto, CT_DIR_REPLY), e)
-        .unwrap();
+/// The UDP ClusterIP (port 53) over backend 1 listening on 5353.
+fn dns_on_b1() -> Seed {
+    Box::new(|m| {
+        m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+        seed_service(m, cluster_udp(), &[ID1]);
+    })
 }
 
-/// What the output packet must be.
-enum Expect {
-    /// Byte-identical to the input.
-    Unchanged,
-    /// Exactly these bytes.
-    Exactly(Vec<u8>),
-}
-
-/// One packet through the program.
-struct Step {
-    input: Vec<u8>,
-    verdict: Verdict,
-    output: Expect,
-}
-
-type Seed = Box<dyn Fn(&mut DatapathMaps)>;
-type Check = Box<dyn Fn(&DatapathMaps, &[Vec<u8>])>;
-
-/// A fixture: map seeds, packets in order, then side-effect checks (given the outputs).
-struct Case {
-    name: &'static str,
-    seed: Seed,
-    steps: Vec<Step>,
-    check: Check,
-}
-
-fn step(input: Vec<u8>, verdict: Verdict, output: Expect) -> Step {
-    Step {
-        input,
-        verdict,
-        output,
-    }
-}
-
-/// Runs `input` through `program` once: (return code, output frame).
-fn test_run(program: &Program, input: &[u8], ingress_ifindex: Option<u32>) -> Result<(u32, Vec<u8>), String> {
-    prog_test_run::run(program, input, ingress_ifindex).map(|o| (o.code, o.frame))
-}
-
-/// Runs `steps` through `hook`'s program, checking each verdict and output; returns the
-/// outputs.
-fn run_steps(
-    program: &Program,
-    hook: Hook,
-    steps: &[Step],
-    ingress_ifindex: Option<u32>,
-) -> Result<Vec<Vec<u8>>, String> {
-    let mut outputs = Vec::new();
-    for (i, s) in steps.iter().enumerate() {
-        let (code, out) =
-            test_run(program, &s.input, ingress_ifindex).map_err(|e| format!("step {i}: {e}"))?;
-        if code != hook.code(s.verdict) {
-            return Err(format!(
-                "step {i}: return code {code} (expected {} = {:?})",
-                hook.code(s.verdict),
-                s.verdict
-            ));
-        }
-        let ok = match &s.output {
-            Expect::Unchanged => out == s.input,
-            Expect::Exactly(p) => out == *p,
-        };
-        if !ok {
-            let want = match &s.output {
-                Expect::Unchanged => &s.input,
-                Expect::Exactly(p) => p,
-            };
-            return Err(format!(
-                "step {i}: output differs\n  got      {out:02x?}\n  expected {want:02x?}\n  input    {:02x?}",
-                s.input
-            ));
-        }
-        if !matches!(s.output, Expect::Unchanged) {
-            catch_unwind(|| assert_checksums_valid(&out)).map_err(|_| format!("step {i}: bad checksum"))?;
-        }
-        outputs.push(out);
-    }
-    Ok(outputs)
-}
-
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "side-effect check panicked".into())
-}
-
-fn run_case(case: &Case, hook: Hook) -> Result<(), String> {
-    let pins = PinDir::new("fx");
-    let mut dp = pins.load();
-    (case.seed)(&mut dp.maps);
-    let program = dp.ebpf.program(hook.program()).expect("program");
-    let outputs = run_steps(program, hook, &case.steps, None)?;
-    catch_unwind(AssertUnwindSafe(|| (case.check)(&dp.maps, &outputs))).map_err(panic_text)?;
-    if hook == Hook::Xdp {
-        // Without redirect targets, everything XDP translated went to the stack.
-        let translated = case
-            .steps
-            .iter()
-            .filter(|s| s.verdict == PASS && matches!(s.output, Expect::Exactly(_)))
-            .count() as u64;
-        let passed = event(&dp.maps, "xdp_pass_translated");
-        if passed != translated || event(&dp.maps, "xdp_redirect") != 0 {
-            return Err(format!(
-                "xdp_pass_translated {passed} (expected {translated}), xdp_redirect {}",
-                event(&dp.maps, "xdp_redirect")
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn none() -> Check {
-    Box::new(|_, _| {})
-}
-
-fn no_conntrack() -> Check {
-    Box::new(|m, _| assert!(m.conntrack().unwrap().is_empty(), "conntrack must stay empty"))
+/// Both backends behind the TCP ClusterIP and `client`'s established flow on backend 2.
+fn flow_on_b2(m: &mut DatapathMaps, client: SocketAddrV4) {
+    seed_backends(m);
+    let svc = seed_service(m, cluster_tcp(), &[ID1, ID2]);
+    let (vip, b2) = (sa(CLUSTER_IP, 80), sa(B2, 8080));
+    seed_flow(m, svc, client, vip, (ID2, b2), PROTO_TCP, Duration::ZERO);
 }
 
 fn cases() -> Vec<Case> {
@@ -306,18 +119,14 @@ fn cases() -> Vec<Case> {
     let b1 = sa(B1, 8080);
     let b2 = sa(B2, 8080);
     let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let to_b1 = Flow::new(client, vip, b1);
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let dns = Flow::new(client, sa(CLUSTER_IP, 53), sa(B1, 5353));
     vec![
         Case {
             name: "ClusterIP TCP SYN: DNAT to the only backend, conntrack both ways, counters",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                seed_service(m, cluster_tcp(), &[ID1]);
-            }),
-            steps: vec![step(
-                tcp(client, vip, SYN, b""),
-                PASS,
-                Expect::Exactly(tcp(client, b1, SYN, b"")),
-            )],
+            seed: cluster_tcp_on(&[ID1]),
+            steps: vec![to_b1.request(SYN, b"")],
             check: Box::new(move |m, out| {
                 let svc = m.frontend_id(cluster_tcp()).unwrap().unwrap();
                 let fwd = m
@@ -339,19 +148,9 @@ fn cases() -> Vec<Case> {
         Case {
             name: "established flow follows its conntrack entry to backend 2 (16 packets)",
             seed: Box::new(move |m| {
-                seed_backends(m);
-                let svc = seed_service(m, cluster_tcp(), &[ID1, ID2]);
-                seed_flow(m, svc, client, vip, (ID2, b2), PROTO_TCP, Duration::ZERO);
+                flow_on_b2(m, client);
             }),
-            steps: (0..16)
-                .map(|_| {
-                    step(
-                        tcp(client, vip, ACK, payload),
-                        PASS,
-                        Expect::Exactly(tcp(client, b2, ACK, payload)),
-                    )
-                })
-                .collect(),
+            steps: vec![Flow::new(client, vip, b2).request(ACK, payload); 16],
             check: Box::new(|m, _| {
                 assert_eq!(event(m, "ct_hit"), 16);
                 assert_eq!(event(m, "new_flow"), 0);
@@ -366,41 +165,17 @@ fn cases() -> Vec<Case> {
                 let svc = seed_service(m, cluster_tcp(), &[ID1]);
                 seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::ZERO);
             }),
-            steps: vec![step(
-                tcp(b1, client, SYN_ACK, b""),
-                PASS,
-                Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
-            )],
+            steps: vec![to_b1.reply(SYN_ACK, b"")],
             check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 1)),
         },
         Case {
             name: "full TCP exchange: SYN, SYN-ACK, ACK, FIN both ways shorten both entries",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                seed_service(m, cluster_tcp(), &[ID1]);
-            }),
-            steps: vec![
-                step(
-                    tcp(client, vip, SYN, b""),
-                    PASS,
-                    Expect::Exactly(tcp(client, b1, SYN, b"")),
-                ),
-                step(
-                    tcp(b1, client, SYN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
-                ),
-                step(
-                    tcp(client, vip, ACK, payload),
-                    PASS,
-                    Expect::Exactly(tcp(client, b1, ACK, payload)),
-                ),
-                step(
-                    tcp(client, vip, FIN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(client, b1, FIN_ACK, b"")),
-                ),
-            ],
+            seed: cluster_tcp_on(&[ID1]),
+            steps: [
+                handshake(&to_b1),
+                vec![to_b1.request(ACK, payload), to_b1.request(FIN_ACK, b"")],
+            ]
+            .concat(),
             check: Box::new(move |m, _| {
                 for key in [
                     ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE),
@@ -414,52 +189,24 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "a direct connection reusing a closed service flow's tuple passes untouched",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                seed_service(m, cluster_tcp(), &[ID1]);
-            }),
-            steps: vec![
-                step(
-                    tcp(client, vip, SYN, b""),
-                    PASS,
-                    Expect::Exactly(tcp(client, b1, SYN, b"")),
-                ),
-                step(
-                    tcp(b1, client, SYN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(vip, client, SYN_ACK, b"")),
-                ),
-                step(
-                    tcp(client, vip, FIN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(client, b1, FIN_ACK, b"")),
-                ),
-                // The same client port now talks to the pod itself, not the service.
-                step(tcp(client, b1, SYN, b""), PASS, Expect::Unchanged),
-                step(tcp(b1, client, SYN_ACK, b""), PASS, Expect::Unchanged),
-                step(tcp(b1, client, ACK, payload), PASS, Expect::Unchanged),
-            ],
+            seed: cluster_tcp_on(&[ID1]),
+            steps: [
+                handshake(&to_b1),
+                vec![
+                    to_b1.request(FIN_ACK, b""),
+                    // The same client port now talks to the pod itself, not the service.
+                    untouched(tcp(client, b1, SYN, b"")),
+                    untouched(tcp(b1, client, SYN_ACK, b"")),
+                    untouched(tcp(b1, client, ACK, payload)),
+                ],
+            ]
+            .concat(),
             check: no_conntrack(),
         },
         Case {
             name: "NodePort on a node address: DNAT; the reply leaves from that node address",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
-                seed_service(m, node_port(), &[ID1]);
-            }),
-            steps: vec![
-                step(
-                    tcp(sa(EXTERNAL_CLIENT, 5555), sa(NODE_IP, 30080), SYN, b""),
-                    PASS,
-                    Expect::Exactly(tcp(sa(EXTERNAL_CLIENT, 5555), b1, SYN, b"")),
-                ),
-                step(
-                    tcp(b1, sa(EXTERNAL_CLIENT, 5555), SYN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(sa(NODE_IP, 30080), sa(EXTERNAL_CLIENT, 5555), SYN_ACK, b"")),
-                ),
-            ],
+            seed: node_port_on(&[ID1]),
+            steps: handshake(&Flow::new(ext, sa(NODE_IP, 30080), b1)),
             check: Box::new(|m, _| {
                 let flows = m.conntrack().unwrap();
                 assert_eq!(flows.len(), 2);
@@ -480,18 +227,10 @@ fn cases() -> Vec<Case> {
                     &[ID1],
                 );
             }),
-            steps: vec![
-                step(
-                    udp(sa(EXTERNAL_CLIENT, 5555), sa(NODE_IP, 30053), b"query"),
-                    PASS,
-                    Expect::Exactly(udp(sa(EXTERNAL_CLIENT, 5555), sa(B1, 5353), b"query")),
-                ),
-                step(
-                    udp(sa(B1, 5353), sa(EXTERNAL_CLIENT, 5555), b"answer"),
-                    PASS,
-                    Expect::Exactly(udp(sa(NODE_IP, 30053), sa(EXTERNAL_CLIENT, 5555), b"answer")),
-                ),
-            ],
+            steps: {
+                let f = Flow::new(ext, sa(NODE_IP, 30053), sa(B1, 5353));
+                vec![f.udp_request(b"query"), f.udp_reply(b"answer")]
+            },
             check: Box::new(|m, _| {
                 let flows = m.conntrack().unwrap();
                 assert_eq!(flows.len(), 2);
@@ -504,16 +243,8 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "NodePort port on an address that is not the node's: untouched",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
-                seed_service(m, node_port(), &[ID1]);
-            }),
-            steps: vec![step(
-                tcp(sa(EXTERNAL_CLIENT, 5555), sa(NOT_NODE_IP, 30080), SYN, b""),
-                PASS,
-                Expect::Unchanged,
-            )],
+            seed: node_port_on(&[ID1]),
+            steps: vec![untouched(tcp(ext, sa(NOT_NODE_IP, 30080), SYN, b""))],
             check: no_conntrack(),
         },
         Case {
@@ -529,31 +260,13 @@ fn cases() -> Vec<Case> {
                     &[ID2],
                 );
             }),
-            steps: vec![step(
-                tcp(sa(EXTERNAL_CLIENT, 6000), sa(EXTERNAL_IP, 443), SYN, b""),
-                PASS,
-                Expect::Exactly(tcp(sa(EXTERNAL_CLIENT, 6000), b2, SYN, b"")),
-            )],
+            steps: vec![Flow::new(sa(EXTERNAL_CLIENT, 6000), sa(EXTERNAL_IP, 443), b2).request(SYN, b"")],
             check: none(),
         },
         Case {
             name: "UDP: DNAT with a valid checksum, reply reverse-NATed",
-            seed: Box::new(|m| {
-                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
-                seed_service(m, cluster_udp(), &[ID1]);
-            }),
-            steps: vec![
-                step(
-                    udp(client, sa(CLUSTER_IP, 53), b"query"),
-                    PASS,
-                    Expect::Exactly(udp(client, sa(B1, 5353), b"query")),
-                ),
-                step(
-                    udp(sa(B1, 5353), client, b"answer"),
-                    PASS,
-                    Expect::Exactly(udp(sa(CLUSTER_IP, 53), client, b"answer")),
-                ),
-            ],
+            seed: dns_on_b1(),
+            steps: vec![dns.udp_request(b"query"), dns.udp_reply(b"answer")],
             check: Box::new(move |m, _| {
                 m.conntrack_get(&ct_key(client, sa(CLUSTER_IP, 53), PROTO_UDP, CT_DIR_SERVICE))
                     .unwrap()
@@ -562,10 +275,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "UDP with a zero checksum: DNAT keeps it zero",
-            seed: Box::new(|m| {
-                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
-                seed_service(m, cluster_udp(), &[ID1]);
-            }),
+            seed: dns_on_b1(),
             steps: vec![step(
                 zero_udp_checksum(udp(client, sa(CLUSTER_IP, 53), b"query")),
                 PASS,
@@ -575,27 +285,12 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "no service at the destination: untouched, no conntrack",
-            seed: Box::new(|m| {
-                seed_backends(m);
-                seed_service(m, cluster_tcp(), &[ID1]);
-            }),
+            seed: cluster_tcp_on(&[ID1]),
             steps: vec![
-                step(
-                    tcp(client, sa([10, 96, 0, 99], 80), SYN, b""),
-                    PASS,
-                    Expect::Unchanged,
-                ),
-                step(tcp(client, sa(CLUSTER_IP, 81), SYN, b""), PASS, Expect::Unchanged),
-                step(
-                    udp(client, vip, b"udp to a tcp frontend"),
-                    PASS,
-                    Expect::Unchanged,
-                ),
-                step(
-                    tcp(b1, sa([10, 0, 1, 9], 1234), SYN_ACK, b""),
-                    PASS,
-                    Expect::Unchanged,
-                ),
+                untouched(tcp(client, sa([10, 96, 0, 99], 80), SYN, b"")),
+                untouched(tcp(client, sa(CLUSTER_IP, 81), SYN, b"")),
+                untouched(udp(client, vip, b"udp to a tcp frontend")),
+                untouched(tcp(b1, sa([10, 0, 1, 9], 1234), SYN_ACK, b"")),
             ],
             check: no_conntrack(),
         },
@@ -608,35 +303,19 @@ fn cases() -> Vec<Case> {
             }),
             steps: vec![
                 // IPv4 header only (the kernel's test run refuses shorter IPv4 frames).
-                step(tcp(client, vip, SYN, b"")[..34].to_vec(), PASS, Expect::Unchanged),
+                untouched(tcp(client, vip, SYN, b"")[..34].to_vec()),
                 // IPv4 header, TCP header cut after 10 bytes.
-                step(tcp(client, vip, SYN, b"")[..44].to_vec(), PASS, Expect::Unchanged),
-                step(
-                    with_ipv4_options(&tcp(client, vip, SYN, b"")),
-                    PASS,
-                    Expect::Unchanged,
-                ),
-                step(
-                    as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"first"), true, 0),
-                    PASS,
-                    Expect::Unchanged,
-                ),
-                step(
-                    as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"later"), false, 8),
-                    PASS,
-                    Expect::Unchanged,
-                ),
-                step(arp(CLIENT, CLUSTER_IP), PASS, Expect::Unchanged),
-                step(
-                    tcp6(
-                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
-                        [0xfd; 16],
-                        40000,
-                        80,
-                    ),
-                    PASS,
-                    Expect::Unchanged,
-                ),
+                untouched(tcp(client, vip, SYN, b"")[..44].to_vec()),
+                untouched(with_ipv4_options(&tcp(client, vip, SYN, b""))),
+                untouched(as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"first"), true, 0)),
+                untouched(as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"later"), false, 8)),
+                untouched(arp(CLIENT, CLUSTER_IP)),
+                untouched(tcp6(
+                    [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+                    [0xfd; 16],
+                    40000,
+                    80,
+                )),
             ],
             check: Box::new(|m, _| {
                 assert!(m.conntrack().unwrap().is_empty(), "conntrack must stay empty");
@@ -659,17 +338,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "removed backend: its flow reselects a live backend (old reply entry removed)",
             seed: Box::new(move |m| {
-                seed_backends(m);
-                let svc = seed_service(m, cluster_tcp(), &[ID1, ID2]);
-                seed_flow(m, svc, client, vip, (ID2, b2), PROTO_TCP, Duration::ZERO);
+                flow_on_b2(m, client);
                 seed_service(m, cluster_tcp(), &[ID1]);
                 m.remove_backend(ID2).unwrap();
             }),
-            steps: vec![step(
-                tcp(client, vip, ACK, payload),
-                PASS,
-                Expect::Exactly(tcp(client, b1, ACK, payload)),
-            )],
+            steps: vec![to_b1.request(ACK, payload)],
             check: Box::new(move |m, _| {
                 let fwd = m
                     .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
@@ -705,11 +378,7 @@ fn cases() -> Vec<Case> {
                     Duration::from_secs(120),
                 );
             }),
-            steps: vec![step(
-                udp(client, sa(CLUSTER_IP, 53), b"again"),
-                PASS,
-                Expect::Exactly(udp(client, sa(B1, 5353), b"again")),
-            )],
+            steps: vec![dns.udp_request(b"again")],
             check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 1)),
         },
         Case {
@@ -719,18 +388,7 @@ fn cases() -> Vec<Case> {
                 m.set_masquerade_address(Some(Ipv4Addr::from(MASQ))).unwrap();
                 seed_service(m, cluster_tcp(), &[ID1]);
             }),
-            steps: vec![
-                step(
-                    tcp(sa(B1, 40000), vip, SYN, b""),
-                    PASS,
-                    Expect::Exactly(tcp(sa(MASQ, 40000), b1, SYN, b"")),
-                ),
-                step(
-                    tcp(b1, sa(MASQ, 40000), SYN_ACK, b""),
-                    PASS,
-                    Expect::Exactly(tcp(vip, sa(B1, 40000), SYN_ACK, b"")),
-                ),
-            ],
+            steps: handshake(&Flow::new(sa(B1, 40000), vip, b1).masqueraded(sa(MASQ, 40000))),
             check: Box::new(|m, _| {
                 assert_eq!(event(m, "masquerade"), 1);
                 let flows = m.conntrack().unwrap();
@@ -748,26 +406,7 @@ fn zero_udp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn fixtures() {
-    let mut failures = Vec::new();
-    let all = cases();
-    for hook in HOOKS {
-        for case in &all {
-            match run_case(case, hook) {
-                Ok(()) => println!("ok   [{hook:?}] {}", case.name),
-                Err(e) => {
-                    println!("FAIL [{hook:?}] {}: {e}", case.name);
-                    failures.push(format!("[{hook:?}] {}: {e}", case.name));
-                }
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixture runs failed:\n{}",
-        failures.len(),
-        all.len() * HOOKS.len(),
-        failures.join("\n")
-    );
+    run_table(&cases());
 }
 
 /// With two backends the choice is random: each new flow's output is one of the two valid
@@ -959,16 +598,8 @@ fn xdp_redirects_to_the_next_hop_when_the_fib_knows_it() {
                 PASS,
                 Expect::Exactly(with_ttl(tcp(ext, b1, ACK, b""), 1)),
             ),
-            step(
-                tcp(ext, np2, SYN, b""),
-                PASS,
-                Expect::Exactly(tcp(ext, b2, SYN, b"")),
-            ),
-            step(
-                tcp(ext, sa(NOT_NODE_IP, 30080), SYN, b""),
-                PASS,
-                Expect::Unchanged,
-            ),
+            Flow::new(ext, np2, b2).request(SYN, b""),
+            untouched(tcp(ext, sa(NOT_NODE_IP, 30080), SYN, b"")),
         ];
         run_steps(program, Hook::Xdp, &redirected, Some(in0))?;
         let counts = (
@@ -983,11 +614,7 @@ fn xdp_redirects_to_the_next_hop_when_the_fib_knows_it() {
         // The same flow once out0 is no longer a target: translated, MACs untouched.
         dp.maps.set_xdp_targets(&[]).unwrap();
         let program = dp.ebpf.program(Hook::Xdp.program()).unwrap();
-        let passed = vec![step(
-            tcp(ext, np, ACK, b"again"),
-            PASS,
-            Expect::Exactly(tcp(ext, b1, ACK, b"again")),
-        )];
+        let passed = vec![Flow::new(ext, np, b1).request(ACK, b"again")];
         run_steps(program, Hook::Xdp, &passed, Some(in0))?;
         if event(&dp.maps, "xdp_redirect") != 2 || event(&dp.maps, "ct_hit") != 3 {
             return Err("a packet to a non-target was redirected, or the flow was not followed".into());

@@ -16,7 +16,7 @@ use kproxy::{
     ebpf::{self, BackendId, Frontend, FrontendOptions},
     model::Protocol,
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
     pins::PinDir,
 };

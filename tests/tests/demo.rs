@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use kproxy_tests::agent::kproxy_bin;
+use kproxy_testbed::agent::kproxy_bin;
 
 const PODS: [&str; 2] = ["hello-app-58d97c88d4-h7s2n", "hello-app-58d97c88d4-pkh8c"];
 

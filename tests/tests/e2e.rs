@@ -11,7 +11,7 @@ use kproxy::ebpf::{
     DatapathMaps,
     attach::{Hook, Iface, LinkPins},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     agent::run_kproxy,
     cluster::{
         CLIENT, Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, http_backends,

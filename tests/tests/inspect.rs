@@ -10,7 +10,7 @@ use kproxy::{
     iptables::chain_name::endpoint_chain,
     model::{Protocol, ServicePortName},
 };
-use kproxy_tests::{
+use kproxy_testbed::{
     cluster::{
         CLIENT, Cluster, Mode, POD_A, POD_B, both, cluster_ip, http_backends, node_port, udp_backends,
     },
@@ -186,7 +186,7 @@ fn inspect_conntrack_labels_flows_with_service_and_endpoint_chain() {
     let c = Cluster::start(Mode::Ebpf, &[POD_A, POD_B]);
     let mut line = LineClient::connect(c.client(), cluster_ip()).expect("TCP connection");
     let tcp_pod = line.ask().expect("answer");
-    let socket = udp_socket(c.client(), kproxy_tests::cluster::at(CLIENT, 0));
+    let socket = udp_socket(c.client(), kproxy_testbed::cluster::at(CLIENT, 0));
     let (udp_pod, _) = udp_ask(&socket, node_port()).expect("UDP answer");
     let udp_client = socket.local_addr().expect("local address").to_string();
     let pod_ip = |name: &str| if name == "hello-a" { POD_A } else { POD_B };

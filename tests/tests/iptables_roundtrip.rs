@@ -15,7 +15,7 @@ use kproxy::{
     manifests,
     model::{IpFamily, NodeInfo},
 };
-use kproxy_tests::netns::NetNs;
+use kproxy_testbed::netns::NetNs;
 
 /// One iptables backend's binaries for one family.
 struct Backend {

@@ -2,7 +2,7 @@
 //! backends, inside a namespace of the test's own.
 
 use kproxy::iptables::{Flavor, netfilter};
-use kproxy_tests::netns::NetNs;
+use kproxy_testbed::netns::NetNs;
 
 const PAYLOAD: &str = "*nat
 :KUBE-SERVICES - [0:0]

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use kproxy_tests::{
+use kproxy_testbed::{
     hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
     topology::{NODE_IP, Topology},
 };

@@ -16,7 +16,7 @@ use std::{
 };
 
 use kproxy_common::stats::HOOK_XDP;
-use kproxy_tests::{
+use kproxy_testbed::{
     forwarding::{ExternalPath, attach, event, seed_node_port},
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
     manifests::{NODE_PORT, TARGET_PORT},

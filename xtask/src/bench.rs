@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: builds the agent and the bench binary, then runs the bench
-//! (which lives in the kproxy-tests package, beside the topology it uses).
+//! (which lives in the kproxy-testbed package, beside the topology it uses).
 
 use std::process::Command;
 
@@ -13,7 +13,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "build",
         "--release",
         "--package",
-        "kproxy-tests",
+        "kproxy-testbed",
         "--bin",
         "kproxy-bench",
     ])))?;

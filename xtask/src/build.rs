@@ -58,14 +58,14 @@ pub fn all() -> anyhow::Result<PathBuf> {
     Ok(cmd::workspace_root().join("target/release/kproxy"))
 }
 
-/// Builds the demo driver (it lives with the test topology in kproxy-tests).
+/// Builds the demo driver (it lives with the test topology in kproxy-testbed).
 pub fn demo() -> anyhow::Result<PathBuf> {
     println!("==> build kproxy-demo (release)");
     cmd::run(with_ebpf_object(Command::new("cargo").args([
         "build",
         "--release",
         "--package",
-        "kproxy-tests",
+        "kproxy-testbed",
         "--bin",
         "kproxy-demo",
     ])))?;

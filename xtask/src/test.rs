@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::{build, cmd, setup};
 
 /// The package holding the privileged suites (root, BPF, network namespaces).
-const PRIVILEGED_PACKAGE: &str = "kproxy-tests";
+const PRIVILEGED_PACKAGE: &str = "kproxy-testbed";
 
 fn stage(n: usize, total: usize, what: &str) {
     println!("\n==> [{n}/{total}] {what}");

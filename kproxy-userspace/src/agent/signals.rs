@@ -1,5 +1,5 @@
 //! SIGINT and SIGTERM set a flag the agent loop checks: it then exits and leaves the
-//! datapath in place.
+//! datapath in place. The test bed's demo and bench stop on the same flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

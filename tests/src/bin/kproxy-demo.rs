@@ -12,19 +12,19 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use kproxy::ebpf::DatapathMaps;
-use kproxy_tests::{
+use kproxy::{agent::signals, ebpf::DatapathMaps};
+use kproxy_testbed::{
     agent::{Agent, run_kproxy},
+    cluster::{self, Mode},
     hello::{HelloServer, http_get_hostname},
     netns::NetNs,
-    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
+    topology::{NODE_IP, Topology},
 };
 
 const POD_A: (&str, Ipv4Addr) = ("hello-app-58d97c88d4-h7s2n", Ipv4Addr::new(172, 16, 166, 130));
@@ -34,24 +34,18 @@ const CLUSTER_IP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 104, 81, 24
 const NODE_PORT: u16 = 30811;
 const SERVICE_CHAIN: &str = "KUBE-SVC-YG6ZEOBCLVGD3AJB";
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 struct Options {
-    mode: String,
-    xdp: bool,
+    mode: Mode,
     once: bool,
     requests: usize,
     examples: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
+    let mut mode = "ebpf".to_string();
+    let mut xdp = false;
     let mut opts = Options {
-        mode: "ebpf".into(),
-        xdp: false,
+        mode: Mode::Ebpf,
         once: false,
         requests: 20,
         examples: PathBuf::from("examples"),
@@ -59,9 +53,9 @@ fn parse_args() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--mode" => opts.mode = args.next().context("--mode needs ebpf or iptables")?,
+            "--mode" => mode = args.next().context("--mode needs ebpf or iptables")?,
             "--once" => opts.once = true,
-            "--xdp" => opts.xdp = true,
+            "--xdp" => xdp = true,
             "--requests" => opts.requests = args.next().context("--requests needs a number")?.parse()?,
             "--examples" => opts.examples = args.next().context("--examples needs a directory")?.into(),
             other => bail!(
@@ -69,12 +63,14 @@ fn parse_args() -> anyhow::Result<Options> {
             ),
         }
     }
-    if !["ebpf", "iptables"].contains(&opts.mode.as_str()) {
-        bail!("--mode must be ebpf or iptables, not {:?}", opts.mode);
-    }
-    if opts.xdp && opts.mode != "ebpf" {
-        bail!("--xdp needs --mode ebpf");
-    }
+    // TC only on the external link by default; with --xdp, XDP in front of it.
+    opts.mode = match (mode.as_str(), xdp) {
+        ("ebpf", false) => Mode::Ebpf,
+        ("ebpf", true) => Mode::EbpfXdp,
+        ("iptables", false) => Mode::Iptables,
+        ("iptables", true) => bail!("--xdp needs --mode ebpf"),
+        _ => bail!("--mode must be ebpf or iptables, not {mode:?}"),
+    };
     Ok(opts)
 }
 
@@ -102,18 +98,7 @@ impl Drop for CleanupOnDrop<'_> {
 
 fn run() -> anyhow::Result<()> {
     let opts = parse_args()?;
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::SA_RESTART,
-        nix::sys::signal::SigSet::empty(),
-    );
-    for signal in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { nix::sys::signal::sigaction(signal, &action) }.context("sigaction")?;
-    }
+    let stop = signals::install().context("sigaction")?;
     let model = opts.examples.join("hello-app.yaml");
     let config = opts.examples.join("kube-proxy-config.yaml");
     anyhow::ensure!(
@@ -151,26 +136,7 @@ fn run() -> anyhow::Result<()> {
         pin_path: pin_path.clone(),
     };
     let (model_s, config_s) = (model.display().to_string(), config.display().to_string());
-    let mut args = vec![
-        "run",
-        "--model",
-        &model_s,
-        "--config",
-        &config_s,
-        "--mode",
-        &opts.mode,
-        "--pin-path",
-        &pin_path,
-    ];
-    let patterns = topo.iface_patterns();
-    for p in &patterns {
-        args.extend(["--iface", p.as_str()]);
-    }
-    // TC only on the external link by default; with --xdp, XDP in front of it.
-    let xdp_pattern = format!("{EXTERNAL_IFACE_PREFIX}*");
-    if opts.xdp {
-        args.extend(["--xdp-iface", xdp_pattern.as_str()]);
-    }
+    let args = cluster::run_args(opts.mode, &model, &config, Path::new(&pin_path));
     println!("\n== kproxy {}", args.join(" "));
     let mut agent = Agent::start(&topo.node, &args);
     agent.wait_for_log("sync #1", 1, Duration::from_secs(15));
@@ -194,8 +160,8 @@ fn run() -> anyhow::Result<()> {
         opts.requests
     );
     print_split(&tally(&topo.external, node_port, opts.requests)?);
-    if opts.xdp {
-        let maps = DatapathMaps::open_pinned(std::path::Path::new(&pin_path))?;
+    if opts.mode == Mode::EbpfXdp {
+        let maps = DatapathMaps::open_pinned(Path::new(&pin_path))?;
         let events = maps.events()?;
         let count = |name: &str| events.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
         println!(
@@ -217,7 +183,7 @@ fn run() -> anyhow::Result<()> {
     {
         println!("{}\n", chain.trim_end());
     }
-    if opts.mode == "ebpf" {
+    if opts.mode != Mode::Iptables {
         println!("== What kproxy programmed: kproxy inspect --pin-path {pin_path}");
         println!("{}", kproxy_out(&["inspect", "--pin-path", &pin_path])?);
     } else {
@@ -232,7 +198,7 @@ fn run() -> anyhow::Result<()> {
 
     if !opts.once {
         println!("\nThe cluster keeps running; press Ctrl-C to remove it.");
-        while !STOP.load(Ordering::SeqCst) {
+        while !signals::stopped(stop) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -243,7 +209,7 @@ fn run() -> anyhow::Result<()> {
 
 /// `kproxy ARGS` (pure commands, no namespace needed) → stdout.
 fn kproxy_out(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(kproxy_tests::agent::kproxy_bin())
+    let out = Command::new(kproxy_testbed::agent::kproxy_bin())
         .args(args)
         .output()
         .context("run kproxy")?;

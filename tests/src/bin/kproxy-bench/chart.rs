@@ -20,6 +20,8 @@ fn colour(mode: &str) -> &'static str {
         "iptables-legacy" => "#ff7f0e",
         "tc" => "#1f77b4",
         "xdp" => "#2ca02c",
+        "xdp-redirect" => "#17becf",
+        "xdp-generic" => "#8c564b",
         _ => "#9467bd",
     }
 }

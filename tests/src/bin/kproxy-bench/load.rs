@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kproxy_tests::netns::NetNs;
+use kproxy_testbed::netns::NetNs;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::cpu;

@@ -1,6 +1,8 @@
 //! `kproxy-bench` (run by `cargo xtask bench`): kproxy's eBPF datapath against
 //! kube-proxy's iptables rules (nft and legacy) on the same topology, as the number of
-//! services grows. Needs root; everything it creates lives in namespaces and pin
+//! services grows, with the ways XDP can forward external traffic (to the stack, native
+//! redirect, generic redirect) and the programs' own cost per packet
+//! (BPF_PROG_TEST_RUN). Needs root; everything it creates lives in namespaces and pin
 //! directories of its own, removed at the end, on failure and on Ctrl-C.
 //!
 //! Writes `OUT/results.json` (one record per figure), `OUT/run.json` (settings, noise,
@@ -13,6 +15,7 @@ mod load;
 mod model;
 mod modes;
 mod node;
+mod per_packet;
 mod progress;
 mod report;
 mod run;
@@ -34,7 +37,8 @@ struct Cli {
     /// Numbers of services to measure (comma-separated).
     #[arg(long, value_delimiter = ',')]
     services: Option<Vec<usize>>,
-    /// Datapaths: none, iptables (nft), iptables-legacy, tc, xdp (comma-separated).
+    /// Datapaths: none, iptables (nft), iptables-legacy, tc, xdp, xdp-redirect,
+    /// xdp-generic (comma-separated).
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<Mode>>,
     /// Seconds per connection-rate and throughput run.
@@ -75,13 +79,14 @@ impl Cli {
             latency_max: Duration::from_secs_f64(pick(0.5, 1.0)),
             gate_max: Duration::from_secs_f64(pick(0.5, 1.0)),
             cap: Duration::from_secs_f64(self.cap.unwrap_or(pick(20.0, 60.0))),
+            test_runs: if quick { 5_000 } else { 20_000 },
         }
     }
 }
 
 /// Whether this kproxy can run the XDP datapath (`kproxy run --xdp-iface`).
 fn kproxy_has_xdp() -> bool {
-    Command::new(kproxy_tests::agent::kproxy_bin())
+    Command::new(kproxy_testbed::agent::kproxy_bin())
         .args(["run", "--help"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--xdp-iface"))
@@ -136,9 +141,9 @@ fn real_main() -> anyhow::Result<()> {
         "kproxy-bench needs root (namespaces, BPF, iptables)"
     );
     let mut notes = Vec::new();
-    if settings.modes.contains(&Mode::Xdp) && !kproxy_has_xdp() {
-        settings.modes.retain(|m| *m != Mode::Xdp);
-        notes.push("xdp: not measured: this kproxy has no `run --xdp-iface` yet".to_string());
+    if settings.modes.iter().any(|m| m.has_xdp()) && !kproxy_has_xdp() {
+        settings.modes.retain(|m| !m.has_xdp());
+        notes.push("xdp modes: not measured: this kproxy has no `run --xdp-iface` yet".to_string());
     }
     settings.modes.sort();
     settings.modes.dedup();

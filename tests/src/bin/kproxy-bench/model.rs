@@ -1,18 +1,19 @@
 //! The benchmark's service model, written as real Service and EndpointSlice YAML for
-//! `kproxy run`: N NodePort services `bench/svc-00000…`, each with the same two
-//! endpoints (the backend pods), distinct ClusterIPs and NodePorts.
+//! `kproxy run` by the test bed's manifest writer: N NodePort services
+//! `bench/svc-00000…`, each with the same two endpoints (the backend pods), distinct
+//! ClusterIPs and NodePorts.
 //!
 //! Names are zero-padded so the model's byte order is numeric order: service 0 is the
 //! first rule of KUBE-SERVICES and KUBE-NODEPORTS, service N-1 the last.
 
 use std::{
-    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, ensure};
+use kproxy_testbed::manifests::{self, Port, Service};
 
 /// The backend pods every service load-balances over.
 pub const BACKEND_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -81,69 +82,26 @@ impl BenchModel {
     fn write_file(&self, file: usize, changed: bool) -> anyhow::Result<()> {
         let first = file * SERVICES_PER_FILE;
         let last = (first + SERVICES_PER_FILE).min(self.services);
-        let mut text = String::new();
-        for service in first..last {
-            let one_endpoint = changed && service == changed_service(self.services);
-            text.push_str(&service_yaml(service, one_endpoint));
-        }
+        let services: Vec<Service> = (first..last)
+            .map(|service| bench_service(service, changed && service == changed_service(self.services)))
+            .collect();
         let path = self.dir.join(format!("services-{file:04}.yaml"));
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("rename into {}", path.display()))
+        manifests::write_services(&path, &services).with_context(|| format!("write {}", path.display()))
     }
 }
 
-/// One Service and its EndpointSlice, as two YAML documents.
-fn service_yaml(service: usize, one_endpoint: bool) -> String {
-    let name = format!("svc-{service:05}");
-    let ip = cluster_ip(service);
-    let np = node_port(service);
-    let mut text = format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: bench}}
-spec:
-  type: NodePort
-  clusterIP: {ip}
-  clusterIPs: [{ip}]
-  ports:
-  - {{name: http, protocol: TCP, port: {SERVICE_PORT}, targetPort: {TARGET_PORT}, nodePort: {np}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-bench
-  namespace: bench
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
-ports: [{{name: http, protocol: TCP, port: {TARGET_PORT}}}]
-endpoints:
-"
-    );
-    let backends: &[Ipv4Addr] = if one_endpoint {
-        &[BACKEND_A]
-    } else {
-        &[BACKEND_A, BACKEND_B]
-    };
-    for backend in backends {
-        let _ = writeln!(
-            text,
-            "- {{addresses: [\"{backend}\"], conditions: {{ready: true, serving: true, terminating: false}}, nodeName: {NODE_NAME}}}"
-        );
+/// Service number `service` (one TCP port), served by both backends or, with
+/// `one_endpoint`, only the first.
+fn bench_service(service: usize, one_endpoint: bool) -> Service<'static> {
+    static BOTH: [Ipv4Addr; 2] = [BACKEND_A, BACKEND_B];
+    Service {
+        namespace: "bench",
+        name: format!("svc-{service:05}"),
+        cluster_ip: cluster_ip(service),
+        ports: vec![Port::tcp("http", SERVICE_PORT, TARGET_PORT, node_port(service))],
+        endpoints: if one_endpoint { &BOTH[..1] } else { &BOTH },
+        node_name: NODE_NAME,
     }
-    text
-}
-
-/// The KubeProxyConfiguration: the node's name and the pod network.
-pub fn proxy_config() -> String {
-    format!(
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-hostnameOverride: {NODE_NAME}
-clusterCIDR: {CLUSTER_CIDR}
-"
-    )
 }
 
 #[cfg(test)]
@@ -155,8 +113,10 @@ mod tests {
         assert_eq!(cluster_ip(0), Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(cluster_ip(9999), Ipv4Addr::new(10, 96, 39, 25));
         assert_eq!(node_port(9999), 39999);
-        assert!(service_yaml(7, false).contains("name: svc-00007"));
-        assert_eq!(service_yaml(7, false).matches("addresses:").count(), 2);
-        assert_eq!(service_yaml(7, true).matches("addresses:").count(), 1);
+        let yaml = |one_endpoint| bench_service(7, one_endpoint).yaml();
+        assert!(yaml(false).contains("name: svc-00007"));
+        assert!(yaml(false).contains("nodePort: 30007"));
+        assert_eq!(yaml(false).matches("addresses:").count(), 2);
+        assert_eq!(yaml(true).matches("addresses:").count(), 1);
     }
 }

@@ -1,8 +1,9 @@
-//! The datapaths the bench compares, and the `kproxy run` arguments for each.
+//! The datapaths the bench compares, and how the agent runs each.
 
 use std::{fmt, str::FromStr};
 
 use anyhow::bail;
+use kproxy_testbed::cluster;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -14,16 +15,27 @@ pub enum Mode {
     IptablesLegacy,
     /// kproxy's eBPF datapath at TC ingress.
     Tc,
-    /// kproxy's eBPF datapath with XDP on the external interface (`--xdp-iface`).
+    /// kproxy's eBPF datapath with XDP on the external interface (`--xdp-iface`): native
+    /// mode, and the pod veths cannot take natively redirected frames, so what XDP
+    /// translates goes through the stack.
     Xdp,
+    /// As `xdp`, with GRO on inside the pods: their veths then take native redirects,
+    /// so XDP sends NodePort traffic straight to the backend's veth.
+    XdpRedirect,
+    /// As `xdp`, on an external link native XDP refuses (its peer's MTU is above what a
+    /// veth runs native XDP with), as on a NIC without native XDP: the agent falls back
+    /// to generic (skb) mode, which redirects into any interface.
+    XdpGeneric,
 }
 
-pub const ALL: [Mode; 5] = [
+pub const ALL: [Mode; 7] = [
     Mode::None,
     Mode::Iptables,
     Mode::IptablesLegacy,
     Mode::Tc,
     Mode::Xdp,
+    Mode::XdpRedirect,
+    Mode::XdpGeneric,
 ];
 
 impl Mode {
@@ -34,32 +46,35 @@ impl Mode {
             Mode::IptablesLegacy => "iptables-legacy",
             Mode::Tc => "tc",
             Mode::Xdp => "xdp",
+            Mode::XdpRedirect => "xdp-redirect",
+            Mode::XdpGeneric => "xdp-generic",
         }
     }
 
     pub fn is_ebpf(self) -> bool {
-        matches!(self, Mode::Tc | Mode::Xdp)
+        matches!(self, Mode::Tc) || self.has_xdp()
     }
 
-    /// `kproxy run` arguments selecting this datapath on a node whose pod veths match
-    /// `pod_ifaces` and whose external link matches `external_ifaces` (`None` for no agent).
-    pub fn agent_args(self, pod_ifaces: &str, external_ifaces: &str) -> Option<Vec<String>> {
-        let ebpf = [
-            "--mode",
-            "ebpf",
-            "--iface",
-            pod_ifaces,
-            "--iface",
-            external_ifaces,
-        ];
-        let args: Vec<&str> = match self {
-            Mode::None => return None,
-            Mode::Iptables => vec!["--mode", "iptables", "--iptables-backend", "nft"],
-            Mode::IptablesLegacy => vec!["--mode", "iptables", "--iptables-backend", "legacy"],
-            Mode::Tc => ebpf.to_vec(),
-            Mode::Xdp => [ebpf.as_slice(), &["--xdp-iface", external_ifaces]].concat(),
-        };
-        Some(args.into_iter().map(String::from).collect())
+    pub fn has_xdp(self) -> bool {
+        matches!(self, Mode::Xdp | Mode::XdpRedirect | Mode::XdpGeneric)
+    }
+
+    /// The XDP variants beside `xdp` differ only in how XDP forwards external traffic:
+    /// they are measured on the NodePort paths alone.
+    pub fn external_only(self) -> bool {
+        matches!(self, Mode::XdpRedirect | Mode::XdpGeneric)
+    }
+
+    /// The agent's datapath for this mode and the `kproxy run` arguments it adds
+    /// (`None`: no agent).
+    pub fn agent(self) -> Option<(cluster::Mode, &'static [&'static str])> {
+        match self {
+            Mode::None => None,
+            Mode::Iptables => Some((cluster::Mode::Iptables, &["--iptables-backend", "nft"])),
+            Mode::IptablesLegacy => Some((cluster::Mode::Iptables, &["--iptables-backend", "legacy"])),
+            Mode::Tc => Some((cluster::Mode::Ebpf, &[])),
+            Mode::Xdp | Mode::XdpRedirect | Mode::XdpGeneric => Some((cluster::Mode::EbpfXdp, &[])),
+        }
     }
 }
 

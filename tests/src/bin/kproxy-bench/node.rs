@@ -15,12 +15,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kproxy_tests::{
+use kproxy_testbed::{
     agent::{Agent, run_kproxy},
+    cluster, manifests,
     netns::{NetNs, unique_name},
     pins::PinDir,
     tempdir::TempDir,
-    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, POD_IFACE_PREFIX, Topology},
+    topology::{EXTERNAL_IFACE_PREFIX, NODE_IP, Topology},
 };
 
 use crate::{
@@ -83,6 +84,7 @@ impl BenchNode {
             time_wait_fix(&pod.ns, !pod.name.starts_with("be-"))?;
         }
         time_wait_fix(&topo.external, true)?;
+        external_forwarding(&topo, mode);
         let port = model::TARGET_PORT;
         let servers = Backends::start(&[
             (&topo.pod("be-a").ns, sock(model::BACKEND_A, port)),
@@ -105,9 +107,9 @@ impl BenchNode {
             let model_dir = node.dir.path().join("model");
             node.model = Some(BenchModel::write(&model_dir, services)?);
             let config = node.config_path();
-            fs::write(&config, model::proxy_config()).context("write config")?;
+            let text = manifests::proxy_config(model::NODE_NAME, model::CLUSTER_CIDR);
+            fs::write(&config, text).context("write config")?;
             let args = agent_args(mode, &model_dir, &config, node.pins.path(), false)?;
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             node.agent = Some(Agent::start_logging(&node.topo.node, &args, AGENT_LOG));
         }
         Ok(node)
@@ -172,6 +174,18 @@ impl BenchNode {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// How the agent set XDP up, in its own words: the mode of each XDP link and the
+    /// redirect targets (the XDP variants are only what they claim if these agree).
+    pub fn xdp_setup(&self) -> Option<String> {
+        let log = self.agent.as_ref()?.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("xdp on ") || l.contains("xdp redirect targets"))
+            .filter_map(|l| l.split_once("] ").map(|(_, message)| message))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
+    }
+
     /// The agent's resident memory in MB.
     pub fn agent_rss_mb(&self) -> Option<f64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.agent_pid()?)).ok()?;
@@ -225,20 +239,32 @@ fn agent_args(
     pins: &Path,
     once: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let pod_ifaces = format!("{POD_IFACE_PREFIX}*");
-    let external_ifaces = format!("{EXTERNAL_IFACE_PREFIX}*");
-    let Some(mode_args) = mode.agent_args(&pod_ifaces, &external_ifaces) else {
+    let Some((datapath, extra)) = mode.agent() else {
         bail!("mode none runs no agent");
     };
-    let mut args = vec!["run".to_string()];
+    let mut args = cluster::run_args(datapath, model_dir, config, pins);
+    args.extend(extra.iter().map(|a| a.to_string()));
     if once {
         args.push("--once".into());
     }
-    for (flag, path) in [("--model", model_dir), ("--config", config), ("--pin-path", pins)] {
-        args.extend([flag.to_string(), path.display().to_string()]);
-    }
-    args.extend(mode_args);
     Ok(args)
+}
+
+/// What the XDP variants change on the node before the agent starts, so that its own
+/// policy picks the forwarding they measure.
+fn external_forwarding(topo: &Topology, mode: Mode) {
+    match mode {
+        // A veth takes natively redirected frames only while its peer has NAPI.
+        Mode::XdpRedirect => {
+            for pod in &topo.pods {
+                pod.ns.ethtool(&["-K", "eth0", "gro", "on"]);
+            }
+        }
+        // Native XDP on a veth refuses a peer MTU above a page's worth of frame; the
+        // frames themselves stay at the node side's 1500.
+        Mode::XdpGeneric => topo.external.ip(&["link", "set", "eth0", "mtu", "4000"]),
+        _ => {}
+    }
 }
 
 /// Waits for `agent` to log `sync #n`, or a sync failure, or exit; at `cap`, kills the
@@ -314,7 +340,6 @@ pub fn scratch_full_sync(
     ns.ip(&["link", "set", &peer, "up"]);
     let pins = PinDir::new("scr");
     let args = agent_args(mode, model_dir, config, pins.path(), true)?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_logging(&ns, &args, AGENT_LOG);
     let outcome = wait_for_sync(&mut agent, 1, cap);
     if let Some(pid) = agent.pid() {

@@ -34,6 +34,11 @@ pub enum Metric {
     BpfNsPerPkt,
     RssMb,
     MapMb,
+    /// The program's own time per run of one frame (BPF_PROG_TEST_RUN), by kind.
+    TestRunTcpEstablishedNs,
+    TestRunUdpEstablishedNs,
+    TestRunTcpNewFlowNs,
+    TestRunNotServiceNs,
 }
 
 impl Metric {
@@ -43,7 +48,11 @@ impl Metric {
             Metric::LatencyP50Us | Metric::LatencyP99Us => "us",
             Metric::ThroughputGbps => "Gbit/s",
             Metric::SyncFullS | Metric::SyncOneS => "s",
-            Metric::BpfNsPerPkt => "ns",
+            Metric::BpfNsPerPkt
+            | Metric::TestRunTcpEstablishedNs
+            | Metric::TestRunUdpEstablishedNs
+            | Metric::TestRunTcpNewFlowNs
+            | Metric::TestRunNotServiceNs => "ns",
             Metric::RssMb | Metric::MapMb => "MB",
         }
     }
@@ -59,6 +68,10 @@ impl Metric {
             Metric::BpfNsPerPkt => "BPF ns/packet",
             Metric::RssMb => "agent RSS MB",
             Metric::MapMb => "BPF map MB",
+            Metric::TestRunTcpEstablishedNs => "test_run ns, TCP established",
+            Metric::TestRunUdpEstablishedNs => "test_run ns, UDP established",
+            Metric::TestRunTcpNewFlowNs => "test_run ns, TCP SYN (new flow)",
+            Metric::TestRunNotServiceNs => "test_run ns, not for a service",
         }
     }
 }

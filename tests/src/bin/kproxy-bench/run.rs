@@ -1,7 +1,9 @@
 //! The measurement plan: for each N and mode, a fresh node; the full sync; traffic to
 //! every (path, target), repeated with the order rotated; throughput; more full syncs
-//! on scratch nodes; one-service changes. Each repetition is one sample; figures are
-//! the medians with their range.
+//! on scratch nodes; one-service changes. Then, for each N, the TC and XDP programs'
+//! own cost per packet. Each repetition is one sample; figures are the medians with
+//! their range. The XDP variants that only change how external traffic is forwarded
+//! get the NodePort traffic runs alone.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -14,6 +16,7 @@ use crate::{
     cpu, load,
     modes::Mode,
     node::{self, BenchNode, SyncOutcome},
+    per_packet,
     progress::Progress,
     report::{Metric, Path, Record, Target},
     signals,
@@ -39,6 +42,8 @@ pub struct Settings {
     pub gate_max: Duration,
     /// Longest a sync may take before it is stopped and reported as a lower bound.
     pub cap: Duration,
+    /// BPF_PROG_TEST_RUN runs behind each per-packet figure.
+    pub test_runs: u32,
 }
 
 /// A run is noisy when other processes took more than this share of the machine.
@@ -76,9 +81,23 @@ struct TargetSamples {
 fn mode_paths(mode: Mode) -> Vec<(Path, Target)> {
     if mode == Mode::None {
         vec![(Path::Direct, Target::First)]
+    } else if mode.external_only() {
+        PANELS
+            .into_iter()
+            .filter(|(path, _)| *path == Path::Nodeport)
+            .collect()
     } else {
         PANELS.to_vec()
     }
+}
+
+/// The modes whose program gets the per-packet figures (the XDP variants run the same
+/// program as `xdp`).
+fn per_packet_modes(s: &Settings) -> Vec<Mode> {
+    [Mode::Tc, Mode::Xdp]
+        .into_iter()
+        .filter(|m| s.modes.contains(m))
+        .collect()
 }
 
 /// Rough seconds a datapath needs to program N services (measured on this machine
@@ -91,8 +110,8 @@ fn sync_estimate(mode: Mode, services: usize, one_change: bool, cap: Duration) -
         Mode::None => 0.0,
         Mode::Iptables => 0.8 * thousands.powf(1.6),
         Mode::IptablesLegacy => 0.45 * thousands * if one_change { 0.6 } else { 1.0 },
-        Mode::Tc | Mode::Xdp if one_change => 0.002 * thousands,
-        Mode::Tc | Mode::Xdp => 0.085 * thousands.powi(2),
+        _ if one_change => 0.002 * thousands,
+        _ => 0.085 * thousands.powi(2),
     };
     read_model + programming.min(cap.as_secs_f64()) + 0.3
 }
@@ -108,6 +127,13 @@ fn traffic_estimate(s: &Settings) -> f64 {
     gate + s.duration.as_secs_f64() + latency + 0.1
 }
 
+/// Seconds for one repetition of the per-packet figures: seeding N services, then the
+/// runs of every kind of frame (a few µs each, mostly the syscall).
+fn per_packet_estimate(s: &Settings, n: usize) -> f64 {
+    let gate = s.gate_max.as_secs_f64().min(1.0);
+    gate + 0.3 + n as f64 * 30e-6 + f64::from(s.test_runs) * per_packet::KINDS.len() as f64 * 5e-6
+}
+
 /// The whole plan's expected length, for the progress line.
 pub fn estimate(s: &Settings) -> Duration {
     let mut total = 0.0;
@@ -115,6 +141,7 @@ pub fn estimate(s: &Settings) -> Duration {
         for &mode in &s.modes {
             total += node_estimate(s, mode, n);
         }
+        total += per_packet_modes(s).len() as f64 * s.reps as f64 * per_packet_estimate(s, n);
     }
     Duration::from_secs_f64(total)
 }
@@ -123,6 +150,9 @@ fn node_estimate(s: &Settings, mode: Mode, n: usize) -> f64 {
     let paths = mode_paths(mode).len() as f64;
     let reps = s.reps as f64;
     let mut t = 2.0 + paths * reps * traffic_estimate(s);
+    if mode.external_only() {
+        return t + 1.0 + sync_estimate(mode, n, false, s.cap);
+    }
     t += reps * (s.gate_max.as_secs_f64().min(1.0) + s.duration.as_secs_f64());
     if mode != Mode::None {
         let full = sync_estimate(mode, n, false, s.cap);
@@ -151,6 +181,11 @@ pub fn run(s: &Settings) -> anyhow::Result<Outcome> {
             signals::check()?;
             measure_node(s, mode, services, &mut progress, &mut out)
                 .with_context(|| format!("N={services} mode {mode}"))?;
+        }
+        for mode in per_packet_modes(s) {
+            let records = per_packet_records(s, mode, services, &mut progress)
+                .with_context(|| format!("N={services} mode {mode}: per packet"))?;
+            out.records.extend(records);
         }
     }
     eprintln!(
@@ -246,6 +281,12 @@ fn measure_node(
         if let Some(rss) = node.agent_rss_mb() {
             out.records.push(single(mode, services, Metric::RssMb, rss));
         }
+        if mode.has_xdp() {
+            let setup = node
+                .xdp_setup()
+                .unwrap_or_else(|| "the agent logged no XDP link".into());
+            out.notes.push(format!("{label}: {setup}"));
+        }
         if mode.is_ebpf() {
             match bpf_stats::pinned_map_bytes(node.pin_dir()) {
                 Ok(bytes) => out
@@ -306,6 +347,12 @@ fn measure_node(
         push(Metric::BpfNsPerPkt, &got.bpf_ns);
     }
 
+    if mode.external_only() {
+        // Throughput, the later syncs and the one-service change would measure what
+        // `xdp` measures: the same agent and maps, the same ClusterIP path.
+        push_sync_record(out, mode, services, Metric::SyncFullS, &full_syncs);
+        return Ok(());
+    }
     let bulk = if mode == Mode::None {
         (Path::Direct, Target::First)
     } else {
@@ -368,6 +415,40 @@ fn measure_node(
     }
     push_sync_record(out, mode, services, Metric::SyncOneS, &changes);
     Ok(())
+}
+
+/// The per-packet figures of `mode`'s program with `services` services, each the
+/// median of `s.reps` repetitions.
+fn per_packet_records(
+    s: &Settings,
+    mode: Mode,
+    services: usize,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<Record>> {
+    let mut samples: BTreeMap<Metric, Vec<f64>> = BTreeMap::new();
+    for rep in 0..s.reps {
+        progress.step(
+            &format!("N={services} {mode}: per packet rep {}/{}", rep + 1, s.reps),
+            Duration::from_secs_f64(per_packet_estimate(s, services)),
+        );
+        signals::check()?;
+        cpu::quiet_gate(s.gate_max, GATE_WINDOW, GATE_BUSY);
+        for (metric, ns) in per_packet::measure(mode, services, s.test_runs)? {
+            samples.entry(metric).or_default().push(ns);
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .filter_map(|(metric, values)| {
+            Some(Record::new(
+                mode.name(),
+                services,
+                None,
+                metric,
+                summary(&values)?,
+            ))
+        })
+        .collect())
 }
 
 /// Whether another repetition of a sync fits: every one so far finished, and one more

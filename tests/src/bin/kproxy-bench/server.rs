@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, thread::JoinHandle};
 
 use anyhow::Context as _;
-use kproxy_tests::netns::NetNs;
+use kproxy_testbed::netns::NetNs;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},

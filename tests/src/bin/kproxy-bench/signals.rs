@@ -1,31 +1,23 @@
-//! Ctrl-C and SIGTERM: every wait and load loop checks this flag and stops early, so
-//! the error unwinds through the RAII guards that remove namespaces, pins and agents.
+//! Ctrl-C and SIGTERM, caught by the agent's own handlers: every wait and load loop
+//! checks the flag and stops early, so the error unwinds through the RAII guards that
+//! remove namespaces, pins and agents.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, atomic::AtomicBool};
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use anyhow::Context as _;
+use kproxy::agent::signals;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+/// The flag the handlers set, once installed.
+static STOP: OnceLock<&'static AtomicBool> = OnceLock::new();
 
 pub fn install() -> anyhow::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }?;
-    }
+    let flag = signals::install().context("install signal handlers (sigaction)")?;
+    let _ = STOP.set(flag);
     Ok(())
 }
 
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    STOP.get().is_some_and(|flag| signals::stopped(flag))
 }
 
 /// An error when interrupted, for `?` in loops.
