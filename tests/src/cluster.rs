@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     path::{Path, PathBuf},
     process::Output,
     time::Duration,
@@ -191,13 +191,16 @@ pub fn http_backends(ns: &NetNs, target: SocketAddr) -> BTreeSet<String> {
         .collect()
 }
 
-/// The pods that answered `TRIES` UDP flows (a new source port each) from `ns`, asserting
-/// every answer came from the address dialled.
+/// The pods that answered `TRIES` UDP flows from `ns`, asserting every answer came from
+/// the address dialled. Every socket stays bound until the last answer, so each flow has
+/// its own source port: a port freed earlier can be handed out again, and the same
+/// 5-tuple would follow the earlier flow's conntrack entry instead of starting a flow.
 pub fn udp_backends(ns: &NetNs, local: Ipv4Addr, target: SocketAddr) -> BTreeSet<String> {
-    (0..TRIES)
-        .map(|_| {
-            let socket = udp_socket(ns, at(local, 0));
-            let (name, from) = udp_ask(&socket, target).unwrap_or_else(|e| panic!("UDP to {target}: {e}"));
+    let sockets: Vec<UdpSocket> = (0..TRIES).map(|_| udp_socket(ns, at(local, 0))).collect();
+    sockets
+        .iter()
+        .map(|socket| {
+            let (name, from) = udp_ask(socket, target).unwrap_or_else(|e| panic!("UDP to {target}: {e}"));
             assert_eq!(
                 from, target,
                 "UDP reply must come from the address the client dialled"

@@ -1,7 +1,7 @@
 //! Network namespaces and veth links owned by a test.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -84,6 +84,30 @@ impl NetNs {
                 })
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Switches IPv6 off in this namespace, for interfaces made later too: a link that
+    /// comes up then sends no neighbour discovery, MLD reports or router solicitations.
+    pub fn disable_ipv6(&self) {
+        self.run(|| {
+            for conf in ["all", "default"] {
+                // /proc/sys/net belongs to the namespace of the thread that opens it.
+                let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                fs::write(&path, "1").unwrap_or_else(|e| panic!("write {path}: {e}"));
+            }
+        });
+    }
+
+    /// The MAC address of `iface` inside this namespace, as `ip` spells it.
+    pub fn mac(&self, iface: &str) -> String {
+        self.run(|| {
+            let mac = nix::ifaddrs::getifaddrs()
+                .expect("getifaddrs")
+                .filter(|a| a.interface_name == iface)
+                .find_map(|a| a.address?.as_link_addr()?.addr())
+                .unwrap_or_else(|| panic!("no MAC address on {iface} in {}", self.name));
+            mac.map(|b| format!("{b:02x}")).join(":")
         })
     }
 

@@ -1,7 +1,7 @@
 //! The first program pair: XDP and TC ingress programs that count packets per
 //! interface. Proves the whole pipeline: build, verifier, BPF_PROG_TEST_RUN, attach.
 
-use std::{net::UdpSocket, thread, time::Duration};
+use std::{net::UdpSocket, time::Duration};
 
 use aya::{
     Ebpf, TestRun as _, TestRunOptions,
@@ -129,8 +129,15 @@ fn tc_test_run_passes_and_counts() {
 #[test]
 fn attached_to_veth_counts_real_packets() {
     const DATAGRAMS: u64 = 20;
+    /// Ethernet, IPv4 and UDP headers and the 8-byte payload (veths pad nothing).
+    const FRAME_BYTES: u64 = 14 + 20 + 8 + 8;
     let client = NetNs::new("cli");
     let node = NetNs::new("node");
+    // A quiet link, so the programs see the datagrams and nothing else: no IPv6 (its
+    // neighbour discovery, MLD and router solicitations go on for seconds after the
+    // link comes up) and a permanent neighbour entry for the node (no ARP).
+    client.disable_ipv6();
+    node.disable_ipv6();
     let (client_if, node_if) = (unique_name("c"), unique_name("n"));
     veth_pair(
         &client,
@@ -140,6 +147,18 @@ fn attached_to_veth_counts_real_packets() {
         &node_if,
         "10.201.0.2/24",
     );
+    let node_mac = node.mac(&node_if);
+    client.ip(&[
+        "neigh",
+        "add",
+        "10.201.0.2",
+        "lladdr",
+        &node_mac,
+        "dev",
+        &client_if,
+        "nud",
+        "permanent",
+    ]);
     let node_ifindex = node.ifindex(&node_if);
 
     let pins = PinDir::new("veth");
@@ -156,9 +175,24 @@ fn attached_to_veth_counts_real_packets() {
         tc.attach(&node_if, TcAttachType::Ingress)
             .expect("attach TC ingress (tcx) to veth");
     });
-    // No "zero before traffic" check: the fresh veth's IPv6 neighbour discovery can
-    // already have reached the programs (seen flaking once the load took longer).
+    let counts = || {
+        (
+            read_counters(&ebpf, node_ifindex, HOOK_XDP),
+            read_counters(&ebpf, node_ifindex, HOOK_TC_INGRESS),
+        )
+    };
+    assert_eq!(
+        counts(),
+        Default::default(),
+        "the link must be quiet before traffic"
+    );
 
+    // The node takes every datagram, so both programs have run on each by the time it
+    // has them all, and it answers none (no ICMP port unreachable, so no ARP either).
+    let receiver = node.run(|| UdpSocket::bind("10.201.0.2:9").expect("bind in node namespace"));
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("receive timeout");
     client.run(|| {
         let socket = UdpSocket::bind("10.201.0.1:0").expect("bind in client namespace");
         for i in 0..DATAGRAMS {
@@ -167,21 +201,19 @@ fn attached_to_veth_counts_real_packets() {
                 .expect("send datagram");
         }
     });
-    thread::sleep(Duration::from_millis(200));
+    let mut buf = [0u8; 64];
+    for i in 0..DATAGRAMS {
+        receiver
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} of {DATAGRAMS} did not arrive: {e}"));
+    }
 
-    let xdp = read_counters(&ebpf, node_ifindex, HOOK_XDP);
-    let tc = read_counters(&ebpf, node_ifindex, HOOK_TC_INGRESS);
-    // ARP and IPv6 neighbour discovery arrive too, so at least the datagrams; and TC
-    // sees exactly what XDP passed.
-    assert!(
-        xdp.packets >= DATAGRAMS,
-        "XDP counted {} packets, sent {DATAGRAMS}",
-        xdp.packets
-    );
-    assert!(xdp.bytes >= DATAGRAMS * 50, "XDP counted {} bytes", xdp.bytes);
-    assert_eq!(
-        xdp.packets, tc.packets,
-        "TC ingress must see every packet XDP passed"
-    );
+    let (xdp, tc) = counts();
     println!("veth {node_if}: xdp {xdp:?}, tc {tc:?}");
+    let sent = IfaceCounters {
+        packets: DATAGRAMS,
+        bytes: DATAGRAMS * FRAME_BYTES,
+    };
+    assert_eq!(xdp, sent, "XDP must count exactly the datagrams sent");
+    assert_eq!(tc, sent, "TC ingress must count exactly what XDP passed");
 }

@@ -28,7 +28,12 @@ enum Command {
         args: Vec<String>,
     },
     /// Setup, build, fmt, clippy, unit tests and the privileged suites, failing on the first failure.
-    Test,
+    Test {
+        /// Run the privileged suites N times (the other stages once), then report
+        /// failures per test.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: Option<u32>,
+    },
     /// The seed article's cluster on this machine, served by kproxy (namespaces only).
     Demo {
         /// Which datapath serves the demo.
@@ -72,7 +77,7 @@ fn run() -> anyhow::Result<()> {
             let agent = build::all()?;
             cmd::run(std::process::Command::new(agent).args(&args))
         }
-        Command::Test => test::run(),
+        Command::Test { repeat } => test::run(repeat),
         Command::Demo { mode, xdp, once } => demo(&mode, xdp, once),
         Command::Bench { args } => bench::run(&args),
     }
