@@ -157,6 +157,11 @@ impl<'a> Builder<'a> {
         self.table(table).rules.push(Rule::new(chain, parts, target));
     }
 
+    /// A nat rule of `chain` that jumps to the chain `to` (most of kube-proxy's rules).
+    fn jump(&mut self, chain: &str, parts: Vec<Part>, to: &str) {
+        self.add(Table::Nat, chain, parts, Target::Chain(to.to_string()));
+    }
+
     fn probability(&mut self, n: usize) -> String {
         while self.probabilities.len() <= n {
             let k = self.probabilities.len();
@@ -395,9 +400,9 @@ impl<'a> Builder<'a> {
                 })
             };
             if let Some(masq) = masquerade {
-                self.add(Table::Nat, internal_chain, masq, Target::Chain(MARK_MASQ.into()));
+                self.jump(internal_chain, masq, MARK_MASQ);
             }
-            self.add(Table::Nat, SERVICES, parts, Target::Chain(internal_chain.clone()));
+            self.jump(SERVICES, parts, internal_chain);
         } else {
             let parts = to_port(internal_comment, port.cluster_ip, port.port);
             self.add(Table::Filter, SERVICES, parts, internal_verdict);
@@ -406,12 +411,7 @@ impl<'a> Builder<'a> {
         for ip in &port.external_ips {
             if has_endpoints {
                 let parts = to_port(format!("{name} external IP"), *ip, port.port);
-                self.add(
-                    Table::Nat,
-                    SERVICES,
-                    parts,
-                    Target::Chain(chains.external.clone()),
-                );
+                self.jump(SERVICES, parts, &chains.external);
             }
             if !has_external {
                 let parts = to_port(external_comment.clone(), *ip, port.port);
@@ -422,12 +422,7 @@ impl<'a> Builder<'a> {
         for ip in &port.load_balancer_ips {
             if has_endpoints {
                 let parts = to_port(format!("{name} loadbalancer IP"), *ip, port.port);
-                self.add(
-                    Table::Nat,
-                    SERVICES,
-                    parts,
-                    Target::Chain(load_balancer_chain.clone()),
-                );
+                self.jump(SERVICES, parts, load_balancer_chain);
             }
             if uses_firewall_chain {
                 let comment = format!("{name} traffic not accepted by {}", chains.firewall);
@@ -459,24 +454,14 @@ impl<'a> Builder<'a> {
                         Part::DestinationPort(port.node_port),
                         Part::Nfacct(NFACCT_LOCALHOST_NODEPORTS),
                     ];
-                    self.add(
-                        Table::Nat,
-                        NODE_PORTS,
-                        parts,
-                        Target::Chain(chains.external.clone()),
-                    );
+                    self.jump(NODE_PORTS, parts, &chains.external);
                 }
                 let parts = vec![
                     Part::Comment(name.clone()),
                     Part::Protocol(protocol),
                     Part::DestinationPort(port.node_port),
                 ];
-                self.add(
-                    Table::Nat,
-                    NODE_PORTS,
-                    parts,
-                    Target::Chain(chains.external.clone()),
-                );
+                self.jump(NODE_PORTS, parts, &chains.external);
             }
             if !has_external {
                 let parts = vec![
@@ -539,39 +524,24 @@ impl<'a> Builder<'a> {
         self.declare(Table::Nat, ext);
         if !policy_local {
             let comment = Part::Comment(format!("masquerade traffic for {name} external destinations"));
-            self.add(Table::Nat, ext, vec![comment], Target::Chain(MARK_MASQ.into()));
+            self.jump(ext, vec![comment], MARK_MASQ);
         } else {
             // Pods reaching an external address are treated like in-cluster clients.
             if let Some(from_pod) = self.local_detector(true) {
                 let comment = Part::Comment(format!("pod traffic for {name} external destinations"));
-                self.add(
-                    Table::Nat,
-                    ext,
-                    vec![comment, from_pod],
-                    Target::Chain(chains.cluster.clone()),
-                );
+                self.jump(ext, vec![comment, from_pod], &chains.cluster);
             }
             // The node itself: its source is the VIP's local address, so masquerade.
             let from_node = Part::AddrTypeLocal(AddrTypeSide::Source);
             let comment = Part::Comment(format!(
                 "masquerade LOCAL traffic for {name} external destinations"
             ));
-            self.add(
-                Table::Nat,
-                ext,
-                vec![comment, from_node.clone()],
-                Target::Chain(MARK_MASQ.into()),
-            );
+            self.jump(ext, vec![comment, from_node.clone()], MARK_MASQ);
             let comment = Part::Comment(format!("route LOCAL traffic for {name} external destinations"));
-            self.add(
-                Table::Nat,
-                ext,
-                vec![comment, from_node],
-                Target::Chain(chains.cluster.clone()),
-            );
+            self.jump(ext, vec![comment, from_node], &chains.cluster);
         }
         if has_external {
-            self.add(Table::Nat, ext, vec![], Target::Chain(policy_chain.to_string()));
+            self.jump(ext, vec![], policy_chain);
         }
     }
 
@@ -590,23 +560,13 @@ impl<'a> Builder<'a> {
         };
         let mut allow_from_node = false;
         for range in &port.load_balancer_source_ranges {
-            self.add(
-                Table::Nat,
-                fw,
-                allowed(Address::Network(*range)),
-                Target::Chain(chains.external.clone()),
-            );
+            self.jump(fw, allowed(Address::Network(*range)), &chains.external);
             allow_from_node |= self.options.node_ip.is_some_and(|ip| range.contains(&ip));
         }
         // A node reaching its own VIP arrives with the VIP as source.
         if allow_from_node {
             for ip in &port.load_balancer_ips {
-                self.add(
-                    Table::Nat,
-                    fw,
-                    allowed(Address::Host(*ip)),
-                    Target::Chain(chains.external.clone()),
-                );
+                self.jump(fw, allowed(Address::Host(*ip)), &chains.external);
             }
         }
         let comment = Part::Comment(format!(
@@ -631,7 +591,7 @@ impl<'a> Builder<'a> {
                     name: sep.clone(),
                     seconds: affinity.timeout_seconds,
                 });
-                self.add(Table::Nat, chain, parts, Target::Chain(sep.clone()));
+                self.jump(chain, parts, sep);
             }
         }
         let count = chain_names.len();
@@ -640,7 +600,7 @@ impl<'a> Builder<'a> {
             if i + 1 < count {
                 parts.push(Part::RandomProbability(self.probability(count - i)));
             }
-            self.add(Table::Nat, chain, parts, Target::Chain(sep));
+            self.jump(chain, parts, &sep);
         }
     }
 
@@ -654,7 +614,7 @@ impl<'a> Builder<'a> {
             negated: false,
             address: Address::Host(endpoint.ip),
         });
-        self.add(Table::Nat, &sep, hairpin, Target::Chain(MARK_MASQ.into()));
+        self.jump(&sep, hairpin, MARK_MASQ);
         let mut dnat = self.endpoint_comment(|| name.to_string());
         if port.session_affinity.is_some() {
             dnat.push(Part::RecentSet { name: sep.clone() });
