@@ -46,7 +46,7 @@ pub struct CtKey {
     pub dir: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtKey>() == 16);
 
 /// A translated flow: who the client is, which frontend it used, which backend serves it
 /// (value of `KPROXY_CT_V1`; both directions hold the same flow data, each with its own
@@ -79,7 +79,7 @@ pub struct CtEntry {
     pub flags: u8,
     pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+const _: () = assert!(size_of::<CtEntry>() == 56);
 
 /// How long `entry` of protocol `proto` may stay idle.
 #[inline(always)]

@@ -37,7 +37,7 @@ pub struct ServiceKey {
     /// [`SCOPE_EXACT`] or [`SCOPE_NODE_PORT`].
     pub scope: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<ServiceKey>() == 8);
 
 /// What a frontend leads to: its reverse-NAT id, how many backend slots it has and where
 /// (value of `KPROXY_SERVICES_V1`).
@@ -57,7 +57,7 @@ pub struct ServiceValue {
     /// ClientIP affinity timeout in seconds (with [`SVC_F_AFFINITY`]).
     pub affinity_timeout_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 16);
 
 /// One backend slot of a service (key of `KPROXY_SLOTS_V1`, value: backend id).
 #[repr(C)]
@@ -67,7 +67,7 @@ pub struct SlotKey {
     /// `slot_base + index`.
     pub slot: u32,
 }
-const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
+const _: () = assert!(size_of::<SlotKey>() == 8);
 
 /// Backend flag: reserved for terminating/serving states (0 today).
 pub const BACKEND_F_NONE: u8 = 0;
@@ -83,7 +83,7 @@ pub struct Backend {
     pub flags: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Backend>() == 8);
 
 /// The frontend replies are translated back to (value of `KPROXY_REVNAT_V1`, keyed by
 /// reverse-NAT id).
@@ -97,7 +97,7 @@ pub struct RevNat {
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+const _: () = assert!(size_of::<RevNat>() == 8);
 
 /// ClientIP affinity: which client, which frontend (key of `KPROXY_AFFINITY_V1`).
 #[repr(C)]
@@ -107,7 +107,7 @@ pub struct AffinityKey {
     pub client_addr: u32,
     pub rev_nat_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(size_of::<AffinityKey>() == 8);
 
 /// The backend a client sticks to and when that was last decided (value of `KPROXY_AFFINITY_V1`).
 #[repr(C)]
@@ -117,7 +117,7 @@ pub struct AffinityValue {
     pub backend_id: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 // SAFETY: repr(C), integer fields only, padding spelled out as fields, sizes asserted above.
 unsafe_impl_pod!(

@@ -9,7 +9,7 @@ pub struct NodeAddr {
     /// Reserved (0).
     pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeAddr>() == 4);
+const _: () = assert!(size_of::<NodeAddr>() == 4);
 
 /// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V1`).
 #[repr(C)]
@@ -23,7 +23,7 @@ pub struct Config {
     /// Reserved (0).
     pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 8);
 
 // SAFETY: repr(C), u32 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(NodeAddr, Config);

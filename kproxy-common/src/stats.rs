@@ -9,7 +9,7 @@ pub struct IfaceCounters {
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
+const _: () = assert!(size_of::<IfaceCounters>() == 16);
 
 /// Index of the XDP program's counters in a [`CounterKey`].
 pub const HOOK_XDP: u32 = 0;
@@ -23,7 +23,7 @@ pub struct CounterKey {
     pub ifindex: u32,
     pub hook: u32,
 }
-const _: () = assert!(core::mem::size_of::<CounterKey>() == 8);
+const _: () = assert!(size_of::<CounterKey>() == 8);
 
 /// Packets and bytes translated to a service or backend, per CPU (values of
 /// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
@@ -37,7 +37,7 @@ pub struct FlowCounters {
     /// Packets dropped because the service had no usable backend.
     pub no_backend_drops: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowCounters>() == 32);
+const _: () = assert!(size_of::<FlowCounters>() == 32);
 
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);

@@ -18,9 +18,10 @@ use crate::netns::{NetNs, unique_name};
 /// The `kproxy` binary under test: `$KPROXY_BIN`, or the workspace's release build
 /// (which `cargo xtask test` builds before the suites run).
 pub fn kproxy_bin() -> PathBuf {
-    let path = std::env::var_os("KPROXY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kproxy"));
+    let path = std::env::var_os("KPROXY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kproxy"),
+        PathBuf::from,
+    );
     assert!(
         path.exists(),
         "{} missing: run `cargo xtask build` first (or set KPROXY_BIN)",
@@ -139,10 +140,10 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        if !thread::panicking() {
-            let _ = fs::remove_file(&self.log);
-        } else {
+        if thread::panicking() {
             eprintln!("agent log kept at {}", self.log.display());
+        } else {
+            let _ = fs::remove_file(&self.log);
         }
     }
 }

@@ -57,7 +57,7 @@ pub struct Cluster {
     mode: Mode,
     pub pins: PinDir,
     pub model: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
     syncs: usize,
     _servers: Vec<HelloServer>,
     pub topo: Topology,
@@ -85,7 +85,7 @@ impl Cluster {
             mode,
             pins,
             model,
-            _dir: dir,
+            dir,
             syncs: 0,
             _servers: servers,
             topo,
@@ -102,7 +102,7 @@ impl Cluster {
     /// Starts a new agent on the same pins and model (the old one must have stopped)
     /// and waits for its first sync.
     pub fn restart_agent(&mut self) {
-        self.agent = start_agent(&self.topo, self.mode, self._dir.path(), &self.pins);
+        self.agent = start_agent(&self.topo, self.mode, self.dir.path(), &self.pins);
         self.syncs = 0;
         self.wait_sync();
     }

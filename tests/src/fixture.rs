@@ -301,7 +301,7 @@ pub fn run_steps(
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .or_else(|| p.downcast_ref::<&str>().map(ToString::to_string))
         .unwrap_or_else(|| "side-effect check panicked".into())
 }
 

@@ -39,7 +39,7 @@ pub fn run(program: &Program, input: &[u8], ingress_ifindex: Option<u32>) -> Res
     });
     // SAFETY: XdpMd is repr(C) plain u32s without padding; viewed as bytes while borrowed.
     let ctx_in = md.as_ref().map(|md| unsafe {
-        std::slice::from_raw_parts((md as *const XdpMd).cast::<u8>(), size_of::<XdpMd>())
+        std::slice::from_raw_parts(std::ptr::from_ref::<XdpMd>(md).cast::<u8>(), size_of::<XdpMd>())
     });
     let opts = TestRunOptions {
         data_in: Some(input),

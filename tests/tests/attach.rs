@@ -15,7 +15,7 @@ use kproxy_testbed::{
 /// IDs of the programs on TC ingress of `iface` (current namespace).
 fn tc_programs(iface: &str) -> Vec<u32> {
     let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).expect("query_tcx");
-    progs.iter().map(|p| p.id()).collect()
+    progs.iter().map(aya::programs::ProgramInfo::id).collect()
 }
 
 /// Loads a fresh copy of the programs and attaches TC ingress to `iface` through `pins`.

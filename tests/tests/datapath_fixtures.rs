@@ -375,7 +375,7 @@ fn cases() -> Vec<Case> {
                     sa(CLUSTER_IP, 53),
                     (ID2, sa(B2, 5353)),
                     PROTO_UDP,
-                    Duration::from_secs(120),
+                    Duration::from_mins(2),
                 );
             }),
             steps: vec![dns.udp_request(b"again")],
@@ -469,7 +469,7 @@ fn client_ip_affinity_sticks() {
                 cluster_tcp(),
                 &[ID1, ID2],
                 FrontendOptions {
-                    client_ip_affinity: Some(Duration::from_secs(10800)),
+                    client_ip_affinity: Some(Duration::from_hours(3)),
                 },
             )
             .unwrap();

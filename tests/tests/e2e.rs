@@ -159,9 +159,9 @@ fn datapath_outlives_agent_until_cleanup(mode: Mode) {
 }
 
 fn new_pod_interfaces_are_attached(mode: Mode) {
-    let mut c = Cluster::start(mode, &[POD_A]);
     // A pod created after the agent started: its veth must be picked up by the scan.
     const LATE: Ipv4Addr = Ipv4Addr::new(172, 16, 166, 150);
+    let mut c = Cluster::start(mode, &[POD_A]);
     let late_ns = &c.topo.add_pod("late", LATE).ns;
     let answer = (0..50)
         .find_map(|_| {

@@ -129,7 +129,7 @@ impl EbpfProxier {
         if self.xdp_attached.is_empty() {
             targets.clear();
         }
-        targets.sort();
+        targets.sort_unstable();
         if targets != self.xdp_targets {
             self.loaded.maps.set_xdp_targets(&targets)?;
             let names: Vec<&str> = present
@@ -173,7 +173,7 @@ impl Proxier for EbpfProxier {
             for note in &desired.unsupported {
                 warn!("{note}");
             }
-            self.unsupported = desired.unsupported.clone();
+            self.unsupported.clone_from(&desired.unsupported);
         }
         let s = self.sync.apply(maps, &desired).map_err(EbpfProxierError::from)?;
         match verify(maps, &desired, &addrs) {

@@ -188,8 +188,7 @@ fn record_state(opts: &AgentOptions, proxier: &dyn Proxier, node: &NodeInfo, syn
         sync,
         applied_at_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+            .map_or(0, |d| d.as_secs()),
         ..Applied::default()
     };
     proxier.describe(&mut applied);

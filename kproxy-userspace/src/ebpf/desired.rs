@@ -237,10 +237,7 @@ endpoints:
             cluster.backends,
             vec![sock("10.1.0.2:8080"), sock("10.1.0.3:8080")]
         );
-        assert_eq!(
-            cluster.options.client_ip_affinity,
-            Some(Duration::from_secs(10800))
-        );
+        assert_eq!(cluster.options.client_ip_affinity, Some(Duration::from_hours(3)));
         assert_eq!(cluster.service, "shop/web:http");
         let local_only = vec![sock("10.1.0.2:8080")];
         assert_eq!(

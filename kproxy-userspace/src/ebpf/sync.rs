@@ -77,7 +77,7 @@ impl MapSync {
     fn allocate_backend_id(&mut self) -> BackendId {
         if self.next_backend_id == 0 {
             let used: BTreeSet<u32> = self.backend_ids.values().map(|id| id.0).collect();
-            self.next_backend_id = (1..)
+            self.next_backend_id = (1..=u32::MAX)
                 .find(|n| !used.contains(n))
                 .expect("fewer than 2^32 backends");
         }

@@ -227,16 +227,15 @@ pub fn verify(
         }
         let mut resolved = Vec::with_capacity(have.backends.len());
         for (slot, id) in have.backends.iter().enumerate() {
-            match backends.get(id) {
-                Some(addr) => resolved.push(*addr),
-                None => {
-                    complete = false;
-                    drift.push(Drift::DanglingSlot {
-                        frontend: *frontend,
-                        slot,
-                        backend: *id,
-                    });
-                }
+            if let Some(addr) = backends.get(id) {
+                resolved.push(*addr)
+            } else {
+                complete = false;
+                drift.push(Drift::DanglingSlot {
+                    frontend: *frontend,
+                    slot,
+                    backend: *id,
+                });
             }
         }
         // A broken slot set is reported once, above, not again as stale backends.

@@ -90,10 +90,7 @@ impl Inspection {
     ) -> Result<Self, InspectError> {
         let applied = &recorded.applied;
         let config = ProxyConfig::load(recorded.config.as_deref())?;
-        let family = applied
-            .node_ip
-            .map(|ip| IpFamily::of(&ip))
-            .unwrap_or(IpFamily::V4);
+        let family = applied.node_ip.map_or(IpFamily::V4, |ip| IpFamily::of(&ip));
         let node = NodeInfo::new(&applied.node_name, family)
             .with_node_ip(applied.node_ip)
             .with_addresses(applied.node_addresses.clone());

@@ -198,7 +198,7 @@ fn target_text(target: &Target) -> String {
     }
 }
 
-fn kind_of(port: &ServicePort, frontend: &Frontend) -> &'static str {
+fn kind_of(port: &ServicePort, frontend: Frontend) -> &'static str {
     match frontend {
         Frontend::NodePort { .. } => "node_port",
         Frontend::Address { addr, .. } if IpAddr::V4(*addr.ip()) == port.cluster_ip => "cluster_ip",
@@ -213,12 +213,12 @@ fn kind_of(port: &ServicePort, frontend: &Frontend) -> &'static str {
 fn entry_rule<'a>(
     inspection: &'a Inspection,
     port: &ServicePort,
-    frontend: &Frontend,
+    frontend: Frontend,
 ) -> Option<(Table, &'a Rule)> {
     let name = port.name.to_string();
     let (ip, dport) = match frontend {
         Frontend::Address { addr, .. } => (Some(IpAddr::V4(*addr.ip())), addr.port()),
-        Frontend::NodePort { port, .. } => (None, *port),
+        Frontend::NodePort { port, .. } => (None, port),
     };
     let fits = |rule: &Rule| {
         let destination = rule.parts.iter().find_map(|p| match p {
@@ -342,7 +342,7 @@ impl Inspection {
             .into_iter()
             .collect();
         // ClusterIP first, then external IPs and LoadBalancer IPs, NodePort last.
-        let rank = |f: &Frontend| match kind_of(port, f) {
+        let rank = |f: &Frontend| match kind_of(port, *f) {
             "cluster_ip" => 0,
             "external_ip" => 1,
             "load_balancer_ip" => 2,
@@ -353,7 +353,7 @@ impl Inspection {
         let mut total = Counters::default();
         let mut total_flows = 0;
         for (frontend, state) in desired {
-            let entry = entry_rule(self, port, &frontend);
+            let entry = entry_rule(self, port, frontend);
             let map = match (live.get(&frontend), &self.maps) {
                 (Some(svc), Some(maps)) => {
                     let mut slots = Vec::with_capacity(svc.backends.len());
@@ -384,7 +384,7 @@ impl Inspection {
                 _ => None,
             };
             frontends.push(FrontendReport {
-                kind: kind_of(port, &frontend),
+                kind: kind_of(port, frontend),
                 frontend: frontend.to_string(),
                 iptables_rule: entry.map(|(table, rule)| table_line(table, rule)),
                 iptables_target: entry.map(|(_, rule)| target_text(&rule.target)),

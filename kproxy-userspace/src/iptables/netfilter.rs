@@ -5,6 +5,7 @@
 //! The flavour is chosen explicitly so nft and legacy can be compared side by side.
 
 use std::{
+    fmt::Write as _,
     io::Write as _,
     process::{Command, Stdio},
 };
@@ -140,15 +141,15 @@ pub fn cleanup_payload(table: &str, saved: &str) -> Option<String> {
             .nth(1)
             .is_some_and(|t| is_kube_chain(t.split_whitespace().next().unwrap_or("")));
         if !is_kube_chain(chain) && jumps_to_kube {
-            out.push_str(&format!("-D {rule}\n"));
+            let _ = writeln!(out, "-D {rule}");
         }
     }
     // Declaring a chain flushes it, so the deletes below find them empty and unreferenced.
     for chain in &chains {
-        out.push_str(&format!(":{chain} - [0:0]\n"));
+        let _ = writeln!(out, ":{chain} - [0:0]");
     }
     for chain in &chains {
-        out.push_str(&format!("-X {chain}\n"));
+        let _ = writeln!(out, "-X {chain}");
     }
     out.push_str("COMMIT\n");
     Some(out)

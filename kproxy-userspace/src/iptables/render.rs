@@ -522,10 +522,7 @@ impl<'a> Builder<'a> {
     ) {
         let ext = chains.external.as_str();
         self.declare(Table::Nat, ext);
-        if !policy_local {
-            let comment = Part::Comment(format!("masquerade traffic for {name} external destinations"));
-            self.jump(ext, vec![comment], MARK_MASQ);
-        } else {
+        if policy_local {
             // Pods reaching an external address are treated like in-cluster clients.
             if let Some(from_pod) = self.local_detector(true) {
                 let comment = Part::Comment(format!("pod traffic for {name} external destinations"));
@@ -539,6 +536,9 @@ impl<'a> Builder<'a> {
             self.jump(ext, vec![comment, from_node.clone()], MARK_MASQ);
             let comment = Part::Comment(format!("route LOCAL traffic for {name} external destinations"));
             self.jump(ext, vec![comment, from_node], &chains.cluster);
+        } else {
+            let comment = Part::Comment(format!("masquerade traffic for {name} external destinations"));
+            self.jump(ext, vec![comment], MARK_MASQ);
         }
         if has_external {
             self.jump(ext, vec![], policy_chain);

@@ -45,10 +45,10 @@ fn for_each_token(rule: &Rule, mut token: impl FnMut(&str)) {
                 token(protocol.lower());
             }
             Part::Source { negated, address } => {
-                negatable(*negated, "-s", &address_text(address), &mut token)
+                negatable(*negated, "-s", &address_text(address), &mut token);
             }
             Part::Destination { negated, address } => {
-                negatable(*negated, "-d", &address_text(address), &mut token)
+                negatable(*negated, "-d", &address_text(address), &mut token);
             }
             Part::InInterface { negated, name } => negatable(*negated, "-i", name, &mut token),
             Part::DestinationPort(port) => {

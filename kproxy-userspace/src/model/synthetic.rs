@@ -25,7 +25,7 @@ pub fn synthetic(services: usize, endpoints_per_service: usize) -> Model {
                     }
                 })
                 .collect();
-            endpoints.sort_by_key(|e| e.address());
+            endpoints.sort_by_key(Endpoint::address);
             ServicePort {
                 name: ServicePortName {
                     namespace: format!("ns-{i}"),

@@ -183,10 +183,7 @@ fn run() -> anyhow::Result<()> {
     {
         println!("{}\n", chain.trim_end());
     }
-    if opts.mode != Mode::Iptables {
-        println!("== What kproxy programmed: kproxy inspect --pin-path {pin_path}");
-        println!("{}", kproxy_out(&["inspect", "--pin-path", &pin_path])?);
-    } else {
+    if opts.mode == Mode::Iptables {
         println!("== What kproxy programmed: the live chain in the node's nat table");
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", topo.node.name()))
@@ -194,6 +191,9 @@ fn run() -> anyhow::Result<()> {
             .output()
             .context("run iptables -L in the node namespace")?;
         println!("{}", String::from_utf8_lossy(&out.stdout));
+    } else {
+        println!("== What kproxy programmed: kproxy inspect --pin-path {pin_path}");
+        println!("{}", kproxy_out(&["inspect", "--pin-path", &pin_path])?);
     }
 
     if !opts.once {

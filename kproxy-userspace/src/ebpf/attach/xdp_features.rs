@@ -129,7 +129,7 @@ impl GenlSocket {
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
+                (&raw const tv).cast(),
                 size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
@@ -162,7 +162,7 @@ impl GenlSocket {
                 msg.as_ptr().cast(),
                 msg.len(),
                 0,
-                (&addr as *const libc::sockaddr_nl).cast(),
+                (&raw const addr).cast(),
                 size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };

@@ -37,7 +37,7 @@ impl DatapathMaps {
     /// Every backend.
     pub fn backends(&self) -> Result<Vec<(BackendId, SocketAddrV4)>, MapsError> {
         let mut out = Vec::new();
-        for item in self.backends.iter() {
+        for item in &self.backends {
             let (id, b) = item.map_err(MapOp::Iterate.on(names::BACKENDS))?;
             out.push((BackendId(id), sock(b.addr, b.port)));
         }

@@ -44,7 +44,7 @@ impl Frontend {
     }
 
     /// The frontend a services map key stands for (None: a key this agent never writes).
-    pub(super) fn from_key(key: &ServiceKey) -> Option<Self> {
+    pub(super) fn from_key(key: ServiceKey) -> Option<Self> {
         let proto = Protocol::from_number(key.proto)?;
         match key.scope {
             SCOPE_EXACT => Some(Frontend::Address {

@@ -43,22 +43,19 @@ impl DatapathMaps {
             Some(t) => (SVC_F_AFFINITY, t.as_secs().min(u32::MAX as u64) as u32),
             None => (0, 0),
         };
-        let (id, base) = match current {
-            Some(cur) => {
-                if cur.flags == flags
-                    && cur.affinity_timeout_s == affinity_timeout_s
-                    && self.slot_backends(&cur)? == backends
-                {
-                    return Ok(FrontendId(cur.rev_nat_id));
-                }
-                (cur.rev_nat_id, cur.slot_base ^ SLOT_BASE_ALT)
+        let (id, base) = if let Some(cur) = current {
+            if cur.flags == flags
+                && cur.affinity_timeout_s == affinity_timeout_s
+                && self.slot_backends(&cur)? == backends
+            {
+                return Ok(FrontendId(cur.rev_nat_id));
             }
-            None => {
-                let id = self.allocate_id()?;
-                // Leftovers of an id used before (a crash mid-removal) must not count.
-                removed(self.service_stats.remove(&id), names::SERVICE_STATS)?;
-                (id, 0)
-            }
+            (cur.rev_nat_id, cur.slot_base ^ SLOT_BASE_ALT)
+        } else {
+            let id = self.allocate_id()?;
+            // Leftovers of an id used before (a crash mid-removal) must not count.
+            removed(self.service_stats.remove(&id), names::SERVICE_STATS)?;
+            (id, 0)
         };
         for (i, b) in backends.iter().enumerate() {
             let slot = SlotKey {
@@ -112,9 +109,9 @@ impl DatapathMaps {
     /// Every frontend with its backends (what an adopting agent diffs its model against).
     pub fn frontends(&self) -> Result<Vec<FrontendEntry>, MapsError> {
         let mut out = Vec::new();
-        for item in self.services.iter() {
+        for item in &self.services {
             let (key, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
-            let Some(frontend) = Frontend::from_key(&key) else {
+            let Some(frontend) = Frontend::from_key(key) else {
                 continue;
             };
             out.push(FrontendEntry {
@@ -135,7 +132,7 @@ impl DatapathMaps {
     /// Deletes slots no live service points at (left by an agent that died mid-update).
     pub fn prune_orphan_slots(&mut self) -> Result<usize, MapsError> {
         let mut live = std::collections::HashMap::new();
-        for item in self.services.iter() {
+        for item in &self.services {
             let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
             live.insert(v.rev_nat_id, v);
         }

@@ -169,7 +169,7 @@ pub fn ktime_now_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -236,7 +236,7 @@ impl DatapathMaps {
             xdp_targets: typed!(get, names::XDP_TARGETS),
             used_ids: BTreeSet::new(),
         };
-        for item in maps.services.iter() {
+        for item in &maps.services {
             let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
             maps.used_ids.insert(v.rev_nat_id);
         }

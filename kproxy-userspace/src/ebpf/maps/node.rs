@@ -46,7 +46,7 @@ impl DatapathMaps {
     /// the translation happens before routing, where a local source is a martian.
     pub fn set_masquerade_address(&mut self, addr: Option<Ipv4Addr>) -> Result<(), MapsError> {
         let value = Config {
-            masq_addr: addr.map(|a| be_addr(a.octets())).unwrap_or(0),
+            masq_addr: addr.map_or(0, |a| be_addr(a.octets())),
             flags: 0,
         };
         self.config
@@ -70,7 +70,7 @@ impl DatapathMaps {
         for &i in &want {
             self.xdp_targets.insert(i, i, None, 0).map_err(|e| match e {
                 XdpMapError::MapError(e) => MapOp::Insert.on(names::XDP_TARGETS)(e),
-                other => MapsError::XdpTarget(other),
+                other @ XdpMapError::ChainedProgramNotSupported => MapsError::XdpTarget(other),
             })?;
         }
         for key in stale_keys(self.xdp_targets.keys(), &want, names::XDP_TARGETS)? {
@@ -86,7 +86,7 @@ impl DatapathMaps {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(MapOp::Iterate.on(names::XDP_TARGETS))?;
-        out.sort();
+        out.sort_unstable();
         Ok(out)
     }
 }

@@ -11,7 +11,7 @@ pub const SERVER_CPU: usize = 1;
 
 /// Pins the calling thread to `cpu` (no-op on a one-CPU machine).
 pub fn pin_current_thread(cpu: usize) {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut set = CpuSet::new();
     if set.set(cpu % cpus).is_ok() {
         // Best effort: an unpinned run is noisier, not wrong.

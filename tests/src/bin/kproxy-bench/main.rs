@@ -185,7 +185,7 @@ fn real_main() -> anyhow::Result<()> {
     let info = RunInfo {
         settings: &settings,
         machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             kernel: command_line("uname", &["-r"]),
             iptables_nft: command_line("iptables-nft", &["--version"]),
             iptables_legacy: command_line("iptables-legacy", &["--version"]),

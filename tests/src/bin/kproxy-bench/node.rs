@@ -243,7 +243,7 @@ fn agent_args(
         bail!("mode none runs no agent");
     };
     let mut args = cluster::run_args(datapath, model_dir, config, pins);
-    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(ToString::to_string));
     if once {
         args.push("--once".into());
     }

@@ -226,7 +226,7 @@ pub fn table(records: &[Record], modes: &[String]) -> String {
             metric.label()
         );
         for m in modes {
-            let _ = write!(out, " {} |", find(m).map_or_else(|| "".into(), cell));
+            let _ = write!(out, " {} |", find(m).map_or_else(String::new, cell));
         }
         for (e, i) in &ratio_columns {
             let text = match (find(e), find(i)) {
