@@ -1,4 +1,4 @@
-//! The eBPF writer: the model → kproxy's own datapath (the twin of [`crate::iptables`]).
+//! The eBPF writer: the model → kproxy's own datapath (the twin of the iptables writer).
 //!
 //! - [`desired`]: what the maps should hold for a model (the same endpoint choices
 //!   kube-proxy's rules make);

@@ -228,7 +228,7 @@ pub fn verify(
         let mut resolved = Vec::with_capacity(have.backends.len());
         for (slot, id) in have.backends.iter().enumerate() {
             if let Some(addr) = backends.get(id) {
-                resolved.push(*addr)
+                resolved.push(*addr);
             } else {
                 complete = false;
                 drift.push(Drift::DanglingSlot {

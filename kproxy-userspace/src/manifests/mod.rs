@@ -5,6 +5,19 @@
 //! (discovery.k8s.io/v1) documents are parsed with the k8s-openapi types; a `List`
 //! (any `*List` kind) is unpacked; other kinds are skipped with a debug log, so the
 //! manifests a user `kubectl apply`s can be pointed at directly.
+//!
+//! ```no_run
+//! # use std::path::PathBuf;
+//! use kproxy::{config::ProxyConfig, manifests, model::{IpFamily, NodeInfo}};
+//! let config = ProxyConfig::default();
+//! let node = NodeInfo::new("host1", IpFamily::V4);
+//! let model = manifests::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
+//! for port in &model.service_ports {
+//!     let sets = port.categorize();
+//!     println!("{} -> {} cluster endpoints", port.name, sets.cluster.len());
+//! }
+//! # Ok::<(), kproxy::manifests::ManifestError>(())
+//! ```
 
 mod endpoint_slice;
 mod service;

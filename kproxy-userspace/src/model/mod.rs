@@ -2,21 +2,8 @@
 //! endpoints, read from real Kubernetes objects. Both the BPF datapath and the iptables
 //! exporter consume it, so it holds facts only (no iptables text).
 //!
-//! [`crate::manifests::load`] builds it from Service and EndpointSlice YAML; this module
-//! imports nothing else of the crate.
-//!
-//! ```no_run
-//! # use std::path::PathBuf;
-//! use kproxy::{config::ProxyConfig, manifests, model::{IpFamily, NodeInfo}};
-//! let config = ProxyConfig::default();
-//! let node = NodeInfo::new("host1", IpFamily::V4);
-//! let model = manifests::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
-//! for port in &model.service_ports {
-//!     let sets = port.categorize();
-//!     println!("{} -> {} cluster endpoints", port.name, sets.cluster.len());
-//! }
-//! # Ok::<(), kproxy::manifests::ManifestError>(())
-//! ```
+//! The manifest reader builds it from Service and EndpointSlice YAML (`manifests::load`);
+//! the writers read it. This module imports nothing else of the crate.
 //!
 //! # Endpoint categorisation
 //!
