@@ -10,6 +10,7 @@ use kproxy::{
     iptables::chain_name::endpoint_chain,
     model::{Protocol, ServicePortName},
 };
+use kproxy_common::map_names;
 use kproxy_testbed::{
     cluster::{
         CLIENT, Cluster, Mode, POD_A, POD_B, both, cluster_ip, http_backends, node_port, udp_backends,
@@ -264,14 +265,14 @@ fn verify_is_clean_then_reports_a_backend_deleted_behind_the_agent() {
 
     let (status, drift) = verify(&c);
     assert_eq!(status, Some(1), "drift exits 1: {drift:#?}");
-    let missing: Vec<_> = drift.iter().filter(|d| d.1 == "KPROXY_BACKENDS_V1").collect();
+    let missing: Vec<_> = drift.iter().filter(|d| d.1 == map_names::BACKENDS).collect();
     assert_eq!(missing.len(), 1, "{drift:#?}");
     assert_eq!(missing[0].0, "missing");
     assert!(missing[0].2.contains(&pod_a.to_string()));
     // Every frontend (ClusterIP and NodePort, TCP and UDP) has a slot naming it.
     let dangling: BTreeSet<&str> = drift
         .iter()
-        .filter(|d| d.1 == "KPROXY_SLOTS_V1" && d.2.contains(&format!("backend {id}")))
+        .filter(|d| d.1 == map_names::SLOTS && d.2.contains(&format!("backend {id}")))
         .map(|d| d.2.split(' ').nth(1).expect("frontend"))
         .collect();
     assert_eq!(
@@ -398,7 +399,7 @@ fn explain_gives_the_same_verdict_in_both_views() {
     for needle in [
         HTTP_SVC,
         seps[0].as_str(),
-        "KPROXY_SERVICES_V1[10.104.81.240:80/tcp]",
+        &format!("{}[10.104.81.240:80/tcp]", map_names::SERVICES),
         "both views agree",
     ] {
         assert!(text.contains(needle), "explain lacks {needle}:\n{text}");
