@@ -54,8 +54,9 @@ pub const HELLO_PORTS: [Port; 2] = [
     Port::udp("udp", SERVICE_PORT, TARGET_PORT, NODE_PORT),
 ];
 
-/// A NodePort Service and its one EndpointSlice, every endpoint ready and on
-/// `node_name`.
+/// A NodePort Service (a LoadBalancer one with [`External`] set) and its one
+/// EndpointSlice, every endpoint ready and on `node_name` (or on its entry of
+/// `endpoint_nodes`).
 #[derive(Clone, Debug)]
 pub struct Service<'a> {
     pub namespace: &'a str,
@@ -64,6 +65,50 @@ pub struct Service<'a> {
     pub ports: Vec<Port>,
     pub endpoints: &'a [Ipv4Addr],
     pub node_name: &'a str,
+    /// The node of each endpoint, in order, where they differ (empty: all on `node_name`).
+    pub endpoint_nodes: &'a [&'a str],
+    pub external: External<'a>,
+}
+
+/// How a Service is reached from outside beyond its NodePort: any of these makes it a
+/// LoadBalancer Service (the API allocates `healthCheckNodePort` only to those).
+#[derive(Clone, Debug, Default)]
+pub struct External<'a> {
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// `status.loadBalancer.ingress[0].ip`.
+    pub load_balancer_ip: Option<Ipv4Addr>,
+    pub source_ranges: &'a [&'a str],
+}
+
+impl External<'_> {
+    fn is_load_balancer(&self) -> bool {
+        self.local || self.health_check_node_port.is_some() || self.load_balancer_ip.is_some()
+    }
+
+    /// The lines this adds to the Service's `spec` and its `status`.
+    fn spec_and_status(&self) -> (String, String) {
+        let spec = [
+            self.local.then(|| "  externalTrafficPolicy: Local\n".to_string()),
+            self.health_check_node_port
+                .map(|port| format!("  healthCheckNodePort: {port}\n")),
+            (!self.source_ranges.is_empty()).then(|| {
+                format!(
+                    "  loadBalancerSourceRanges: [{}]\n",
+                    self.source_ranges.join(", ")
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let status = self
+            .load_balancer_ip
+            .map(|ip| format!("status: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n"))
+            .unwrap_or_default();
+        (spec, status)
+    }
 }
 
 impl Service<'_> {
@@ -76,6 +121,8 @@ impl Service<'_> {
             ports: HELLO_PORTS.to_vec(),
             endpoints: pods,
             node_name: NODE_NAME,
+            endpoint_nodes: &[],
+            external: External::default(),
         }
     }
 
@@ -106,23 +153,29 @@ impl Service<'_> {
             " []\n".into()
         } else {
             let ready = "conditions: {ready: true, serving: true, terminating: false}";
-            let each = self
-                .endpoints
-                .iter()
-                .map(|ip| format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node_name}}}\n"));
+            let each = self.endpoints.iter().enumerate().map(|(i, ip)| {
+                let node = self.endpoint_nodes.get(i).unwrap_or(node_name);
+                format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node}}}\n")
+            });
             std::iter::once("\n".to_string()).chain(each).collect()
         };
+        let kind = if self.external.is_load_balancer() {
+            "LoadBalancer"
+        } else {
+            "NodePort"
+        };
+        let (external, status) = self.external.spec_and_status();
         format!(
             "---
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  type: NodePort
+  type: {kind}
   clusterIP: {ip}
   clusterIPs: [{ip}]
-  ports:
-{service_ports}---
+{external}  ports:
+{service_ports}{status}---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
