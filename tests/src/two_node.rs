@@ -5,13 +5,13 @@
 //! Layout (all addresses inside namespaces this module creates):
 //! - `lan`: a namespace holding only the bridge `br0`; every node and external client
 //!   has one veth port on it. Nothing of it is in the root namespace.
-//! - host1 [`HOST_IPS`]`[0]` = 192.168.77.11/24, host2 192.168.77.12/24 on their LAN
+//! - host1 [`HOST_IPS`]`[0]` = 192.168.77.10/24, host2 192.168.77.11/24 on their LAN
 //!   link (`kpe…`, so the agents attach to it); external clients [`EXTERNAL_CLIENTS`]
 //!   192.168.77.100 and .101 (complete checksums: tx offload off), which route the
 //!   LoadBalancer IP [`LB_IP`] via host1.
 //! - pods, Calico-style ([`Pod::wire`]): a `kpv…` veth per pod owning 169.254.1.1 on the
 //!   node, a /32 route to the pod through it, the pod's default route via 169.254.1.1;
-//!   host1's pods in 172.16.1.0/24, host2's in 172.16.2.0/24 (both in
+//!   host1's pods in 172.16.166.0/24, host2's in 172.16.192.0/24 (both in
 //!   [`CLUSTER_CIDR`]), each node routing the other's /24 via the other's LAN address.
 //! - each node: a default route via [`NOWHERE`] (an address no namespace owns: nothing
 //!   leaves), `ip_forward=1`, `rp_filter=2` (all, default and every interface), and the
@@ -26,12 +26,12 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use crate::{
     agent::{Agent, run_kproxy},
-    cluster::{Mode, SYNC_TIMEOUT, at, run_args},
+    cluster::{CLIENT, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args},
     hello::HelloServer,
     manifests::{
         CLUSTER_CIDR, External, HELLO_PORTS, Port, Service, TARGET_PORT, proxy_config, write_services,
@@ -39,18 +39,20 @@ use crate::{
     netns::{NetNs, unique_name},
     pins::PinDir,
     tempdir::TempDir,
-    topology::{EXTERNAL_IFACE_PREFIX, Pod, enable_forwarding},
+    topology::{EXTERNAL_CLIENT_IP, EXTERNAL_IFACE_PREFIX, NODE_IP, Pod, enable_forwarding},
 };
 
 /// The nodes' names (`hostnameOverride`, EndpointSlice `nodeName`).
 pub const NODE_NAMES: [&str; 2] = ["host1", "host2"];
 /// The nodes' LAN addresses.
-pub const HOST_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 168, 77, 11), Ipv4Addr::new(192, 168, 77, 12)];
+/// host1 is the seed topology's node address.
+pub const HOST_IPS: [Ipv4Addr; 2] = [NODE_IP, Ipv4Addr::new(192, 168, 77, 11)];
 /// Each node's pod /24.
-pub const POD_CIDRS: [&str; 2] = ["172.16.1.0/24", "172.16.2.0/24"];
+/// Each node's pod /24 (holding the seed's pod addresses: 172.16.166.130 on host1,
+/// 172.16.192.89 on host2).
+pub const POD_CIDRS: [&str; 2] = ["172.16.166.0/24", "172.16.192.0/24"];
 /// The external clients on the LAN.
-pub const EXTERNAL_CLIENTS: [Ipv4Addr; 2] =
-    [Ipv4Addr::new(192, 168, 77, 100), Ipv4Addr::new(192, 168, 77, 101)];
+pub const EXTERNAL_CLIENTS: [Ipv4Addr; 2] = [EXTERNAL_CLIENT_IP, Ipv4Addr::new(192, 168, 77, 101)];
 /// The nodes' default gateway: on the LAN, owned by nobody.
 pub const NOWHERE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
 /// The LoadBalancer IP the external clients route via host1.
@@ -58,10 +60,10 @@ pub const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 10);
 
 /// The pods: name, node index, address. `hello-…` pods run the hello-app.
 pub const PODS: [(&str, usize, Ipv4Addr); 4] = [
-    ("hello-a", 0, Ipv4Addr::new(172, 16, 1, 10)),
-    ("hello-b", 1, Ipv4Addr::new(172, 16, 2, 10)),
-    ("client-1", 0, Ipv4Addr::new(172, 16, 1, 20)),
-    ("client-2", 1, Ipv4Addr::new(172, 16, 2, 20)),
+    ("hello-a", 0, POD_A),
+    ("hello-b", 1, POD_B),
+    ("client-1", 0, CLIENT),
+    ("client-2", 1, Ipv4Addr::new(172, 16, 192, 90)),
 ];
 
 /// A node: its namespace, LAN link and pods.
@@ -82,13 +84,14 @@ pub struct Bed {
 }
 
 impl Bed {
-    pub fn new() -> Self {
+    /// The bed with `pods` (name, node index, address).
+    pub fn new(pods: &[(&str, usize, Ipv4Addr)]) -> Self {
         let lan = NetNs::new("lan");
         lan.disable_ipv6();
         lan.ip(&["link", "add", "br0", "type", "bridge"]);
         lan.ip(&["link", "set", "br0", "up"]);
         let mut nodes: Vec<Node> = (0..2).map(|i| Node::new(&lan, i)).collect();
-        for (name, node, ip) in PODS {
+        for &(name, node, ip) in pods {
             let pod = Pod::wire(&nodes[node].ns, name, ip);
             nodes[node].pods.push(pod);
         }
@@ -127,12 +130,6 @@ impl Bed {
             .flat_map(|n| &n.pods)
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name}"))
-    }
-}
-
-impl Default for Bed {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -179,6 +176,14 @@ impl Node {
             pods: Vec::new(),
             ns,
         }
+    }
+
+    /// `kproxy run` on this node (`--node-ip` its LAN address): [`run_args`] of `mode`
+    /// with the model and configuration files, pinning under `pins`.
+    pub fn start_agent(&self, mode: Mode, model: &Path, config: &Path, pins: &Path) -> Agent {
+        let mut args = run_args(mode, model, config, pins);
+        args.extend(["--node-ip".into(), self.ip.to_string()]);
+        Agent::start(&self.ns, &args)
     }
 
     /// `rp_filter=2` on every interface that exists now (later ones take `default`).
@@ -270,7 +275,7 @@ impl TwoNodeCluster {
     /// Builds the bed, writes `services`, starts both agents in `mode` and waits for
     /// their first sync.
     pub fn start(mode: Mode, services: Vec<ServiceSpec>) -> Self {
-        let bed = Bed::new();
+        let bed = Bed::new(&PODS);
         let pods = PODS
             .iter()
             .filter(|(name, ..)| name.starts_with("hello-"))
@@ -300,9 +305,9 @@ impl TwoNodeCluster {
             let config = cluster.dir.path().join(format!("config-{}.yaml", node.name));
             fs::write(&config, proxy_config(node.name, CLUSTER_CIDR)).expect("write proxy config");
             let pins = PinDir::new("2n");
-            let mut args = run_args(mode, &cluster.model, &config, pins.path());
-            args.extend(["--node-ip".into(), node.ip.to_string()]);
-            cluster.agents.push(Agent::start(&node.ns, &args));
+            cluster
+                .agents
+                .push(node.start_agent(mode, &cluster.model, &config, pins.path()));
             cluster.pins.push(pins);
         }
         for agent in &mut cluster.agents {
