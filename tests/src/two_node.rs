@@ -181,9 +181,14 @@ impl Node {
     /// `kproxy run` on this node (`--node-ip` its LAN address): [`run_args`] of `mode`
     /// with the model and configuration files, pinning under `pins`.
     pub fn start_agent(&self, mode: Mode, model: &Path, config: &Path, pins: &Path) -> Agent {
+        Agent::start(&self.ns, &self.agent_args(mode, model, config, pins))
+    }
+
+    /// The arguments of [`Node::start_agent`]'s `kproxy`.
+    pub fn agent_args(&self, mode: Mode, model: &Path, config: &Path, pins: &Path) -> Vec<String> {
         let mut args = run_args(mode, model, config, pins);
         args.extend(["--node-ip".into(), self.ip.to_string()]);
-        Agent::start(&self.ns, &args)
+        args
     }
 
     /// `rp_filter=2` on every interface that exists now (later ones take `default`).
