@@ -159,8 +159,6 @@ mod pending {
         }
     }
 
-    /// Waits for the agent's health-check server (kproxy-userspace/src/agent/health.rs):
-    /// nothing listens on healthCheckNodePort or 10256 in either mode.
     /// The health-check node port's answer on node `i`: status and the JSON body.
     fn health(c: &TwoNodeCluster, i: usize, port: u16, path: &str) -> (u16, serde_json::Value) {
         let (status, body) =
@@ -169,6 +167,8 @@ mod pending {
         (status, json)
     }
 
+    /// Waits for the agent's health-check server (kproxy-userspace/src/agent/health.rs):
+    /// nothing listens on healthCheckNodePort or 10256 in either mode.
     fn health_check_node_ports_answer_per_node(mode: Mode) {
         let mut c = TwoNodeCluster::start(mode, vec![local_a()]);
         let expect = |local: u64| {
@@ -195,8 +195,6 @@ mod pending {
         }
     }
 
-    /// Waits for `loadBalancerSourceRanges` in eBPF (today such LoadBalancer IPs are left
-    /// unserved) and for SNAT to the remote pod.
     /// A LoadBalancer IP open to the first external client only.
     fn load_balancer() -> ServiceSpec {
         ServiceSpec::hello(
@@ -208,6 +206,8 @@ mod pending {
         .load_balancer(LB_IP, &["192.168.77.100/32"])
     }
 
+    /// Waits for `loadBalancerSourceRanges` in eBPF (today such LoadBalancer IPs are left
+    /// unserved; without source ranges they serve) and for SNAT to the remote pod.
     fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
         let c = TwoNodeCluster::start(mode, vec![load_balancer()]);
         let target = at(LB_IP, 80);
@@ -238,39 +238,36 @@ mod pending {
         );
         let target = at(EMPTY_IP, 80);
         let pod = c.pod("client-1");
-        let start = Instant::now();
-        let tcp = pod.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(1)));
-        let took = start.elapsed();
-        assert_eq!(
-            tcp.map(|_| ()).map_err(|e| e.kind()),
-            Err(ErrorKind::ConnectionRefused),
-            "TCP connect to {target}"
-        );
-        assert!(took < Duration::from_secs(1), "TCP refused after {took:?}");
-
-        let start = Instant::now();
-        let udp = pod.run(|| -> std::io::Result<usize> {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-            socket.connect(target)?;
-            socket.send(b"who?")?;
-            socket.recv(&mut [0; 64])
+        refused_at_once(&format!("TCP connect to {target}"), || {
+            pod.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(1)))
         });
-        let took = start.elapsed();
-        assert_eq!(
-            udp.map(|_| ()).map_err(|e| e.kind()),
-            Err(ErrorKind::ConnectionRefused),
-            "UDP to {target}"
-        );
-        assert!(took < Duration::from_secs(1), "UDP refused after {took:?}");
+        refused_at_once(&format!("UDP to {target}"), || {
+            pod.run(|| -> std::io::Result<usize> {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+                socket.connect(target)?;
+                socket.send(b"who?")?;
+                socket.recv(&mut [0; 64])
+            })
+        });
     }
 
-    /// Waits for eBPF SNAT with its own port allocation: without SNAT no connection to
-    /// the remote pod through host1's NodePort is answered.
+    /// Asserts that `attempt` fails with "connection refused" in under a second.
+    fn refused_at_once<T>(what: &str, attempt: impl FnOnce() -> std::io::Result<T>) {
+        let start = Instant::now();
+        let result = attempt().map(|_| ()).map_err(|e| e.kind());
+        let took = start.elapsed();
+        assert_eq!(result, Err(ErrorKind::ConnectionRefused), "{what}");
+        assert!(took < Duration::from_secs(1), "{what}: refused after {took:?}");
+    }
+
     /// Connections per external client in the SNAT scenario, and workers per client.
     const SNAT_CONNECTIONS: usize = 2000;
     const SNAT_WORKERS: usize = 8;
 
+    /// Waits for eBPF SNAT with its own port allocation: without SNAT no connection to
+    /// the remote pod through host1's NodePort is answered. Bounded: a worker stops at
+    /// its first failure or after 40 s; the duration is printed.
     fn snat_ports_never_collide(mode: Mode) {
         let mut c = TwoNodeCluster::start(mode, vec![hello()]);
         c.set_endpoints("hello-app-service", &["hello-b"]);
