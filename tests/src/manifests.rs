@@ -231,4 +231,48 @@ mod tests {
         let empty = Service::hello_app(&[]).yaml();
         assert!(empty.ends_with("endpoints: []\n"), "{empty}");
     }
+
+    /// kproxy's own loader reads a LoadBalancer Service with eTP=Local, its health-check
+    /// port, source ranges and per-endpoint nodes as written.
+    #[test]
+    fn load_balancer_local_reads_back_through_the_loader() {
+        use kproxy::{
+            config::ProxyConfig,
+            model::{IpFamily, NodeInfo},
+        };
+
+        let pods = [Ipv4Addr::new(172, 16, 166, 130), Ipv4Addr::new(172, 16, 192, 89)];
+        let service = Service {
+            endpoint_nodes: &["host1", "host2"],
+            external: External {
+                local: true,
+                health_check_node_port: Some(30912),
+                load_balancer_ip: Some(Ipv4Addr::new(192, 168, 200, 10)),
+                source_ranges: &["192.168.77.100/32"],
+            },
+            ..Service::hello_app(&pods)
+        };
+        let dir = crate::tempdir::TempDir::new("mft");
+        let path = dir.path().join("model.yaml");
+        write_services(&path, &[service]).expect("write");
+        let node = NodeInfo::new("host2", IpFamily::V4);
+        let model = kproxy::manifests::load(&[path], &ProxyConfig::default(), &node).expect("load");
+        let port = &model.service_ports[0];
+        assert!(port.external_policy_local);
+        assert_eq!(port.health_check_node_port, 30912);
+        assert_eq!(
+            port.load_balancer_ips,
+            ["192.168.200.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(port.load_balancer_source_ranges.len(), 1);
+        let local: Vec<_> = port
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.to_string(), e.is_local))
+            .collect();
+        assert_eq!(
+            local,
+            [("172.16.166.130".into(), false), ("172.16.192.89".into(), true)]
+        );
+    }
 }
