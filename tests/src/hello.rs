@@ -62,10 +62,6 @@ impl Drop for HelloServer {
 }
 
 fn serve_http(listener: TcpListener, body: &str, stop: &Arc<AtomicBool>) {
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     let name = body
         .lines()
         .find_map(|l| l.strip_prefix("Hostname: "))
@@ -73,8 +69,14 @@ fn serve_http(listener: TcpListener, body: &str, stop: &Arc<AtomicBool>) {
         .to_string();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((conn, _)) => {
-                let (response, name, stop) = (response.clone(), name.clone(), stop.clone());
+            Ok((conn, peer)) => {
+                // The page ends with the client address this pod saw (after any SNAT).
+                let body = format!("{body}Peer: {peer}\n");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let (name, stop) = (name.clone(), stop.clone());
                 thread::spawn(move || serve_connection(conn, &response, &name, &stop));
             }
             Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -125,24 +127,52 @@ fn serve_udp(socket: UdpSocket, name: &str, stop: &AtomicBool) {
     }
 }
 
-/// The `Hostname:` an HTTP GET to `target` from inside `ns` answers with.
-pub fn http_get_hostname(ns: &NetNs, target: SocketAddr) -> Result<String, String> {
+/// An HTTP GET of `path` at `target` from inside `ns`: the status code and the body.
+pub fn http_get(ns: &NetNs, target: SocketAddr, path: &str) -> Result<(u16, String), String> {
     ns.run(|| {
         let mut conn =
             TcpStream::connect_timeout(&target, IO_TIMEOUT).map_err(|e| format!("connect {target}: {e}"))?;
         conn.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        conn.write_all(format!("GET / HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .map_err(|e| format!("send to {target}: {e}"))?;
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(|e| format!("send to {target}: {e}"))?;
         let mut response = String::new();
         conn.read_to_string(&mut response)
             .map_err(|e| format!("read from {target}: {e}"))?;
-        response
-            .lines()
-            .find_map(|l| l.strip_prefix("Hostname: "))
-            .map(str::to_string)
-            .ok_or_else(|| format!("no Hostname in response from {target}: {response:?}"))
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no status line from {target}: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_string();
+        Ok((status, body))
     })
+}
+
+/// The `Hostname:` an HTTP GET to `target` from inside `ns` answers with.
+pub fn http_get_hostname(ns: &NetNs, target: SocketAddr) -> Result<String, String> {
+    http_get_hostname_and_peer(ns, target).map(|(name, _)| name)
+}
+
+/// The pod that answered an HTTP GET to `target` from inside `ns`, and the client
+/// address it saw (`Peer:`).
+pub fn http_get_hostname_and_peer(ns: &NetNs, target: SocketAddr) -> Result<(String, SocketAddr), String> {
+    let (_, body) = http_get(ns, target, "/")?;
+    let field = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .ok_or_else(|| format!("no {name} in response from {target}: {body:?}"))
+    };
+    let peer = field("Peer")?;
+    let peer = peer
+        .parse()
+        .map_err(|e| format!("peer {peer:?} from {target}: {e}"))?;
+    Ok((field("Hostname")?.to_string(), peer))
 }
 
 /// Sends one datagram from `socket` to `target` and returns the answer and the

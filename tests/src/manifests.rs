@@ -54,8 +54,9 @@ pub const HELLO_PORTS: [Port; 2] = [
     Port::udp("udp", SERVICE_PORT, TARGET_PORT, NODE_PORT),
 ];
 
-/// A NodePort Service and its one EndpointSlice, every endpoint ready and on
-/// `node_name`.
+/// A NodePort Service (a LoadBalancer one with [`External`] set) and its one
+/// EndpointSlice, every endpoint ready and on `node_name` (or on its entry of
+/// `endpoint_nodes`).
 #[derive(Clone, Debug)]
 pub struct Service<'a> {
     pub namespace: &'a str,
@@ -64,6 +65,50 @@ pub struct Service<'a> {
     pub ports: Vec<Port>,
     pub endpoints: &'a [Ipv4Addr],
     pub node_name: &'a str,
+    /// The node of each endpoint, in order, where they differ (empty: all on `node_name`).
+    pub endpoint_nodes: &'a [&'a str],
+    pub external: External<'a>,
+}
+
+/// How a Service is reached from outside beyond its NodePort: any of these makes it a
+/// LoadBalancer Service (the API allocates `healthCheckNodePort` only to those).
+#[derive(Clone, Debug, Default)]
+pub struct External<'a> {
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// `status.loadBalancer.ingress[0].ip`.
+    pub load_balancer_ip: Option<Ipv4Addr>,
+    pub source_ranges: &'a [&'a str],
+}
+
+impl External<'_> {
+    fn is_load_balancer(&self) -> bool {
+        self.local || self.health_check_node_port.is_some() || self.load_balancer_ip.is_some()
+    }
+
+    /// The lines this adds to the Service's `spec` and its `status`.
+    fn spec_and_status(&self) -> (String, String) {
+        let spec = [
+            self.local.then(|| "  externalTrafficPolicy: Local\n".to_string()),
+            self.health_check_node_port
+                .map(|port| format!("  healthCheckNodePort: {port}\n")),
+            (!self.source_ranges.is_empty()).then(|| {
+                format!(
+                    "  loadBalancerSourceRanges: [{}]\n",
+                    self.source_ranges.join(", ")
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let status = self
+            .load_balancer_ip
+            .map(|ip| format!("status: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n"))
+            .unwrap_or_default();
+        (spec, status)
+    }
 }
 
 impl Service<'_> {
@@ -76,6 +121,8 @@ impl Service<'_> {
             ports: HELLO_PORTS.to_vec(),
             endpoints: pods,
             node_name: NODE_NAME,
+            endpoint_nodes: &[],
+            external: External::default(),
         }
     }
 
@@ -106,23 +153,29 @@ impl Service<'_> {
             " []\n".into()
         } else {
             let ready = "conditions: {ready: true, serving: true, terminating: false}";
-            let each = self
-                .endpoints
-                .iter()
-                .map(|ip| format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node_name}}}\n"));
+            let each = self.endpoints.iter().enumerate().map(|(i, ip)| {
+                let node = self.endpoint_nodes.get(i).unwrap_or(node_name);
+                format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node}}}\n")
+            });
             std::iter::once("\n".to_string()).chain(each).collect()
         };
+        let kind = if self.external.is_load_balancer() {
+            "LoadBalancer"
+        } else {
+            "NodePort"
+        };
+        let (external, status) = self.external.spec_and_status();
         format!(
             "---
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  type: NodePort
+  type: {kind}
   clusterIP: {ip}
   clusterIPs: [{ip}]
-  ports:
-{service_ports}---
+{external}  ports:
+{service_ports}{status}---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -177,5 +230,49 @@ mod tests {
         assert_eq!(yaml.matches("addresses:").count(), 2, "{yaml}");
         let empty = Service::hello_app(&[]).yaml();
         assert!(empty.ends_with("endpoints: []\n"), "{empty}");
+    }
+
+    /// kproxy's own loader reads a LoadBalancer Service with eTP=Local, its health-check
+    /// port, source ranges and per-endpoint nodes as written.
+    #[test]
+    fn load_balancer_local_reads_back_through_the_loader() {
+        use kproxy::{
+            config::ProxyConfig,
+            model::{IpFamily, NodeInfo},
+        };
+
+        let pods = [Ipv4Addr::new(172, 16, 166, 130), Ipv4Addr::new(172, 16, 192, 89)];
+        let service = Service {
+            endpoint_nodes: &["host1", "host2"],
+            external: External {
+                local: true,
+                health_check_node_port: Some(30912),
+                load_balancer_ip: Some(Ipv4Addr::new(192, 168, 200, 10)),
+                source_ranges: &["192.168.77.100/32"],
+            },
+            ..Service::hello_app(&pods)
+        };
+        let dir = crate::tempdir::TempDir::new("mft");
+        let path = dir.path().join("model.yaml");
+        write_services(&path, &[service]).expect("write");
+        let node = NodeInfo::new("host2", IpFamily::V4);
+        let model = kproxy::manifests::load(&[path], &ProxyConfig::default(), &node).expect("load");
+        let port = &model.service_ports[0];
+        assert!(port.external_policy_local);
+        assert_eq!(port.health_check_node_port, 30912);
+        assert_eq!(
+            port.load_balancer_ips,
+            ["192.168.200.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(port.load_balancer_source_ranges.len(), 1);
+        let local: Vec<_> = port
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.to_string(), e.is_local))
+            .collect();
+        assert_eq!(
+            local,
+            [("172.16.166.130".into(), false), ("172.16.192.89".into(), true)]
+        );
     }
 }

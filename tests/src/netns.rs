@@ -66,9 +66,18 @@ impl NetNs {
 
     /// Runs `ethtool ARGS` inside this namespace, panicking with its stderr when it fails.
     pub fn ethtool(&self, args: &[&str]) {
+        self.exec("ethtool", args);
+    }
+
+    /// Runs `PROGRAM ARGS` inside this namespace (`ip netns exec`), panicking with its
+    /// stderr when it fails.
+    pub fn exec(&self, program: &str, args: &[&str]) {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, "ethtool"]).args(args);
-        run_checked(command, &format!("ethtool {} (in {})", args.join(" "), self.name));
+        command.args(["netns", "exec", &self.name, program]).args(args);
+        run_checked(
+            command,
+            &format!("{program} {} (in {})", args.join(" "), self.name),
+        );
     }
 
     /// Runs `f` on a thread that has entered only this network namespace (not the
@@ -85,6 +94,23 @@ impl NetNs {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// Sets sysctl `key` (dotted, as `sysctl` spells it: `net.ipv4.ip_forward`) to `value`
+    /// in this namespace and checks it took.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| {
+            // /proc/sys/net belongs to the namespace of the thread that opens it.
+            fs::write(&path, value).unwrap_or_else(|e| panic!("write {path} in {}: {e}", self.name));
+            let now = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+            assert_eq!(
+                now.trim(),
+                value,
+                "{key} did not switch to {value} in {}",
+                self.name
+            );
+        });
     }
 
     /// Switches IPv6 off in this namespace, for interfaces made later too: a link that

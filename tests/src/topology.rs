@@ -9,7 +9,7 @@
 //!   external link; the external client is [`EXTERNAL_CLIENT_IP`] on that link, and
 //!   sends with checksum offload off (complete checksums, as from a wire).
 
-use std::{fs, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use crate::netns::{NetNs, unique_name};
 
@@ -30,6 +30,48 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub host_iface: String,
     pub ns: NetNs,
+}
+
+impl Pod {
+    /// A new pod namespace `name` with address `ip`, wired to `node` as Calico does: a
+    /// `kpv…` veth owning [`POD_GATEWAY`] on the node, a /32 route to the pod through it,
+    /// and the pod's default route via the gateway.
+    pub fn wire(node: &NetNs, name: &str, ip: Ipv4Addr) -> Pod {
+        let ns = NetNs::new("pod");
+        let host_iface = unique_name(POD_IFACE_PREFIX);
+        wire(
+            node,
+            &host_iface,
+            &format!("{POD_GATEWAY}/32"),
+            &ns,
+            &format!("{ip}/32"),
+        );
+        node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_iface]);
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("{POD_GATEWAY}"),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &POD_GATEWAY.to_string(),
+            "dev",
+            "eth0",
+        ]);
+        Pod {
+            name: name.to_string(),
+            ip,
+            host_iface,
+            ns,
+        }
+    }
 }
 
 /// A node with pods and an external client; every namespace is deleted on drop.
@@ -76,41 +118,7 @@ impl Topology {
     /// Adds a pod namespace wired to the node (also usable while an agent runs: a
     /// new `kpv…` interface appears).
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> &Pod {
-        let ns = NetNs::new("pod");
-        let host_iface = unique_name(POD_IFACE_PREFIX);
-        let node = &self.node;
-        wire(
-            node,
-            &host_iface,
-            &format!("{POD_GATEWAY}/32"),
-            &ns,
-            &format!("{ip}/32"),
-        );
-        node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_iface]);
-        ns.ip(&[
-            "route",
-            "add",
-            &format!("{POD_GATEWAY}"),
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &POD_GATEWAY.to_string(),
-            "dev",
-            "eth0",
-        ]);
-        self.pods.push(Pod {
-            name: name.to_string(),
-            ip,
-            host_iface,
-            ns,
-        });
+        self.pods.push(Pod::wire(&self.node, name, ip));
         self.pods.last().expect("just pushed")
     }
 
@@ -133,7 +141,7 @@ impl Topology {
 
 /// Joins `node` (interface `node_iface`, address `node_addr`) to `ns` (interface
 /// `eth0`, address `ns_addr`) with a veth pair, both ends up.
-fn wire(node: &NetNs, node_iface: &str, node_addr: &str, ns: &NetNs, ns_addr: &str) {
+pub fn wire(node: &NetNs, node_iface: &str, node_addr: &str, ns: &NetNs, ns_addr: &str) {
     node.ip(&[
         "link",
         "add",
@@ -152,11 +160,7 @@ fn wire(node: &NetNs, node_iface: &str, node_addr: &str, ns: &NetNs, ns_addr: &s
     ns.ip(&["link", "set", "eth0", "up"]);
 }
 
-fn enable_forwarding(node: &NetNs) {
-    node.run(|| {
-        // /proc/sys/net belongs to the namespace of the thread that opens it.
-        fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding in node namespace");
-        let now = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read ip_forward");
-        assert_eq!(now.trim(), "1", "forwarding did not switch on");
-    });
+/// Switches IPv4 forwarding on in `node`.
+pub fn enable_forwarding(node: &NetNs) {
+    node.sysctl("net.ipv4.ip_forward", "1");
 }

@@ -7,12 +7,13 @@ use kproxy_testbed::agent::kproxy_bin;
 
 const PODS: [&str; 2] = ["hello-app-58d97c88d4-h7s2n", "hello-app-58d97c88d4-pkh8c"];
 
-fn demo(mode: &str, xdp: bool) {
+fn demo(mode: &str, xdp: bool, two_nodes: bool) {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let out = Command::new(env!("CARGO_BIN_EXE_kproxy-demo"))
         .args(["--once", "--mode", mode, "--requests", "30", "--examples"])
         .arg(&examples)
         .args(xdp.then_some("--xdp"))
+        .args(two_nodes.then_some("--two-nodes"))
         .env("KPROXY_BIN", kproxy_bin())
         .output()
         .expect("run kproxy-demo");
@@ -23,10 +24,15 @@ fn demo(mode: &str, xdp: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    assert!(!stdout.contains("(no answer)"), "{stdout}");
+    let host2 = two_nodes.then_some("to the NodePort 192.168.77.11:30811");
     for section in [
         "to the ClusterIP 10.104.81.240:80",
         "to the NodePort 192.168.77.10:30811",
-    ] {
+    ]
+    .into_iter()
+    .chain(host2)
+    {
         let start = stdout
             .find(section)
             .unwrap_or_else(|| panic!("no {section:?} section:\n{stdout}"));
@@ -77,23 +83,39 @@ fn demo(mode: &str, xdp: bool) {
         !left.contains(&format!("{pid_tag}x")),
         "demo left namespaces behind:\n{left}"
     );
-    assert!(
-        !std::path::Path::new(&format!("/sys/fs/bpf/kproxy-demo-{pid_tag}")).exists(),
-        "demo left its pins"
-    );
+    // One pin directory per node: `kproxy-demo-{pid}` or `kproxy-demo-{pid}-host1`.
+    let ours = format!("kproxy-demo-{pid_tag}");
+    let pins_left: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
+        .expect("read /sys/fs/bpf")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| *name == ours || name.starts_with(&format!("{ours}-")))
+        .collect();
+    assert!(pins_left.is_empty(), "demo left its pins: {pins_left:?}");
 }
 
 #[test]
 fn demo_in_ebpf_mode() {
-    demo("ebpf", false);
+    demo("ebpf", false, false);
 }
 
 #[test]
 fn demo_in_ebpf_mode_with_xdp() {
-    demo("ebpf", true);
+    demo("ebpf", true, false);
 }
 
 #[test]
 fn demo_in_iptables_mode() {
-    demo("iptables", false);
+    demo("iptables", false, false);
+}
+
+#[test]
+fn demo_on_two_nodes_in_iptables_mode() {
+    demo("iptables", false, true);
+}
+
+/// Waits for eBPF SNAT of remote backends (NodePort on host1 to pod B on host2 gets no
+/// answer without it); register with `#[test]` once merged, with an XDP twin.
+#[allow(dead_code)]
+fn demo_on_two_nodes_in_ebpf_mode() {
+    demo("ebpf", false, true);
 }

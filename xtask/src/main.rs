@@ -46,6 +46,10 @@ enum Command {
         /// Exit right after showing the state instead of waiting for Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// The seed as it is: pod A on host1, pod B on host2, an agent per node (eBPF
+        /// mode needs SNAT for remote backends to answer on both NodePorts).
+        #[arg(long)]
+        two_nodes: bool,
     },
     /// eBPF against iptables as services grow: `[--services 1,1000,10000] [--modes ...]
     /// [--duration SECS] [--quick] [--out DIR]` (`-- --help` for all options).
@@ -71,20 +75,25 @@ fn run() -> anyhow::Result<()> {
             setup::run()?;
             build::all().map(|_| ())
         }
-        Command::Run { args } if args.is_empty() => demo("ebpf", false, false),
+        Command::Run { args } if args.is_empty() => demo("ebpf", false, false, false),
         Command::Run { args } => {
             setup::run()?;
             let agent = build::all()?;
             cmd::run(std::process::Command::new(agent).args(&args))
         }
         Command::Test { repeat } => test::run(repeat),
-        Command::Demo { mode, xdp, once } => demo(&mode, xdp, once),
+        Command::Demo {
+            mode,
+            xdp,
+            once,
+            two_nodes,
+        } => demo(&mode, xdp, once, two_nodes),
         Command::Bench { args } => bench::run(&args),
     }
 }
 
 /// Builds the agent and the demo driver, then runs the demo from the repository root.
-fn demo(mode: &str, xdp: bool, once: bool) -> anyhow::Result<()> {
+fn demo(mode: &str, xdp: bool, once: bool, two_nodes: bool) -> anyhow::Result<()> {
     setup::run()?;
     let agent = build::all()?;
     let driver = build::demo()?;
@@ -97,6 +106,9 @@ fn demo(mode: &str, xdp: bool, once: bool) -> anyhow::Result<()> {
     }
     if xdp {
         command.arg("--xdp");
+    }
+    if two_nodes {
+        command.arg("--two-nodes");
     }
     cmd::run(&mut command)
 }

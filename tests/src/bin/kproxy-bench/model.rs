@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use kproxy_testbed::manifests::{self, Port, Service};
+use kproxy_testbed::manifests::{self, External, Port, Service};
 
 /// The backend pods every service load-balances over.
 pub const BACKEND_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -101,6 +101,8 @@ fn bench_service(service: usize, one_endpoint: bool) -> Service<'static> {
         ports: vec![Port::tcp("http", SERVICE_PORT, TARGET_PORT, node_port(service))],
         endpoints: if one_endpoint { &BOTH[..1] } else { &BOTH },
         node_name: NODE_NAME,
+        endpoint_nodes: &[],
+        external: External::default(),
     }
 }
 
