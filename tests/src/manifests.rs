@@ -15,6 +15,8 @@ pub const NODE_PORT: u16 = 30811;
 pub const TARGET_PORT: u16 = 8080;
 /// The node name the agent runs as (`hostnameOverride`).
 pub const NODE_NAME: &str = "host1";
+/// A node name that is not the agent's: endpoints there are remote.
+pub const OTHER_NODE_NAME: &str = "host2";
 /// The seed cluster's pod network (`clusterCIDR`).
 pub const CLUSTER_CIDR: &str = "172.16.0.0/16";
 
@@ -79,8 +81,22 @@ impl Service<'_> {
         }
     }
 
-    /// The Service and its EndpointSlice, as two YAML documents each opened by `---`.
+    /// The Service (type NodePort) and its EndpointSlice, as two YAML documents each
+    /// opened by `---`.
     pub fn yaml(&self) -> String {
+        self.yaml_with_spec("type: NodePort")
+    }
+
+    /// As a LoadBalancer Service with `externalTrafficPolicy: Local`, whose node-local
+    /// endpoints kube-proxy reports on `health_check_node_port`.
+    pub fn local_load_balancer_yaml(&self, health_check_node_port: u16) -> String {
+        self.yaml_with_spec(&format!(
+            "type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {health_check_node_port}"
+        ))
+    }
+
+    /// The documents with `spec_lines` (indented by two after the first) opening the spec.
+    fn yaml_with_spec(&self, spec_lines: &str) -> String {
         let Service {
             namespace,
             name,
@@ -118,7 +134,7 @@ apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  type: NodePort
+  {spec_lines}
   clusterIP: {ip}
   clusterIPs: [{ip}]
   ports:
@@ -141,8 +157,13 @@ ports:
 /// half a file.
 pub fn write_services(path: &Path, services: &[Service]) -> io::Result<()> {
     let text: String = services.iter().map(Service::yaml).collect();
+    write_documents(path, &text)
+}
+
+/// Writes `documents` to `path` atomically, as [`write_services`] does.
+pub fn write_documents(path: &Path, documents: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text)?;
+    fs::write(&tmp, documents)?;
     fs::rename(&tmp, path)
 }
 
@@ -175,6 +196,11 @@ mod tests {
         assert!(yaml.contains("nodePort: 30811"), "{yaml}");
         assert_eq!(yaml.matches("protocol: UDP").count(), 2, "{yaml}");
         assert_eq!(yaml.matches("addresses:").count(), 2, "{yaml}");
+        let lb = Service::hello_app(&pods).local_load_balancer_yaml(32100);
+        assert!(
+            lb.contains("  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  clusterIP:"),
+            "{lb}"
+        );
         let empty = Service::hello_app(&[]).yaml();
         assert!(empty.ends_with("endpoints: []\n"), "{empty}");
     }
