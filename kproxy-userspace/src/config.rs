@@ -414,7 +414,7 @@ mod tests {
             config.healthz_bind_address,
             Some("0.0.0.0:10256".parse().unwrap())
         );
-        assert_eq!(config.health_timeout(), Duration::from_secs(60));
+        assert_eq!(config.health_timeout(), Duration::from_mins(1));
     }
 
     #[test]
@@ -443,7 +443,7 @@ mod tests {
         );
         assert_eq!(
             read("iptables: {syncPeriod: 1m30s}").health_timeout(),
-            Duration::from_secs(180)
+            Duration::from_mins(3)
         );
         assert_eq!(
             read("iptables: {syncPeriod: 500ms}").sync_period,

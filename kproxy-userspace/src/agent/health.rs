@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn proxy_is_healthy_until_a_queued_change_is_late() {
-        let health = ProxyHealth::new(Duration::from_secs(60));
+        let health = ProxyHealth::new(Duration::from_mins(1));
         health.queued_update(at(100, 0));
         assert!(health.report(at(1000, 0)).healthy, "healthy while starting up");
         health.updated(IpFamily::V4, at(1000, 0));
