@@ -2,7 +2,8 @@
 //! and `/livez` on the default `healthzBindAddress` (0.0.0.0:10256), and the health check
 //! port of a LoadBalancer Service with `externalTrafficPolicy: Local`, which answers with
 //! the node's ready endpoints of it (200, or 503 when there are none), opens and closes
-//! as the model adds and removes the Service, and fails alone when its port is taken.
+//! as the model adds and removes the Service, and fails alone when its port is taken;
+//! both turn 503 when a model change waits longer than twice `iptables.syncPeriod`.
 //! Every request comes from the test's external client to the node's address.
 
 use std::{
@@ -12,11 +13,14 @@ use std::{
 };
 
 use kproxy_testbed::{
-    cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, at},
+    agent::Agent,
+    cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args},
     http::{HttpAnswer, http_get},
     manifests::{
-        NODE_NAME, OTHER_NODE_NAME, Port, SERVICE_PORT, Service, TARGET_PORT, write_documents, write_model,
+        CLUSTER_CIDR, NODE_NAME, OTHER_NODE_NAME, Port, SERVICE_PORT, Service, TARGET_PORT, proxy_config,
+        write_documents, write_model,
     },
+    tempdir::TempDir,
     topology::NODE_IP,
 };
 
@@ -44,7 +48,7 @@ fn local_load_balancer(
 }
 
 /// The hello-app plus two local-traffic LoadBalancers whose pods are on `node_name`.
-fn write_load_balancers(c: &mut Cluster, node_name: &'static str) {
+fn write_load_balancers(c: &Cluster, node_name: &'static str) {
     let documents = [
         Service::hello_app(&ENDPOINTS).yaml(),
         local_load_balancer("hello-lb", 241, 30812, node_name).local_load_balancer_yaml(HEALTH_CHECK_PORT),
@@ -53,7 +57,6 @@ fn write_load_balancers(c: &mut Cluster, node_name: &'static str) {
     ]
     .concat();
     write_documents(&c.model, &documents).expect("write the model");
-    c.wait_sync();
 }
 
 fn get(c: &Cluster, port: u16, path: &str) -> Result<HttpAnswer, String> {
@@ -62,10 +65,10 @@ fn get(c: &Cluster, port: u16, path: &str) -> Result<HttpAnswer, String> {
 
 /// Asks until the answer has `status` (the agent updates its servers just after it logs
 /// the sync), panicking with the last answer after `SYNC_TIMEOUT`.
-fn get_until(c: &Cluster, port: u16, status: u16) -> HttpAnswer {
+fn get_until(c: &Cluster, port: u16, path: &str, status: u16) -> HttpAnswer {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        let answer = get(c, port, "/");
+        let answer = get(c, port, path);
         match answer {
             Ok(answer) if answer.status == status => return answer,
             other if Instant::now() >= deadline => panic!("port {port} never answered {status}: {other:?}"),
@@ -110,7 +113,8 @@ fn health_check_port_reports_local_endpoints(mode: Mode) {
         .run(|| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], TAKEN_HEALTH_CHECK_PORT))))
         .expect("hold the second health check port");
 
-    write_load_balancers(&mut c, NODE_NAME);
+    write_load_balancers(&c, NODE_NAME);
+    c.wait_sync();
     c.agent.wait_for_log(
         &format!("health check of default/hello-lb: listening on port {HEALTH_CHECK_PORT}"),
         1,
@@ -126,7 +130,7 @@ fn health_check_port_reports_local_endpoints(mode: Mode) {
         log.contains(&format!("0.0.0.0:{TAKEN_HEALTH_CHECK_PORT}")) && log.contains("in use"),
         "a failed listen names the address and the error:\n{log}"
     );
-    let healthy = get_until(&c, HEALTH_CHECK_PORT, 200);
+    let healthy = get_until(&c, HEALTH_CHECK_PORT, "/", 200);
     assert_json_headers(&healthy);
     assert_eq!(
         healthy.header("x-load-balancing-endpoint-weight"),
@@ -139,8 +143,9 @@ fn health_check_port_reports_local_endpoints(mode: Mode) {
     assert_eq!(json["localEndpoints"], 2, "{json}");
     assert_eq!(json["serviceProxyHealthy"], true, "{json}");
 
-    write_load_balancers(&mut c, OTHER_NODE_NAME);
-    let unhealthy = get_until(&c, HEALTH_CHECK_PORT, 503);
+    write_load_balancers(&c, OTHER_NODE_NAME);
+    c.wait_sync();
+    let unhealthy = get_until(&c, HEALTH_CHECK_PORT, "/", 503);
     assert_json_headers(&unhealthy);
     assert_eq!(
         unhealthy.header("x-load-balancing-endpoint-weight"),
@@ -166,6 +171,53 @@ fn health_check_port_reports_local_endpoints(mode: Mode) {
     assert_eq!(healthz.status, 200, "{healthz:?}");
 }
 
+/// An agent with `iptables.syncPeriod: 1s` (health timeout 2 s) replaces the cluster's:
+/// a broken model file leaves a change queued, and once it has waited 2 s `/healthz`
+/// and the health check port answer 503 (the latter still counting its endpoints);
+/// a good file brings both back.
+fn late_change_makes_the_proxy_unhealthy(mode: Mode) {
+    let mut c = Cluster::start(mode, &ENDPOINTS);
+    assert!(c.agent.stop(), "the cluster's agent must exit cleanly");
+    write_load_balancers(&c, NODE_NAME);
+    let dir = TempDir::new("hlth");
+    let config = dir.path().join("config.yaml");
+    let text = proxy_config(NODE_NAME, CLUSTER_CIDR) + "iptables: {syncPeriod: 1s}\n";
+    std::fs::write(&config, text).expect("write the configuration");
+    c.agent = Agent::start(&c.topo.node, &run_args(mode, &c.model, &config, c.pins.path()));
+    c.agent.wait_for_log("sync #1", 1, SYNC_TIMEOUT);
+    assert_eq!(
+        get_until(&c, HEALTHZ_PORT, "/healthz", 200).json()["healthy"],
+        true
+    );
+    get_until(&c, HEALTH_CHECK_PORT, "/", 200);
+
+    std::fs::write(
+        &c.model,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken\n",
+    )
+    .expect("write");
+    c.agent.wait_for_log("model not applied", 1, SYNC_TIMEOUT);
+    let healthz = get_until(&c, HEALTHZ_PORT, "/healthz", 503);
+    assert_json_headers(&healthz);
+    let json = healthz.json();
+    assert_eq!(json["healthy"], false, "{json}");
+    assert_eq!(json["status"]["IPv4"]["healthy"], false, "{json}");
+    assert_eq!(
+        json["lastUpdated"], json["status"]["IPv4"]["lastUpdated"],
+        "unhealthy: lastUpdated is the last sync, not now: {json}"
+    );
+    assert_eq!(get(&c, HEALTHZ_PORT, "/livez").expect("GET /livez").status, 503);
+    let check = get(&c, HEALTH_CHECK_PORT, "/").expect("GET the health check port");
+    assert_eq!(check.status, 503, "{check:?}");
+    assert_eq!(check.json()["serviceProxyHealthy"], false, "{check:?}");
+    assert_eq!(check.json()["localEndpoints"], 2, "{check:?}");
+
+    write_load_balancers(&c, NODE_NAME);
+    c.agent.wait_for_log("sync #2", 1, SYNC_TIMEOUT);
+    get_until(&c, HEALTHZ_PORT, "/healthz", 200);
+    get_until(&c, HEALTH_CHECK_PORT, "/", 200);
+}
+
 /// One `#[test]` per scenario and mode.
 macro_rules! every_mode {
     ($($scenario:ident),* $(,)?) => {
@@ -181,4 +233,5 @@ macro_rules! every_mode {
 every_mode!(
     proxy_health_answers_after_the_first_sync,
     health_check_port_reports_local_endpoints,
+    late_change_makes_the_proxy_unhealthy,
 );

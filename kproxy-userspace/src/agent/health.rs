@@ -56,7 +56,7 @@ pub enum HealthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid --healthz-bind-address: {0}")]
+    #[error("healthz bind address {0}")]
     Flag(String),
 }
 
@@ -508,12 +508,6 @@ impl HealthServers {
                 .push(self.runtime.spawn(serve(listener, answer)).abort_handle());
         }
         Ok(open)
-    }
-}
-
-impl Drop for HealthServers {
-    fn drop(&mut self) {
-        self.open.clear();
     }
 }
 
