@@ -121,15 +121,12 @@ fn health_check_port_reports_local_endpoints(mode: Mode) {
         SYNC_TIMEOUT,
     );
     c.agent.wait_for_log(
-        &format!("health check of default/hello-lb-taken on port {TAKEN_HEALTH_CHECK_PORT}"),
+        &format!("health check of default/hello-lb-taken: listen on 0.0.0.0:{TAKEN_HEALTH_CHECK_PORT}: "),
         1,
         SYNC_TIMEOUT,
     );
     let log = c.agent.log();
-    assert!(
-        log.contains(&format!("0.0.0.0:{TAKEN_HEALTH_CHECK_PORT}")) && log.contains("in use"),
-        "a failed listen names the address and the error:\n{log}"
-    );
+    assert!(log.contains("in use"), "a failed listen names the error:\n{log}");
     let healthy = get_until(&c, HEALTH_CHECK_PORT, "/", 200);
     assert_json_headers(&healthy);
     assert_eq!(

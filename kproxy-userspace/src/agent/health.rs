@@ -49,7 +49,7 @@ const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 pub enum HealthError {
     #[error("start the health servers' tokio runtime")]
     Runtime(#[source] std::io::Error),
-    #[error("listen for the health check of service {service} on {address}")]
+    #[error("health check of {service}: listen on {address}")]
     Listen {
         service: ServiceName,
         address: SocketAddr,
@@ -459,7 +459,7 @@ impl HealthServers {
                     info!("health check of {service}: listening on port {port}");
                     self.open.insert(service, open);
                 }
-                Err(err) => error!("health check of {service} on port {port}: {}", error_chain(&err)),
+                Err(err) => error!("{}", error_chain(&err)),
             }
         }
     }
