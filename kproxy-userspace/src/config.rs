@@ -2,11 +2,23 @@
 //! kubeproxy.config.k8s.io/v1alpha1): the settings that shape the service rules.
 //! A missing file means kube-proxy's defaults.
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
-use crate::model::{Cidr, IpFamily, NodeInfo};
+use crate::model::{Cidr, IpFamily, NodeInfo, parse_ip_sloppy};
+
+/// kube-proxy's health server port (`ports.ProxyHealthzPort`).
+pub const DEFAULT_HEALTHZ_PORT: u16 = 10256;
+/// kube-proxy's `healthzBindAddress` default: every IPv4 address, port 10256.
+pub const DEFAULT_HEALTHZ_BIND_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_HEALTHZ_PORT);
+/// kube-proxy's `iptables.syncPeriod` default.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +78,11 @@ pub struct ProxyConfig {
     pub localhost_node_ports: bool,
     /// `nodePortAddresses`: empty = every local address.
     pub node_port_addresses: Vec<NodePortAddress>,
+    /// `healthzBindAddress`: where `/healthz` and `/livez` are served; `None` = disabled.
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// `iptables.syncPeriod`: kube-proxy resyncs this often, and calls itself unhealthy
+    /// when a queued update waits twice as long.
+    pub sync_period: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -80,6 +97,8 @@ impl Default for ProxyConfig {
             masquerade_bit: 14,
             localhost_node_ports: true,
             node_port_addresses: Vec::new(),
+            healthz_bind_address: Some(DEFAULT_HEALTHZ_BIND_ADDRESS),
+            sync_period: DEFAULT_SYNC_PERIOD,
         }
     }
 }
@@ -128,6 +147,7 @@ struct RawConfig {
     masquerade_all: Option<bool>,
     iptables: Option<RawIptables>,
     node_port_addresses: Option<Vec<String>>,
+    healthz_bind_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +163,7 @@ struct RawIptables {
     masquerade_all: Option<bool>,
     masquerade_bit: Option<i64>,
     localhost_node_ports: Option<bool>,
+    sync_period: Option<String>,
 }
 
 impl ProxyConfig {
@@ -224,6 +245,20 @@ impl ProxyConfig {
                 .ok_or_else(|| field_error("iptables.masqueradeBit", format!("{bit} is not in 0..=31")))?;
         }
         config.localhost_node_ports = iptables.localhost_node_ports.unwrap_or(true);
+        if let Some(text) = iptables.sync_period.as_deref() {
+            config.sync_period = parse_positive_duration(text).ok_or_else(|| {
+                field_error(
+                    "iptables.syncPeriod",
+                    format!("{text:?} is not a duration greater than 0"),
+                )
+            })?;
+        }
+        // As kube-proxy's defaulting: empty means the default, not disabled (only the
+        // command-line flag disables the server).
+        if let Some(text) = raw.healthz_bind_address.as_deref().filter(|t| !t.is_empty()) {
+            config.healthz_bind_address =
+                Some(parse_bind_address(text).map_err(|message| field_error("healthzBindAddress", message))?);
+        }
         for text in raw.node_port_addresses.iter().flatten() {
             let entry = if text == "primary" {
                 NodePortAddress::Primary
@@ -236,6 +271,12 @@ impl ProxyConfig {
             config.node_port_addresses.push(entry);
         }
         Ok(config)
+    }
+
+    /// How long a queued update may wait before the proxy reports itself unhealthy
+    /// (kube-proxy passes twice the sync period to its health server).
+    pub fn health_timeout(&self) -> Duration {
+        2 * self.sync_period
     }
 
     /// The masquerade mark value (`1 << masqueradeBit`).
@@ -318,6 +359,43 @@ impl ProxyConfig {
     }
 }
 
+/// Parses `--healthz-bind-address`: `""` or `0` disables the server (`None`), anything
+/// else is read as the file's `healthzBindAddress` is.
+pub fn parse_healthz_flag(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "" | "0" => Ok(None),
+        text => parse_bind_address(text).map(Some),
+    }
+}
+
+/// `IP:port`, or a bare IP that gets kube-proxy's health port; the port must be 1..=65535
+/// (kube-proxy's `validateHostPort`).
+fn parse_bind_address(text: &str) -> Result<SocketAddr, String> {
+    if let Some(ip) = parse_ip_sloppy(text) {
+        return Ok(SocketAddr::new(ip, DEFAULT_HEALTHZ_PORT));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} must be IP:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip = parse_ip_sloppy(host).ok_or_else(|| format!("{host:?} must be a valid IP"))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} must be a valid port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A Go duration (`30s`, `1m30s`, `500ms`) greater than zero.
+fn parse_positive_duration(text: &str) -> Option<Duration> {
+    let signed: jiff::SignedDuration = text.trim().parse().ok()?;
+    Duration::try_from(signed).ok().filter(|d| !d.is_zero())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +410,49 @@ mod tests {
         assert_eq!(config.node_port_addresses(&node), NodePortAddresses::All);
         assert!(config.localhost_node_ports(&node));
         assert!(!config.localhost_node_ports(&NodeInfo::new("n", IpFamily::V6)));
+        assert_eq!(
+            config.healthz_bind_address,
+            Some("0.0.0.0:10256".parse().unwrap())
+        );
+        assert_eq!(config.health_timeout(), Duration::from_mins(1));
+    }
+
+    #[test]
+    fn healthz_bind_address_and_sync_period_as_kube_proxy_defaults_them() {
+        let read = |text: &str| ProxyConfig::parse(text, "t").unwrap();
+        let addr = |text: &str| Some(text.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            read("healthzBindAddress: \"\"").healthz_bind_address,
+            addr("0.0.0.0:10256")
+        );
+        assert_eq!(
+            read("healthzBindAddress: 127.0.0.1").healthz_bind_address,
+            addr("127.0.0.1:10256")
+        );
+        assert_eq!(
+            read("healthzBindAddress: \"::\"").healthz_bind_address,
+            addr("[::]:10256")
+        );
+        assert_eq!(
+            read("healthzBindAddress: \"[::1]:99\"").healthz_bind_address,
+            addr("[::1]:99")
+        );
+        assert_eq!(
+            read("healthzBindAddress: 10.0.0.1:8080").healthz_bind_address,
+            addr("10.0.0.1:8080")
+        );
+        assert_eq!(
+            read("iptables: {syncPeriod: 1m30s}").health_timeout(),
+            Duration::from_mins(3)
+        );
+        assert_eq!(
+            read("iptables: {syncPeriod: 500ms}").sync_period,
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_healthz_flag(""), Ok(None));
+        assert_eq!(parse_healthz_flag("0"), Ok(None));
+        assert_eq!(parse_healthz_flag("0.0.0.0:1234"), Ok(addr("0.0.0.0:1234")));
+        assert!(parse_healthz_flag("0.0.0.0:0").is_err());
     }
 
     #[test]
@@ -379,6 +500,10 @@ nodePortAddresses: [192.168.0.0/24, 127.0.0.0/8]
             ("detectLocalMode: Magic", "detectLocalMode"),
             ("nodePortAddresses: [nonsense]", "nodePortAddresses"),
             ("kind: Deployment", "kind"),
+            ("healthzBindAddress: localhost:10256", "healthzBindAddress"),
+            ("healthzBindAddress: 0.0.0.0:70000", "healthzBindAddress"),
+            ("iptables: {syncPeriod: 0s}", "iptables.syncPeriod"),
+            ("iptables: {syncPeriod: soon}", "iptables.syncPeriod"),
         ];
         for (text, field) in cases {
             let err = ProxyConfig::parse(text, "cfg.yaml").unwrap_err().to_string();

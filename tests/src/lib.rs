@@ -4,8 +4,9 @@
 //!   [`topology`] (the seed cluster: a node, pods, an external client), [`forwarding`]
 //!   (how external traffic crosses the node), [`cluster`] (the hello-app with a running
 //!   agent), [`agent`] (the `kproxy` binary in a namespace), [`hello`] (servers and
-//!   clients), [`manifests`] (Service and EndpointSlice YAML, the proxy configuration),
-//!   [`two_node`] (the two-node cluster: host1 and host2 on a bridged LAN, an agent each).
+//!   clients), [`http`] (a GET for the agent's health servers), [`manifests`]
+//!   (Service and EndpointSlice YAML, the proxy configuration), [`two_node`] (the
+//!   two-node cluster: host1 and host2 on a bridged LAN, an agent each).
 //! - Packets: [`packet`] (frames and checksums), [`prog_test_run`] (one frame through a
 //!   program), [`fixture`] (the case harness the fixture tables run on), [`pins`] (a
 //!   loaded datapath under its own pin directory).
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod fixture;
 pub mod forwarding;
 pub mod hello;
+pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod packet;

@@ -15,6 +15,8 @@ pub const NODE_PORT: u16 = 30811;
 pub const TARGET_PORT: u16 = 8080;
 /// The node name the agent runs as (`hostnameOverride`).
 pub const NODE_NAME: &str = "host1";
+/// A node name that is not the agent's: endpoints there are remote.
+pub const OTHER_NODE_NAME: &str = "host2";
 /// The seed cluster's pod network (`clusterCIDR`).
 pub const CLUSTER_CIDR: &str = "172.16.0.0/16";
 
@@ -126,6 +128,20 @@ impl Service<'_> {
         }
     }
 
+    /// As a LoadBalancer Service with `externalTrafficPolicy: Local`, whose node-local
+    /// endpoints kube-proxy reports on `health_check_node_port`.
+    pub fn local_load_balancer_yaml(&self, health_check_node_port: u16) -> String {
+        Service {
+            external: External {
+                local: true,
+                health_check_node_port: Some(health_check_node_port),
+                ..self.external.clone()
+            },
+            ..self.clone()
+        }
+        .yaml()
+    }
+
     /// The Service and its EndpointSlice, as two YAML documents each opened by `---`.
     pub fn yaml(&self) -> String {
         let Service {
@@ -194,8 +210,13 @@ ports:
 /// half a file.
 pub fn write_services(path: &Path, services: &[Service]) -> io::Result<()> {
     let text: String = services.iter().map(Service::yaml).collect();
+    write_documents(path, &text)
+}
+
+/// Writes `documents` to `path` atomically, as [`write_services`] does.
+pub fn write_documents(path: &Path, documents: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text)?;
+    fs::write(&tmp, documents)?;
     fs::rename(&tmp, path)
 }
 

@@ -167,9 +167,9 @@ mod pending {
         (status, json)
     }
 
-    /// Waits for the agent's health-check server (kproxy-userspace/src/agent/health.rs):
-    /// nothing listens on healthCheckNodePort or 10256 in either mode.
-    fn health_check_node_ports_answer_per_node(mode: Mode) {
+    /// The agent's health servers: kube-proxy's JSON on healthCheckNodePort, 200 where
+    /// the node has a local endpoint and 503 where it has none; `/healthz` and `/livez`.
+    pub(super) fn health_check_node_ports_answer_per_node(mode: Mode) {
         let mut c = TwoNodeCluster::start(mode, vec![local_a()]);
         let expect = |local: u64| {
             serde_json::json!({
@@ -310,6 +310,8 @@ mod pending {
     }
 }
 
+use pending::health_check_node_ports_answer_per_node;
+
 /// One `#[test]` per scenario and mode.
 macro_rules! every_mode {
     ($($scenario:ident),* $(,)?) => {
@@ -325,4 +327,5 @@ macro_rules! every_mode {
 every_mode!(
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
+    health_check_node_ports_answer_per_node,
 );

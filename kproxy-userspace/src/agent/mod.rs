@@ -8,6 +8,7 @@
 //! state stays in force.
 
 mod ebpf;
+mod health;
 mod iptables;
 mod node;
 pub mod signals;
@@ -22,6 +23,8 @@ use std::{
 
 use log::{error, info, warn};
 
+use self::health::HealthServers;
+pub use self::health::{HealthError, HealthzBind};
 pub use self::node::node_info;
 use self::watch::ModelWatcher;
 pub use crate::record::Mode;
@@ -58,6 +61,8 @@ pub struct AgentOptions {
     pub masquerade_address: Ipv4Addr,
     /// Stop after the first sync (for scripts and tests): the datapath stays.
     pub once: bool,
+    /// `--healthz-bind-address`, over the configuration's `healthzBindAddress`.
+    pub healthz_bind_address: Option<HealthzBind>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,8 @@ pub enum AgentError {
     Ebpf(#[from] ebpf::EbpfProxierError),
     #[error(transparent)]
     Iptables(#[from] iptables::IptablesProxierError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
     #[error("install signal handlers: `sigaction` failed")]
     Signals(#[source] nix::Error),
     #[error("read the node's name and addresses: `{call}` failed")]
@@ -97,6 +104,7 @@ trait Proxier {
 /// Runs the agent until SIGINT/SIGTERM (or after one sync with `once`).
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let stop = signals::install().map_err(AgentError::Signals)?;
+    let mut health = start_health_servers(opts)?;
     let mut proxier: Box<dyn Proxier> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
@@ -105,7 +113,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let mut syncs = 0u64;
     let mut last_scan = Instant::now();
     proxier.scan_interfaces()?;
-    let mut synced = sync_once(opts, proxier.as_mut(), &mut syncs);
+    let mut synced = sync_once(opts, proxier.as_mut(), &mut syncs, &mut health);
     loop {
         if signals::stopped(stop) || (opts.once && synced) {
             break;
@@ -119,7 +127,8 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
             last_scan = Instant::now();
         }
         if watcher.poll() {
-            synced |= sync_once(opts, proxier.as_mut(), &mut syncs);
+            health.queued_update();
+            synced |= sync_once(opts, proxier.as_mut(), &mut syncs, &mut health);
         }
     }
     proxier.tick();
@@ -130,8 +139,23 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// The health servers, with the bind address and timeout read once at start as
+/// kube-proxy reads its configuration (a broken file is reported by the first sync).
+fn start_health_servers(opts: &AgentOptions) -> Result<HealthServers, AgentError> {
+    let config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
+    let healthz = opts
+        .healthz_bind_address
+        .map_or(config.healthz_bind_address, HealthzBind::address);
+    Ok(HealthServers::start(healthz, config.health_timeout())?)
+}
+
 /// Loads the model and applies it; on any failure logs it and keeps the last state.
-fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, syncs: &mut u64) -> bool {
+fn sync_once(
+    opts: &AgentOptions,
+    proxier: &mut dyn Proxier,
+    syncs: &mut u64,
+    health: &mut HealthServers,
+) -> bool {
     let started = Instant::now();
     let loaded = (|| {
         let config = ProxyConfig::load(opts.config.as_deref())?;
@@ -167,6 +191,7 @@ fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, syncs: &mut u64) ->
                 started.elapsed().as_secs_f64() * 1000.0
             );
             record_state(opts, proxier, &node, *syncs);
+            health.synced(&model, &node, &config);
             true
         }
         Err(err) => {

@@ -7,7 +7,7 @@ use std::{
 
 use clap::Args;
 use kproxy::{
-    agent::{self, AgentOptions, Mode},
+    agent::{self, AgentOptions, HealthzBind, Mode},
     ebpf::DEFAULT_PIN_DIR,
     iptables::Flavor,
 };
@@ -55,6 +55,10 @@ pub struct Run {
     /// Exit after the first successful sync, leaving the datapath in place.
     #[arg(long)]
     once: bool,
+    /// IP:PORT for /healthz and /livez, over the configuration's healthzBindAddress
+    /// (default 0.0.0.0:10256); "" or 0 disables the server.
+    #[arg(long, value_name = "IP:PORT", value_parser = HealthzBind::parse)]
+    healthz_bind_address: Option<HealthzBind>,
 }
 
 impl Run {
@@ -78,6 +82,7 @@ impl Run {
             node_ip: self.node_ip,
             masquerade_address: self.masquerade_address,
             once: self.once,
+            healthz_bind_address: self.healthz_bind_address,
         };
         Ok(agent::run(&opts)?)
     }
