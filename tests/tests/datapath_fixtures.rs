@@ -470,6 +470,7 @@ fn client_ip_affinity_sticks() {
                 &[ID1, ID2],
                 FrontendOptions {
                     client_ip_affinity: Some(Duration::from_hours(3)),
+                    ..FrontendOptions::default()
                 },
             )
             .unwrap();

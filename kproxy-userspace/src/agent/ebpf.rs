@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use log::{debug, info, warn};
@@ -19,7 +19,7 @@ use super::{AgentError, AgentOptions, Proxier};
 use crate::{
     config::ProxyConfig,
     ebpf::{
-        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError,
+        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SnatSettings,
         attach::{
             self, AttachError, Iface, IfaceError, LinkPins, iface,
             xdp::{self as xdp_attach, XdpAttachMode},
@@ -57,6 +57,7 @@ pub struct EbpfProxier {
     /// The redirect targets last written (ifindexes).
     xdp_targets: Vec<u32>,
     masquerade: Ipv4Addr,
+    snat_ports: std::ops::RangeInclusive<u16>,
     /// The last unsupported-feature notes logged, so each is logged once per change.
     unsupported: Vec<String>,
 }
@@ -96,6 +97,7 @@ impl EbpfProxier {
             xdp_attached: BTreeMap::new(),
             xdp_targets: Vec::new(),
             masquerade: opts.masquerade_address,
+            snat_ports: opts.snat_ports.clone(),
             unsupported: Vec::new(),
         })
     }
@@ -168,7 +170,17 @@ impl Proxier for EbpfProxier {
         maps.set_node_addresses(&addrs).map_err(EbpfProxierError::from)?;
         maps.set_masquerade_address(Some(self.masquerade))
             .map_err(EbpfProxierError::from)?;
-        let desired = desired_state(model);
+        let policy = MasqueradePolicy::new(config, node)?;
+        let snat = SnatSettings {
+            node_addr: node.node_ip.and_then(|ip| match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            }),
+            cluster_cidr: policy.cluster_cidr,
+            ports: self.snat_ports.clone(),
+        };
+        maps.set_snat(&snat).map_err(EbpfProxierError::from)?;
+        let desired = desired_state(model, &policy);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {
                 warn!("{note}");
