@@ -344,6 +344,57 @@ endpoints:
         );
     }
 
+    /// kube-proxy's KUBE-MARK-MASQ cases, per frontend: external frontends by their
+    /// traffic policy, the ClusterIP by `masqueradeAll` and the cluster CIDR.
+    #[test]
+    fn masquerade_follows_kube_proxys_mark_masq_rules() {
+        let node = NodeInfo::new("node-a", crate::model::IpFamily::V4);
+        let parse = |text: &str| {
+            let config = ProxyConfig::parse(text, "t").unwrap();
+            MasqueradePolicy::new(&config, &node).unwrap()
+        };
+        let kind = "kind: KubeProxyConfiguration\n";
+        let by_cidr = parse(&format!("{kind}clusterCIDR: 10.244.0.0/16\n"));
+        assert_eq!(by_cidr.cluster_cidr, Some((Ipv4Addr::new(10, 244, 0, 0), 16)));
+        let all = parse(&format!("{kind}masqueradeAll: true\n"));
+        let by_iface = parse(&format!(
+            "{kind}detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: veth}}\n"
+        ));
+        assert_eq!(by_iface.interface_detector.as_deref(), Some("veth+"));
+        let vip = Frontend::Address {
+            addr: sock("10.96.0.10:80"),
+            proto: Protocol::Tcp,
+        };
+        let cluster_ip = |p: &MasqueradePolicy, yaml: &str| {
+            desired_state(&model(yaml), p)
+                .frontends
+                .get(&vip)
+                .unwrap()
+                .options
+                .masquerade
+        };
+        assert_eq!(
+            cluster_ip(&MasqueradePolicy::default(), SERVICE),
+            Masquerade::Never
+        );
+        assert_eq!(cluster_ip(&by_cidr, SERVICE), Masquerade::OffCluster);
+        assert_eq!(cluster_ip(&all, SERVICE), Masquerade::Always);
+        let external = |yaml: &str| {
+            let desired = desired_state(&model(yaml), &all);
+            desired
+                .frontends
+                .iter()
+                .filter(|(f, _)| **f != vip)
+                .map(|(_, s)| s.options.masquerade)
+                .collect::<Vec<_>>()
+        };
+        // eTP=Local: the backend sees the client, even with masqueradeAll.
+        assert_eq!(external(SERVICE), vec![Masquerade::Never; 3]);
+        let cluster = SERVICE.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster");
+        assert_eq!(external(&cluster), vec![Masquerade::Always; 3]);
+        assert!(desired_state(&model(SERVICE), &by_iface).unsupported[0].contains("veth+"));
+    }
+
     #[test]
     fn source_ranges_leave_load_balancer_ips_unserved() {
         let yaml = SERVICE.replace(
