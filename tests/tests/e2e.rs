@@ -44,6 +44,14 @@ fn clusterip_and_nodeport_reach_both_backends(mode: Mode) {
         both(),
         "UDP via NodePort"
     );
+    if mode != Mode::Iptables {
+        // externalTrafficPolicy Cluster: kube-proxy masquerades NodePort traffic, and so
+        // does the datapath (to the node's address and a port it allocates); pod traffic
+        // to the ClusterIP is not (no clusterCIDR configured).
+        let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+        assert!(event(&maps, "snat") > 0, "NodePort flows were SNATed");
+        assert_eq!(event(&maps, "snat_port_exhausted"), 0);
+    }
 }
 
 fn flows_stay_on_their_backend(mode: Mode) {
