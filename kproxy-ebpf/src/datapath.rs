@@ -1,6 +1,6 @@
 //! The packet walk shared by every hook: parse, frontend lookup, conntrack, backend
-//! choice, translation; replies are reverse-translated. Anything not ours passes
-//! untouched.
+//! choice (and SNAT of the flows kube-proxy masquerades, `snat`), translation; replies
+//! are reverse-translated. Anything not ours passes untouched.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
