@@ -46,7 +46,8 @@ pub struct Run {
     /// iptables implementation for --mode iptables.
     #[arg(long, value_enum, default_value = "system")]
     iptables_backend: Flavor,
-    /// The node's primary IP (default: its first non-loopback IPv4 address).
+    /// The node's primary IP, the source of SNATed flows (default: its first IPv4 address
+    /// that is neither loopback nor link-local).
     #[arg(long)]
     node_ip: Option<IpAddr>,
     /// Source address for hairpin flows in eBPF mode (must not be a node address).
