@@ -86,6 +86,7 @@ impl EbpfProxier {
             "eBPF datapath loaded, maps pinned under {} ({adopted} frontends adopted, {pruned} orphan slots pruned)",
             opts.pin_path.display()
         );
+        warn_if_ephemeral(&opts.snat_ports);
         Ok(EbpfProxier {
             loaded,
             logger,
@@ -145,6 +146,26 @@ impl EbpfProxier {
             self.xdp_targets = targets;
         }
         Ok(())
+    }
+}
+
+/// Warns when the SNAT ports overlap the node's own ephemeral ports: a connection of the
+/// node to a backend could then share a reply tuple with a SNATed flow.
+fn warn_if_ephemeral(snat: &std::ops::RangeInclusive<u16>) {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let Ok(text) = std::fs::read_to_string(PATH) else {
+        return;
+    };
+    let mut bounds = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    if let (Some(lo), Some(hi)) = (bounds.next(), bounds.next())
+        && lo <= *snat.end()
+        && *snat.start() <= hi
+    {
+        warn!(
+            "--snat-ports {}-{} overlap {PATH} ({lo}-{hi}): the node's own connections may take SNAT ports",
+            snat.start(),
+            snat.end()
+        );
     }
 }
 
