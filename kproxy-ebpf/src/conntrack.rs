@@ -149,17 +149,10 @@ pub fn mark_closing(key: CtKey) {
     }
 }
 
-/// The entry of a new flow of `flow` to backend `backend_id` of service `rev_nat_id`,
-/// masqueraded to `masq_addr` (keeping the client's port) unless it is 0.
+/// The entry of a new flow of `flow` to backend `backend_id` (`b`) of service
+/// `rev_nat_id`, not masqueraded (the backend sees the client's address and port).
 #[inline(always)]
-pub fn entry(
-    flow: &Flow,
-    rev_nat_id: u32,
-    backend_id: u32,
-    b: &Backend,
-    masq_addr: u32,
-    now: u64,
-) -> CtEntry {
+pub fn entry(flow: &Flow, rev_nat_id: u32, backend_id: u32, b: &Backend, now: u64) -> CtEntry {
     CtEntry {
         last_seen_ns: now,
         created_ns: now,
@@ -168,35 +161,25 @@ pub fn entry(
         frontend_addr: flow.daddr,
         backend_addr: b.addr,
         client_addr: flow.saddr,
-        masq_addr,
+        masq_addr: 0,
         frontend_port: flow.dport,
         backend_port: b.port,
         client_port: flow.sport,
         masq_port: flow.sport,
         state: state_after(0, flow),
-        flags: if masq_addr != 0 { CT_F_MASQ } else { 0 },
+        flags: 0,
         _pad: [0; 6],
     }
 }
 
-/// Creates both entries of a new flow of `flow` to backend `backend_id` of service
-/// `rev_nat_id`, masqueraded to `masq_addr` unless it is 0.
+/// Inserts both entries of the new flow `e` of `flow`.
 #[inline(always)]
-pub fn create(
-    flow: &Flow,
-    rev_nat_id: u32,
-    backend_id: u32,
-    b: &Backend,
-    masq_addr: u32,
-    now: u64,
-) -> Result<CtEntry, CtFull> {
-    let e = entry(flow, rev_nat_id, backend_id, b, masq_addr, now);
+pub fn create(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
     // Reply entry first: a reply can only follow the forwarded packet.
     CONNTRACK
-        .insert(reply_key_of(&e, flow.proto), e, 0)
+        .insert(reply_key_of(e, flow.proto), *e, 0)
         .map_err(|_| CtFull)?;
-    insert_service(flow, &e)?;
-    Ok(e)
+    insert_service(flow, e)
 }
 
 /// Inserts the service-direction entry of the new flow `e` (its reply entry is in).

@@ -6,7 +6,7 @@ use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
 use kproxy_common::{
     Backend, CtEntry, ServiceValue,
-    conntrack::CT_ST_CLOSING,
+    conntrack::{CT_F_MASQ, CT_ST_CLOSING},
     stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE,
         EV_DROP_SNAT_PORT_EXHAUSTED, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
@@ -149,12 +149,16 @@ fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
 #[inline(always)]
 fn start_flow(flow: &Flow, svc: &ServiceValue, backend_id: u32, b: &Backend, now: u64) -> Option<CtEntry> {
     let cfg = snat::config().unwrap_or_default();
+    let mut e = ct::entry(flow, svc.rev_nat_id, backend_id, b, now);
     // Hairpin: the client is its own backend. Its reply would go straight back to
-    // itself, so the source becomes the masquerade address.
-    let masq = if b.addr == flow.saddr { cfg.masq_addr } else { 0 };
-    if masq == 0 && snat::wanted(svc, flow, &cfg) {
-        return match snat::create(flow, svc.rev_nat_id, backend_id, b, &cfg, now) {
-            Ok(e) => {
+    // itself, so the source becomes the masquerade address (the port is kept).
+    let hairpin = b.addr == flow.saddr && cfg.masq_addr != 0;
+    if hairpin {
+        e.masq_addr = cfg.masq_addr;
+        e.flags |= CT_F_MASQ;
+    } else if snat::wanted(svc, flow, &cfg) {
+        return match snat::create(flow, &mut e, &cfg, now) {
+            Ok(()) => {
                 event(EV_SNAT);
                 Some(e)
             }
@@ -168,11 +172,11 @@ fn start_flow(flow: &Flow, svc: &ServiceValue, backend_id: u32, b: &Backend, now
             }
         };
     }
-    let Ok(e) = ct::create(flow, svc.rev_nat_id, backend_id, b, masq, now) else {
+    if ct::create(flow, &e).is_err() {
         event(EV_DROP_CT_FULL);
         return None;
-    };
-    if masq != 0 {
+    }
+    if hairpin {
         event(EV_MASQ);
     }
     Some(e)

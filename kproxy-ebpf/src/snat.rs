@@ -6,7 +6,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use kproxy_common::{
-    Backend, Config, CtEntry, ServiceValue,
+    Config, CtEntry, ServiceValue,
     conntrack::{CT_F_MASQ, CT_F_SNAT},
     lb::{SVC_F_SNAT, SVC_F_SNAT_OFF_CLUSTER},
     node::SNAT_RETRIES,
@@ -48,26 +48,18 @@ pub fn wanted(svc: &ServiceValue, flow: &Flow, cfg: &Config) -> bool {
     svc.flags & SVC_F_SNAT_OFF_CLUSTER != 0 && flow.saddr & cfg.cluster_mask != cfg.cluster_net
 }
 
-/// Creates both entries of a new SNATed flow of `flow` to backend `backend_id` of
-/// service `rev_nat_id`: claims a port (reply entry), then the service entry.
+/// Inserts both entries of the new flow `e` of `flow`, SNATed: claims a port (the reply
+/// entry), then the service entry.
 #[inline(always)]
-pub fn create(
-    flow: &Flow,
-    rev_nat_id: u32,
-    backend_id: u32,
-    b: &Backend,
-    cfg: &Config,
-    now: u64,
-) -> Result<CtEntry, SnatError> {
-    let mut e = ct::entry(flow, rev_nat_id, backend_id, b, 0, now);
+pub fn create(flow: &Flow, e: &mut CtEntry, cfg: &Config, now: u64) -> Result<(), SnatError> {
     e.masq_addr = cfg.snat_addr;
     e.flags |= CT_F_MASQ | CT_F_SNAT;
-    claim_port(&mut e, flow.proto, cfg, now)?;
-    if ct::insert_service(flow, &e).is_err() {
-        let _ = CONNTRACK.remove(ct::reply_key_of(&e, flow.proto));
+    claim_port(e, flow.proto, cfg, now)?;
+    if ct::insert_service(flow, e).is_err() {
+        let _ = CONNTRACK.remove(ct::reply_key_of(e, flow.proto));
         return Err(SnatError::CtFull);
     }
-    Ok(e)
+    Ok(())
 }
 
 /// Sets `e.masq_port` to a port of the range whose reply tuple is free and inserts the

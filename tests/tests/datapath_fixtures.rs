@@ -18,14 +18,10 @@ use std::{
 };
 
 use kproxy::{
-    ebpf::{
-        BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, Masquerade, SnatSettings,
-        ktime_now_ns,
-    },
+    ebpf::{BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, Masquerade, SnatSettings},
     model::Protocol,
 };
 use kproxy_common::{
-    CtEntry,
     byteorder::{be_addr, be_port},
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     lb::{PROTO_TCP, PROTO_UDP},
@@ -594,27 +590,16 @@ fn seed_snat_flow(
     (proto, nat_port): (u8, u16),
     age: Duration,
 ) {
-    let now = ktime_now_ns() - age.as_nanos() as u64;
     let b1 = sa(B1, 8080);
-    let e = CtEntry {
-        last_seen_ns: now,
-        created_ns: now,
-        backend_id: ID1.0,
-        rev_nat_id: svc.0,
-        frontend_addr: be_addr(frontend.ip().octets()),
-        backend_addr: be_addr(B1),
-        client_addr: be_addr(client.ip().octets()),
-        masq_addr: be_addr(NODE_IP),
-        frontend_port: be_port(frontend.port()),
-        backend_port: be_port(8080),
-        client_port: be_port(client.port()),
-        masq_port: be_port(nat_port),
-        state: if proto == PROTO_TCP { CT_ST_ESTABLISHED } else { 0 },
-        flags: CT_F_MASQ | CT_F_SNAT,
-        _pad: [0; 6],
-    };
-    m.conntrack_insert(ct_key(client, frontend, proto, CT_DIR_SERVICE), e)
+    seed_flow(m, svc, client, frontend, (ID1, b1), proto, age);
+    m.conntrack_remove(&ct_key(b1, client, proto, CT_DIR_REPLY))
         .unwrap();
+    let service = ct_key(client, frontend, proto, CT_DIR_SERVICE);
+    let mut e = m.conntrack_get(&service).unwrap().expect("seeded");
+    e.masq_addr = be_addr(NODE_IP);
+    e.masq_port = be_port(nat_port);
+    e.flags = CT_F_MASQ | CT_F_SNAT;
+    m.conntrack_insert(service, e).unwrap();
     m.conntrack_insert(ct_key(b1, sa(NODE_IP, nat_port), proto, CT_DIR_REPLY), e)
         .unwrap();
 }
