@@ -3,7 +3,7 @@
 //! A translated flow has two entries in `KPROXY_CT_V1`, with the same value layout:
 //! - [`CT_DIR_SERVICE`]: keyed by the pre-DNAT tuple the client sent (client → frontend);
 //! - [`CT_DIR_REPLY`]: keyed by the tuple the backend's replies carry (backend → client,
-//!   or backend → masquerade address for a masqueraded flow).
+//!   or backend → masquerade address and port for a masqueraded or SNATed flow).
 
 /// Entry of the client → frontend direction.
 pub const CT_DIR_SERVICE: u8 = 0;
@@ -15,8 +15,12 @@ pub const CT_ST_ESTABLISHED: u8 = 1 << 0;
 /// TCP: a FIN or RST was seen in either direction; the entry expires soon.
 pub const CT_ST_CLOSING: u8 = 1 << 1;
 
-/// Flag: the client's source was rewritten to [`CtEntry::masq_addr`] (hairpin).
+/// Flag: the client's source was rewritten to [`CtEntry::masq_addr`] and
+/// [`CtEntry::masq_port`] (hairpin: the masquerade address, the client's port; or SNAT).
 pub const CT_F_MASQ: u8 = 1 << 0;
+/// Flag (with [`CT_F_MASQ`]): SNAT to the node's address and a port the datapath
+/// allocated, claimed by inserting the reply entry with `BPF_NOEXIST`.
+pub const CT_F_SNAT: u8 = 1 << 1;
 
 const SEC: u64 = 1_000_000_000;
 /// Idle lifetime of a TCP entry before its handshake completes.
@@ -71,7 +75,7 @@ pub struct CtEntry {
     pub frontend_port: u16,
     pub backend_port: u16,
     pub client_port: u16,
-    /// Source port the backend sees (the client's: masquerade keeps ports).
+    /// Source port the backend sees: the client's, or the allocated one with [`CT_F_SNAT`].
     pub masq_port: u16,
     /// `CT_ST_*` bits of this direction.
     pub state: u8,

@@ -17,6 +17,13 @@ pub const SCOPE_NODE_PORT: u8 = 1;
 
 /// Service flag: ClientIP session affinity (timeout in [`ServiceValue::affinity_timeout_s`]).
 pub const SVC_F_AFFINITY: u16 = 1 << 0;
+/// Service flag: SNAT every new flow to the node's address and an allocated port
+/// (kube-proxy's unconditional KUBE-MARK-MASQ: external frontends with
+/// `externalTrafficPolicy: Cluster`, ClusterIPs with `masqueradeAll`).
+pub const SVC_F_SNAT: u16 = 1 << 1;
+/// Service flag: SNAT new flows whose source is outside the cluster CIDR of the config
+/// map (a ClusterIP under kube-proxy's `! -s CLUSTER_CIDR -j KUBE-MARK-MASQ`).
+pub const SVC_F_SNAT_OFF_CLUSTER: u16 = 1 << 2;
 
 /// Slots of one service are written at base 0 or at base [`SLOT_BASE_ALT`], alternately,
 /// so an update writes the new set beside the old one and then flips the service value.

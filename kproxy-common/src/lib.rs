@@ -47,11 +47,12 @@ pub mod map_names {
     pub const CONNTRACK: &str = "KPROXY_CT_V1";
     pub const AFFINITY: &str = "KPROXY_AFFINITY_V1";
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
-    pub const CONFIG: &str = "KPROXY_CONFIG_V1";
+    /// V2: SNAT address, cluster CIDR and port range added.
+    pub const CONFIG: &str = "KPROXY_CONFIG_V2";
     pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V1";
     pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V1";
-    /// V2: two XDP events added (an array's size is part of its layout).
-    pub const EVENTS: &str = "KPROXY_EVENTS_V2";
+    /// V3: two SNAT events added (an array's size is part of its layout).
+    pub const EVENTS: &str = "KPROXY_EVENTS_V3";
     pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     /// Every pinned map (all but the per-load interface counters).

@@ -1,5 +1,5 @@
 //! Node-wide state the agent writes: the node's addresses (NodePort frontends answer on
-//! them) and the settings of the single `KPROXY_CONFIG_V1` entry.
+//! them) and the settings of the single `KPROXY_CONFIG_V2` entry.
 
 /// Value of `KPROXY_NODE_ADDRS_V1`, keyed by a node address (network order): NodePort
 /// frontends match packets to these addresses.
@@ -11,7 +11,17 @@ pub struct NodeAddr {
 }
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 
-/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V1`).
+/// First port of the default SNAT range: just above Linux's default ephemeral range
+/// (`ip_local_port_range` 32768–60999), so SNATed flows never take a port the node's own
+/// connections use.
+pub const SNAT_PORT_MIN_DEFAULT: u16 = 61_000;
+/// Last port of the default SNAT range.
+pub const SNAT_PORT_MAX_DEFAULT: u16 = 65_535;
+/// Ports a new SNAT flow tries (each at random in the range) before it is dropped as
+/// `snat_port_exhausted` (Cilium's `SNAT_COLLISION_RETRIES`).
+pub const SNAT_RETRIES: u32 = 32;
+
+/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -22,8 +32,18 @@ pub struct Config {
     pub masq_addr: u32,
     /// Reserved (0).
     pub flags: u32,
+    /// SNAT source (the node's IP), network order; 0 = no SNAT.
+    pub snat_addr: u32,
+    /// Cluster CIDR network, network order: sources outside it are SNATed to frontends
+    /// with `SVC_F_SNAT_OFF_CLUSTER`.
+    pub cluster_net: u32,
+    /// Cluster CIDR mask, network order.
+    pub cluster_mask: u32,
+    /// SNAT ports, inclusive, host order (no port when `min` is 0 or above `max`).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 24);
 
 // SAFETY: repr(C), u32 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(NodeAddr, Config);

@@ -42,7 +42,7 @@ const _: () = assert!(size_of::<FlowCounters>() == 32);
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
 
-// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V2`).
+// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V3`).
 
 /// A new flow got a backend and conntrack entries.
 pub const EV_NEW_FLOW: u32 = 0;
@@ -71,8 +71,12 @@ pub const EV_XDP_REDIRECT: u32 = 10;
 /// XDP: a translated packet was handed to the stack (no route or neighbour known to the
 /// FIB, TTL expiring, MTU exceeded, or its interface not a redirect target).
 pub const EV_XDP_PASS_TRANSLATED: u32 = 11;
+/// A new flow was SNATed to the node's address and an allocated port.
+pub const EV_SNAT: u32 = 12;
+/// Dropped: a new flow to SNAT found no free port in the range (after `SNAT_RETRIES`).
+pub const EV_DROP_SNAT_PORT_EXHAUSTED: u32 = 13;
 /// Number of event counters.
-pub const EV_MAX: u32 = 12;
+pub const EV_MAX: u32 = 14;
 
 /// Names of the event counters, by index.
 pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
@@ -88,4 +92,6 @@ pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
     "drop_rewrite",
     "xdp_redirect",
     "xdp_pass_translated",
+    "snat",
+    "snat_port_exhausted",
 ];

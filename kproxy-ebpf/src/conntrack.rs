@@ -149,18 +149,11 @@ pub fn mark_closing(key: CtKey) {
     }
 }
 
-/// Creates both entries of a new flow of `flow` to backend `backend_id` of service
-/// `rev_nat_id`, masqueraded to `masq_addr` unless it is 0.
+/// The entry of a new flow of `flow` to backend `backend_id` (`b`) of service
+/// `rev_nat_id`, not masqueraded (the backend sees the client's address and port).
 #[inline(always)]
-pub fn create(
-    flow: &Flow,
-    rev_nat_id: u32,
-    backend_id: u32,
-    b: &Backend,
-    masq_addr: u32,
-    now: u64,
-) -> Result<CtEntry, CtFull> {
-    let e = CtEntry {
+pub fn entry(flow: &Flow, rev_nat_id: u32, backend_id: u32, b: &Backend, now: u64) -> CtEntry {
+    CtEntry {
         last_seen_ns: now,
         created_ns: now,
         backend_id,
@@ -168,19 +161,54 @@ pub fn create(
         frontend_addr: flow.daddr,
         backend_addr: b.addr,
         client_addr: flow.saddr,
-        masq_addr,
+        masq_addr: 0,
         frontend_port: flow.dport,
         backend_port: b.port,
         client_port: flow.sport,
         masq_port: flow.sport,
         state: state_after(0, flow),
-        flags: if masq_addr != 0 { CT_F_MASQ } else { 0 },
+        flags: 0,
         _pad: [0; 6],
-    };
+    }
+}
+
+/// Inserts both entries of the new flow `e` of `flow`.
+#[inline(always)]
+pub fn create(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
     // Reply entry first: a reply can only follow the forwarded packet.
     CONNTRACK
-        .insert(reply_key_of(&e, flow.proto), e, 0)
+        .insert(reply_key_of(e, flow.proto), *e, 0)
         .map_err(|_| CtFull)?;
-    CONNTRACK.insert(service_key(flow), e, 0).map_err(|_| CtFull)?;
-    Ok(e)
+    insert_service(flow, e)
+}
+
+/// Inserts the service-direction entry of the new flow `e` (its reply entry is in).
+#[inline(always)]
+pub fn insert_service(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
+    CONNTRACK.insert(service_key(flow), *e, 0).map_err(|_| CtFull)
+}
+
+/// Frees the reply entry `key` if its flow is dead (the LRU map keeps dead entries until
+/// it needs room), with its flow's service entry if that still leads to `key`; true if
+/// `key` is free now.
+#[inline(always)]
+pub fn reclaim(key: CtKey, proto: u8, now: u64) -> bool {
+    let Some(p) = CONNTRACK.get_ptr(key) else {
+        return true;
+    };
+    // SAFETY: map value pointer, copied at once.
+    let old = unsafe { *p };
+    let service = service_key_of(&old, proto);
+    if flow_alive(&old, proto, now, service) {
+        return false;
+    }
+    if let Some(s) = CONNTRACK.get_ptr(service) {
+        // SAFETY: map value pointer, read at once. A newer flow of the same client tuple
+        // keeps its entry.
+        if reply_key_of(unsafe { &*s }, proto) == key {
+            let _ = CONNTRACK.remove(service);
+        }
+    }
+    let _ = CONNTRACK.remove(key);
+    true
 }

@@ -1,15 +1,16 @@
 //! The packet walk shared by every hook: parse, frontend lookup, conntrack, backend
-//! choice, translation; replies are reverse-translated. Anything not ours passes
-//! untouched.
+//! choice (and SNAT of the flows kube-proxy masquerades, `snat`), translation; replies
+//! are reverse-translated. Anything not ours passes untouched.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
 use kproxy_common::{
-    CtEntry, ServiceValue,
-    conntrack::CT_ST_CLOSING,
+    Backend, CtEntry, ServiceValue,
+    conntrack::{CT_F_MASQ, CT_ST_CLOSING},
     stats::{
-        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE, EV_MASQ,
-        EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
+        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE,
+        EV_DROP_SNAT_PORT_EXHAUSTED, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
+        EV_SNAT,
     },
 };
 
@@ -17,9 +18,10 @@ use crate::{
     conntrack as ct,
     ctx::Packet,
     lb,
-    maps::{CONFIG, CONNTRACK},
+    maps::CONNTRACK,
     nat,
     parse::{Flow, NotHandled, parse_ipv4},
+    snat::{self, SnatError},
     stats::{self, Delta, event},
 };
 
@@ -105,17 +107,10 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
                 event(EV_DROP_INCONSISTENT);
                 return Verdict::Drop;
             };
-            // Hairpin: the client is its own backend. Its reply would go straight back
-            // to itself, so the source becomes the masquerade address.
-            let masq = if b.addr == flow.saddr { masq_addr() } else { 0 };
-            let Ok(e) = ct::create(flow, svc.rev_nat_id, backend_id, &b, masq, now) else {
-                event(EV_DROP_CT_FULL);
+            let Some(e) = start_flow(flow, svc, backend_id, &b, now) else {
                 return Verdict::Drop;
             };
             event(EV_NEW_FLOW);
-            if masq != 0 {
-                event(EV_MASQ);
-            }
             (e, true)
         }
     };
@@ -148,13 +143,48 @@ fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
     matches!(lb::backend(e.backend_id), Some(b) if b.addr == e.backend_addr && b.port == e.backend_port)
 }
 
+/// Creates the conntrack entries of a new flow of `flow` to backend `backend_id` (`b`) of
+/// `svc`, masqueraded if it hairpins, else SNATed if its frontend asks for it; None
+/// (counted) when the entries could not be created.
 #[inline(always)]
-fn masq_addr() -> u32 {
-    CONFIG.get(0).map(|c| c.masq_addr).unwrap_or(0)
+fn start_flow(flow: &Flow, svc: &ServiceValue, backend_id: u32, b: &Backend, now: u64) -> Option<CtEntry> {
+    let cfg = snat::config().unwrap_or_default();
+    let mut e = ct::entry(flow, svc.rev_nat_id, backend_id, b, now);
+    // Hairpin: the client is its own backend. Its reply would go straight back to
+    // itself, so the source becomes the masquerade address (the port is kept).
+    let hairpin = b.addr == flow.saddr && cfg.masq_addr != 0;
+    if hairpin {
+        e.masq_addr = cfg.masq_addr;
+        e.flags |= CT_F_MASQ;
+    } else if snat::wanted(svc, flow, &cfg) {
+        return match snat::create(flow, &mut e, &cfg, now) {
+            Ok(()) => {
+                event(EV_SNAT);
+                Some(e)
+            }
+            Err(SnatError::PortExhausted) => {
+                event(EV_DROP_SNAT_PORT_EXHAUSTED);
+                None
+            }
+            Err(SnatError::CtFull) => {
+                event(EV_DROP_CT_FULL);
+                None
+            }
+        };
+    }
+    if ct::create(flow, &e).is_err() {
+        event(EV_DROP_CT_FULL);
+        return None;
+    }
+    if hairpin {
+        event(EV_MASQ);
+    }
+    Some(e)
 }
 
 /// A packet that is not to a frontend: a reply of a translated flow gets its frontend
-/// (and client, if masqueraded) back; anything else passes untouched.
+/// (and client address and port, if masqueraded or SNATed) back; anything else passes
+/// untouched.
 #[inline(always)]
 fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
     let Some(p) = CONNTRACK.get_ptr_mut(ct::reply_key(flow)) else {

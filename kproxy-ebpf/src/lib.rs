@@ -7,6 +7,7 @@
 //! - [`lb`]: frontend lookup (exact, then NodePort on node addresses) and backend choice;
 //! - [`conntrack`]: both directions' entries, timeouts, TCP state;
 //! - [`nat`]: DNAT, masquerade and reverse NAT;
+//! - [`snat`]: which new flows are SNATed to the node, and their port allocation;
 //! - [`datapath`]: the packet walk every hook runs;
 //! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
 //! - [`maps`], [`stats`].
@@ -26,4 +27,5 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod snat;
 pub mod stats;

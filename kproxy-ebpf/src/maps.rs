@@ -49,8 +49,9 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 #[map(name = "KPROXY_NODE_ADDRS_V1")]
 pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC);
 
-/// Node-wide settings written by the agent (one entry: masquerade address).
-#[map(name = "KPROXY_CONFIG_V1")]
+/// Node-wide settings written by the agent (one entry: masquerade address, SNAT address,
+/// cluster CIDR, SNAT port range).
+#[map(name = "KPROXY_CONFIG_V2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 /// Per-service packets, bytes, new flows and no-backend drops, per CPU (by rev-NAT id).
@@ -62,7 +63,7 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
-#[map(name = "KPROXY_EVENTS_V2")]
+#[map(name = "KPROXY_EVENTS_V3")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 
 /// Interfaces XDP may redirect translated packets to (ifindex → itself), written by the

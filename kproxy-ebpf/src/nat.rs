@@ -9,8 +9,8 @@ use crate::{
     parse::Flow,
 };
 
-/// Client → backend: destination to the backend; source to the masquerade address for a
-/// masqueraded flow (ports are kept).
+/// Client → backend: destination to the backend; source to the masquerade address and
+/// port for a masqueraded flow (hairpin keeps the port, SNAT allocates one).
 #[inline(always)]
 pub fn dnat<C: Packet>(ctx: &C, flow: &Flow, e: &CtEntry) -> Result<(), RewriteError> {
     if e.backend_addr != flow.daddr {
@@ -19,14 +19,19 @@ pub fn dnat<C: Packet>(ctx: &C, flow: &Flow, e: &CtEntry) -> Result<(), RewriteE
     if e.backend_port != flow.dport {
         ctx.rewrite_port(L4_DPORT_OFF, flow.dport, e.backend_port, flow.l4)?;
     }
-    if e.flags & CT_F_MASQ != 0 && e.masq_addr != flow.saddr {
-        ctx.rewrite_addr(IP_SRC_OFF, flow.saddr, e.masq_addr, flow.l4)?;
+    if e.flags & CT_F_MASQ != 0 {
+        if e.masq_addr != flow.saddr {
+            ctx.rewrite_addr(IP_SRC_OFF, flow.saddr, e.masq_addr, flow.l4)?;
+        }
+        if e.masq_port != flow.sport {
+            ctx.rewrite_port(L4_SPORT_OFF, flow.sport, e.masq_port, flow.l4)?;
+        }
     }
     Ok(())
 }
 
 /// Backend → client: source back to the frontend the client used; destination back to
-/// the client for a masqueraded flow.
+/// the client's address and port for a masqueraded flow.
 #[inline(always)]
 pub fn rev_nat<C: Packet>(ctx: &C, flow: &Flow, e: &CtEntry) -> Result<(), RewriteError> {
     if e.frontend_addr != flow.saddr {
@@ -35,8 +40,13 @@ pub fn rev_nat<C: Packet>(ctx: &C, flow: &Flow, e: &CtEntry) -> Result<(), Rewri
     if e.frontend_port != flow.sport {
         ctx.rewrite_port(L4_SPORT_OFF, flow.sport, e.frontend_port, flow.l4)?;
     }
-    if e.flags & CT_F_MASQ != 0 && e.client_addr != flow.daddr {
-        ctx.rewrite_addr(IP_DST_OFF, flow.daddr, e.client_addr, flow.l4)?;
+    if e.flags & CT_F_MASQ != 0 {
+        if e.client_addr != flow.daddr {
+            ctx.rewrite_addr(IP_DST_OFF, flow.daddr, e.client_addr, flow.l4)?;
+        }
+        if e.client_port != flow.dport {
+            ctx.rewrite_port(L4_DPORT_OFF, flow.dport, e.client_port, flow.l4)?;
+        }
     }
     Ok(())
 }

@@ -18,11 +18,12 @@ use std::{
 };
 
 use kproxy::{
-    ebpf::{BackendId, DatapathMaps, Frontend, FrontendOptions},
+    ebpf::{BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, Masquerade, SnatSettings},
     model::Protocol,
 };
 use kproxy_common::{
-    conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_ST_CLOSING, CT_ST_ESTABLISHED},
+    byteorder::{be_addr, be_port},
+    conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     lb::{PROTO_TCP, PROTO_UDP},
 };
 use kproxy_testbed::{
@@ -470,6 +471,7 @@ fn client_ip_affinity_sticks() {
                 &[ID1, ID2],
                 FrontendOptions {
                     client_ip_affinity: Some(Duration::from_hours(3)),
+                    ..FrontendOptions::default()
                 },
             )
             .unwrap();
@@ -533,6 +535,315 @@ fn restart_adopts_pinned_maps() {
     let other = seed_service(&mut dp.maps, cluster_udp(), &[ID2]);
     assert_ne!(other, id, "a new frontend never reuses a live id");
     assert_eq!(dp.maps.backends().unwrap().len(), 2);
+}
+
+// ---- SNAT: the flows kube-proxy masquerades get the node's address and a port ----
+
+/// The cluster CIDR of the SNAT cases: CLIENT and the backends are pods, EXTERNAL_CLIENT
+/// is not.
+const CLUSTER_CIDR: ([u8; 4], u8) = ([10, 0, 0, 0], 16);
+/// First port of the SNAT ranges of the cases (narrow ranges make the choice certain).
+const NAT_PORT: u16 = 61000;
+
+/// The SNAT settings of the cases: the node's address, the cluster CIDR, `ports`.
+fn snat_settings(ports: std::ops::RangeInclusive<u16>) -> SnatSettings {
+    SnatSettings {
+        node_addr: Some(Ipv4Addr::from(NODE_IP)),
+        cluster_cidr: Some((Ipv4Addr::from(CLUSTER_CIDR.0), CLUSTER_CIDR.1)),
+        ports,
+    }
+}
+
+fn snat_options(masquerade: Masquerade) -> FrontendOptions {
+    FrontendOptions {
+        masquerade,
+        ..FrontendOptions::default()
+    }
+}
+
+/// Backends 1 and 2, the node's address, SNAT over `ports`, and `frontend` over backend 1
+/// with `masquerade`.
+fn snat_on(frontend: Frontend, masquerade: Masquerade, ports: std::ops::RangeInclusive<u16>) -> Seed {
+    Box::new(move |m| {
+        seed_backends(m);
+        m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+        m.set_snat(&snat_settings(ports.clone())).unwrap();
+        m.upsert_frontend(frontend, &[ID1], snat_options(masquerade))
+            .unwrap();
+    })
+}
+
+fn node_port_udp() -> Frontend {
+    Frontend::NodePort {
+        port: 30053,
+        proto: Protocol::Udp,
+    }
+}
+
+/// Seeds both entries of a SNATed flow `client` → `frontend` → backend 1 (10.0.2.7:8080)
+/// that holds NODE_IP:`nat_port`, last seen `age` ago.
+fn seed_snat_flow(
+    m: &mut DatapathMaps,
+    svc: FrontendId,
+    client: SocketAddrV4,
+    frontend: SocketAddrV4,
+    (proto, nat_port): (u8, u16),
+    age: Duration,
+) {
+    let b1 = sa(B1, 8080);
+    seed_flow(m, svc, client, frontend, (ID1, b1), proto, age);
+    m.conntrack_remove(&ct_key(b1, client, proto, CT_DIR_REPLY))
+        .unwrap();
+    let service = ct_key(client, frontend, proto, CT_DIR_SERVICE);
+    let mut e = m.conntrack_get(&service).unwrap().expect("seeded");
+    e.masq_addr = be_addr(NODE_IP);
+    e.masq_port = be_port(nat_port);
+    e.flags = CT_F_MASQ | CT_F_SNAT;
+    m.conntrack_insert(service, e).unwrap();
+    m.conntrack_insert(ct_key(b1, sa(NODE_IP, nat_port), proto, CT_DIR_REPLY), e)
+        .unwrap();
+}
+
+/// The NodePort seeded with SNAT over `ports` and a live flow of OTHER_CLIENT on
+/// NODE_IP:NAT_PORT.
+fn node_port_with_port_taken(ports: std::ops::RangeInclusive<u16>) -> Seed {
+    Box::new(move |m| {
+        (snat_on(node_port(), Masquerade::Always, ports.clone()))(m);
+        let svc = m.frontend_id(node_port()).unwrap().unwrap();
+        let other = sa(OTHER_CLIENT, 7777);
+        seed_snat_flow(
+            m,
+            svc,
+            other,
+            sa(NODE_IP, 30080),
+            (PROTO_TCP, NAT_PORT),
+            Duration::ZERO,
+        );
+    })
+}
+
+/// Another external client, holding a SNAT port in the collision cases.
+const OTHER_CLIENT: [u8; 4] = [198, 51, 100, 30];
+
+/// Asserts every conntrack entry of `client`'s flow is SNATed to NODE_IP:`port`.
+fn assert_snat_to(m: &DatapathMaps, client: SocketAddrV4, port: u16) {
+    let mine: Vec<_> = m
+        .conntrack()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.client == client)
+        .collect();
+    assert_eq!(mine.len(), 2, "both entries of {client}'s flow");
+    assert!(
+        mine.iter().all(|f| f.masquerade == Some(sa(NODE_IP, port))),
+        "{client} SNATed to {NODE_IP:?}:{port}: {mine:?}"
+    );
+}
+
+fn snat_cases() -> Vec<Case> {
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let np = sa(NODE_IP, 30080);
+    let b1 = sa(B1, 8080);
+    let vip = sa(CLUSTER_IP, 80);
+    let pod = sa(CLIENT, 40000);
+    let one_port = NAT_PORT..=NAT_PORT;
+    let snated =
+        |client, frontend, backend, port| Flow::new(client, frontend, backend).masqueraded(sa(NODE_IP, port));
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    vec![
+        Case {
+            name: "NodePort eTP=Cluster: SNAT to the node address and a port of the range; replies un-SNATed and un-DNATed",
+            seed: snat_on(node_port(), Masquerade::Always, one_port.clone()),
+            steps: {
+                let f = snated(ext, np, b1, NAT_PORT);
+                [
+                    handshake(&f),
+                    vec![f.request(ACK, payload), f.reply(ACK, b"200 OK")],
+                ]
+                .concat()
+            },
+            check: Box::new(move |m, _| {
+                assert_snat_to(m, ext, NAT_PORT);
+                assert_eq!(event(m, "snat"), 1);
+                assert_eq!(event(m, "new_flow"), 1);
+                assert_eq!(event(m, "reply_nat"), 2);
+                assert_eq!(event(m, "masquerade"), 0, "SNAT is not hairpin masquerade");
+            }),
+        },
+        Case {
+            name: "NodePort UDP eTP=Cluster: SNAT with a valid checksum; the reply goes back to the client's port",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                m.set_snat(&snat_settings(NAT_PORT..=NAT_PORT)).unwrap();
+                m.upsert_frontend(node_port_udp(), &[ID1], snat_options(Masquerade::Always))
+                    .unwrap();
+            }),
+            steps: {
+                let f = snated(ext, sa(NODE_IP, 30053), sa(B1, 5353), NAT_PORT);
+                vec![
+                    f.udp_request(b"query"),
+                    f.udp_reply(b"answer"),
+                    f.udp_request(b"again"),
+                ]
+            },
+            check: Box::new(move |m, _| {
+                assert_snat_to(m, ext, NAT_PORT);
+                assert_eq!((event(m, "snat"), event(m, "ct_hit")), (1, 1));
+            }),
+        },
+        Case {
+            name: "SNAT port collision: a live flow holds the first port, the new flow gets the other one",
+            seed: node_port_with_port_taken(NAT_PORT..=NAT_PORT + 1),
+            steps: handshake(&snated(ext, np, b1, NAT_PORT + 1)),
+            check: Box::new(move |m, _| {
+                assert_snat_to(m, ext, NAT_PORT + 1);
+                assert_snat_to(m, sa(OTHER_CLIENT, 7777), NAT_PORT);
+                assert_eq!(m.conntrack().unwrap().len(), 4);
+            }),
+        },
+        Case {
+            name: "SNAT range full: the new flow is dropped and counted, the holder keeps its port",
+            seed: node_port_with_port_taken(NAT_PORT..=NAT_PORT),
+            steps: vec![
+                step(tcp(ext, np, SYN, b""), DROP, Expect::Unchanged),
+                // The holder's replies still go back to it.
+                snated(sa(OTHER_CLIENT, 7777), np, b1, NAT_PORT).reply(ACK, b"still mine"),
+            ],
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "snat_port_exhausted"), 1);
+                assert_eq!((event(m, "snat"), event(m, "new_flow")), (0, 0));
+                assert_eq!(m.conntrack().unwrap().len(), 2, "no entry for the dropped flow");
+                assert_snat_to(m, sa(OTHER_CLIENT, 7777), NAT_PORT);
+            }),
+        },
+        Case {
+            name: "SNAT reclaims a port whose flow is dead (and that flow's service entry)",
+            seed: Box::new(move |m| {
+                (snat_on(node_port(), Masquerade::Always, NAT_PORT..=NAT_PORT))(m);
+                let svc = m.frontend_id(node_port()).unwrap().unwrap();
+                let old = (PROTO_TCP, NAT_PORT);
+                seed_snat_flow(m, svc, sa(OTHER_CLIENT, 7777), np, old, Duration::from_mins(1));
+                // Closed a minute ago: past the 10 s closing timeout.
+                for (key, mut e) in m.conntrack_entries().unwrap() {
+                    e.state |= CT_ST_CLOSING;
+                    m.conntrack_insert(key, e).unwrap();
+                }
+            }),
+            steps: handshake(&snated(ext, np, b1, NAT_PORT)),
+            check: Box::new(move |m, _| {
+                assert_snat_to(m, ext, NAT_PORT);
+                assert_eq!(m.conntrack().unwrap().len(), 2, "the dead flow is gone");
+            }),
+        },
+        Case {
+            name: "NodePort eTP=Local: no SNAT, the backend sees the client's address",
+            seed: snat_on(node_port(), Masquerade::Never, one_port.clone()),
+            steps: handshake(&Flow::new(ext, np, b1)),
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "snat"), 0);
+                assert!(m.conntrack().unwrap().iter().all(|f| f.masquerade.is_none()));
+            }),
+        },
+        Case {
+            name: "ClusterIP from outside the cluster CIDR: SNAT; from a pod: DNAT only",
+            seed: snat_on(cluster_tcp(), Masquerade::OffCluster, one_port.clone()),
+            steps: [
+                handshake(&snated(ext, vip, b1, NAT_PORT)),
+                handshake(&Flow::new(pod, vip, b1)),
+            ]
+            .concat(),
+            check: Box::new(move |m, _| {
+                assert_snat_to(m, ext, NAT_PORT);
+                assert_eq!(event(m, "snat"), 1);
+                assert_eq!(event(m, "new_flow"), 2);
+                let from_pod = m.conntrack().unwrap().into_iter().filter(|f| f.client == pod);
+                assert!(from_pod.map(|f| f.masquerade).all(|m| m.is_none()));
+            }),
+        },
+        Case {
+            name: "ClusterIP with masqueradeAll: a pod's flow is SNATed too",
+            seed: snat_on(cluster_tcp(), Masquerade::Always, one_port.clone()),
+            steps: handshake(&snated(pod, vip, b1, NAT_PORT)),
+            check: Box::new(move |m, _| assert_snat_to(m, pod, NAT_PORT)),
+        },
+        Case {
+            name: "hairpin on a SNAT frontend: masqueraded to the hairpin address (port kept), not SNATed",
+            seed: Box::new(move |m| {
+                (snat_on(cluster_tcp(), Masquerade::Always, NAT_PORT..=NAT_PORT))(m);
+                m.set_masquerade_address(Some(Ipv4Addr::from(MASQ))).unwrap();
+            }),
+            steps: handshake(&Flow::new(sa(B1, 40000), vip, b1).masqueraded(sa(MASQ, 40000))),
+            check: Box::new(|m, _| {
+                assert_eq!((event(m, "masquerade"), event(m, "snat")), (1, 0));
+                assert_eq!(
+                    m.snat().unwrap(),
+                    snat_settings(NAT_PORT..=NAT_PORT),
+                    "settings kept"
+                );
+            }),
+        },
+        Case {
+            name: "SNAT frontend without a node address configured: DNAT only",
+            seed: Box::new(|m| {
+                (snat_on(node_port(), Masquerade::Always, NAT_PORT..=NAT_PORT))(m);
+                m.set_snat(&SnatSettings::default()).unwrap();
+            }),
+            steps: handshake(&Flow::new(
+                sa(EXTERNAL_CLIENT, 5555),
+                sa(NODE_IP, 30080),
+                sa(B1, 8080),
+            )),
+            check: Box::new(|m, _| assert_eq!(event(m, "snat"), 0)),
+        },
+    ]
+}
+
+#[test]
+fn snat_fixtures() {
+    run_table(&snat_cases());
+}
+
+/// With the default range, 128 flows of one client (distinct source ports) to one
+/// backend through a NodePort each get their own port in the range, and each reply
+/// goes back to its own client port.
+#[test]
+fn snat_ports_are_distinct_and_in_range() {
+    let range = SnatSettings::default().ports;
+    for hook in HOOKS {
+        let pins = PinDir::new("snp");
+        let mut dp = pins.load();
+        (snat_on(node_port(), Masquerade::Always, range.clone()))(&mut dp.maps);
+        let program = dp.ebpf.program(hook.program()).unwrap();
+        let np = sa(NODE_IP, 30080);
+        let mut ports = std::collections::BTreeSet::new();
+        for cport in 20000..20128 {
+            let client = sa(EXTERNAL_CLIENT, cport);
+            let (code, out) = test_run(program, &tcp(client, np, SYN, b""), None).unwrap();
+            assert_eq!(code, hook.code(PASS), "{hook:?}");
+            assert_checksums_valid(&out);
+            let nat_port = u16::from_be_bytes([out[34], out[35]]);
+            assert!(
+                range.contains(&nat_port),
+                "[{hook:?}] port {nat_port} outside {range:?}"
+            );
+            assert_eq!(
+                out,
+                tcp(sa(NODE_IP, nat_port), sa(B1, 8080), SYN, b""),
+                "[{hook:?}]"
+            );
+            assert!(ports.insert(nat_port), "[{hook:?}] port {nat_port} given twice");
+            let reply = tcp(sa(B1, 8080), sa(NODE_IP, nat_port), SYN_ACK, b"");
+            let (code, back) = test_run(program, &reply, None).unwrap();
+            assert_eq!(code, hook.code(PASS), "{hook:?}");
+            assert_eq!(
+                back,
+                tcp(np, client, SYN_ACK, b""),
+                "[{hook:?}] reply of {client}"
+            );
+        }
+        assert_eq!(event(&dp.maps, "snat"), 128);
+    }
 }
 
 // ---- XDP: translated packets go straight to their next hop when the FIB knows it ----

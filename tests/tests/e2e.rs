@@ -18,7 +18,8 @@ use kproxy_testbed::{
         node_port, udp_backends,
     },
     forwarding::event,
-    hello::{LineClient, http_get_hostname, udp_ask, udp_socket},
+    hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
+    manifests::TARGET_PORT,
     topology::EXTERNAL_CLIENT_IP,
 };
 
@@ -44,6 +45,14 @@ fn clusterip_and_nodeport_reach_both_backends(mode: Mode) {
         both(),
         "UDP via NodePort"
     );
+    if mode != Mode::Iptables {
+        // externalTrafficPolicy Cluster: kube-proxy masquerades NodePort traffic, and so
+        // does the datapath (to the node's address and a port it allocates); pod traffic
+        // to the ClusterIP is not (no clusterCIDR configured).
+        let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+        assert!(event(&maps, "snat") > 0, "NodePort flows were SNATed");
+        assert_eq!(event(&maps, "snat_port_exhausted"), 0);
+    }
 }
 
 fn flows_stay_on_their_backend(mode: Mode) {
@@ -117,6 +126,39 @@ fn broken_model_keeps_last_good_state(mode: Mode) {
         http_backends(c.client(), cluster_ip()),
         ["hello-b".to_string()].into()
     );
+}
+
+/// A backend on another node (it stands in the external namespace, at an address of the
+/// cluster CIDR the node routes to over the LAN, as to a remote pod /24): without SNAT
+/// it would answer the external client directly and the flow would break; with it, the
+/// replies come back to the node and leave from the NodePort. The node filters reverse
+/// paths loosely (`rp_filter=2`, as systemd sets it).
+fn nodeport_reaches_a_remote_backend_through_snat(mode: Mode) {
+    const REMOTE: Ipv4Addr = Ipv4Addr::new(172, 16, 200, 5);
+    let c = Cluster::start(mode, &[REMOTE]);
+    let ext = &c.topo.external;
+    ext.ip(&["addr", "add", &format!("{REMOTE}/32"), "dev", "lo"]);
+    let gateway = EXTERNAL_CLIENT_IP.to_string();
+    c.topo
+        .node
+        .ip(&["route", "add", &format!("{REMOTE}/32"), "via", &gateway]);
+    c.topo.node.run(|| {
+        for conf in ["all", "default", c.topo.node_external_iface.as_str()] {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter"), "2").expect("rp_filter");
+        }
+    });
+    let _remote = HelloServer::start(ext, at(REMOTE, TARGET_PORT), "remote");
+    let remote: BTreeSet<String> = ["remote".to_string()].into();
+    assert_eq!(http_backends(ext, node_port()), remote, "TCP via NodePort");
+    assert_eq!(
+        udp_backends(ext, EXTERNAL_CLIENT_IP, node_port()),
+        remote,
+        "UDP via NodePort"
+    );
+    if mode != Mode::Iptables {
+        let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+        assert!(event(&maps, "snat") >= 2 * TRIES as u64, "every flow SNATed");
+    }
 }
 
 fn hairpin_pod_reaches_itself_through_its_service(mode: Mode) {
@@ -311,6 +353,7 @@ every_mode!(
     endpoints_follow_the_model_file,
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
+    nodeport_reaches_a_remote_backend_through_snat,
     datapath_outlives_agent_until_cleanup,
     new_pod_interfaces_are_attached,
     restarted_agent_keeps_established_flows,

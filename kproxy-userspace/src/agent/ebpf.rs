@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use log::{debug, info, warn};
@@ -19,7 +19,7 @@ use super::{AgentError, AgentOptions, Proxier};
 use crate::{
     config::ProxyConfig,
     ebpf::{
-        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError,
+        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SnatSettings,
         attach::{
             self, AttachError, Iface, IfaceError, LinkPins, iface,
             xdp::{self as xdp_attach, XdpAttachMode},
@@ -57,6 +57,7 @@ pub struct EbpfProxier {
     /// The redirect targets last written (ifindexes).
     xdp_targets: Vec<u32>,
     masquerade: Ipv4Addr,
+    snat_ports: std::ops::RangeInclusive<u16>,
     /// The last unsupported-feature notes logged, so each is logged once per change.
     unsupported: Vec<String>,
 }
@@ -85,6 +86,7 @@ impl EbpfProxier {
             "eBPF datapath loaded, maps pinned under {} ({adopted} frontends adopted, {pruned} orphan slots pruned)",
             opts.pin_path.display()
         );
+        warn_if_ephemeral(&opts.snat_ports);
         Ok(EbpfProxier {
             loaded,
             logger,
@@ -96,6 +98,7 @@ impl EbpfProxier {
             xdp_attached: BTreeMap::new(),
             xdp_targets: Vec::new(),
             masquerade: opts.masquerade_address,
+            snat_ports: opts.snat_ports.clone(),
             unsupported: Vec::new(),
         })
     }
@@ -146,6 +149,26 @@ impl EbpfProxier {
     }
 }
 
+/// Warns when the SNAT ports overlap the node's own ephemeral ports: a connection of the
+/// node to a backend could then share a reply tuple with a SNATed flow.
+fn warn_if_ephemeral(snat: &std::ops::RangeInclusive<u16>) {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let Ok(text) = std::fs::read_to_string(PATH) else {
+        return;
+    };
+    let mut bounds = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    if let (Some(lo), Some(hi)) = (bounds.next(), bounds.next())
+        && lo <= *snat.end()
+        && *snat.start() <= hi
+    {
+        warn!(
+            "--snat-ports {}-{} overlap {PATH} ({lo}-{hi}): the node's own connections may take SNAT ports",
+            snat.start(),
+            snat.end()
+        );
+    }
+}
+
 /// Logs what `kproxy inspect --verify` would report right after a sync (nothing, unless
 /// something else writes to the maps or the sync has a bug).
 fn log_drift(drift: &[Drift]) {
@@ -168,7 +191,17 @@ impl Proxier for EbpfProxier {
         maps.set_node_addresses(&addrs).map_err(EbpfProxierError::from)?;
         maps.set_masquerade_address(Some(self.masquerade))
             .map_err(EbpfProxierError::from)?;
-        let desired = desired_state(model);
+        let policy = MasqueradePolicy::new(config, node)?;
+        let snat = SnatSettings {
+            node_addr: node.node_ip.and_then(|ip| match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            }),
+            cluster_cidr: policy.cluster_cidr,
+            ports: self.snat_ports.clone(),
+        };
+        maps.set_snat(&snat).map_err(EbpfProxierError::from)?;
+        let desired = desired_state(model, &policy);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {
                 warn!("{note}");

@@ -59,6 +59,8 @@ pub struct AgentOptions {
     pub node_ip: Option<std::net::IpAddr>,
     /// Source address of masqueraded (hairpin) flows in eBPF mode.
     pub masquerade_address: Ipv4Addr,
+    /// Source ports the eBPF datapath allocates to SNATed flows.
+    pub snat_ports: std::ops::RangeInclusive<u16>,
     /// Stop after the first sync (for scripts and tests): the datapath stays.
     pub once: bool,
     /// `--healthz-bind-address`, over the configuration's `healthzBindAddress`.

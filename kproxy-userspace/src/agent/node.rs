@@ -28,7 +28,9 @@ fn local_addresses() -> Result<Vec<IpAddr>, AgentError> {
 }
 
 /// The node's facts: name from `hostnameOverride` or the hostname, its addresses, and
-/// its primary IP (`node_ip`, else the first non-loopback address).
+/// its primary IP (`node_ip`, else the first address that is neither loopback nor
+/// link-local: the datapath SNATs to it, and a link-local gateway address such as
+/// Calico's 169.254.1.1 on every pod veth is reachable from no other node).
 pub fn node_info(config: &ProxyConfig, node_ip: Option<IpAddr>) -> Result<NodeInfo, AgentError> {
     let name = match &config.hostname_override {
         Some(name) => name.clone(),
@@ -41,7 +43,13 @@ pub fn node_info(config: &ProxyConfig, node_ip: Option<IpAddr>) -> Result<NodeIn
             .into_owned(),
     };
     let addresses = local_addresses()?;
-    let node_ip = node_ip.or_else(|| addresses.iter().find(|a| !a.is_loopback()).copied());
+    let routable = |a: &&IpAddr| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    let node_ip = node_ip
+        .or_else(|| addresses.iter().find(routable).copied())
+        .or_else(|| addresses.iter().find(|a| !a.is_loopback()).copied());
     Ok(NodeInfo::new(&name, IpFamily::V4)
         .with_node_ip(node_ip)
         .with_addresses(addresses))

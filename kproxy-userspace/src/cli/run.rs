@@ -46,12 +46,18 @@ pub struct Run {
     /// iptables implementation for --mode iptables.
     #[arg(long, value_enum, default_value = "system")]
     iptables_backend: Flavor,
-    /// The node's primary IP (default: its first non-loopback IPv4 address).
+    /// The node's primary IP, the source of SNATed flows (default: its first IPv4 address
+    /// that is neither loopback nor link-local).
     #[arg(long)]
     node_ip: Option<IpAddr>,
     /// Source address for hairpin flows in eBPF mode (must not be a node address).
     #[arg(long, default_value_t = DEFAULT_MASQUERADE_ADDRESS)]
     masquerade_address: Ipv4Addr,
+    /// Source ports eBPF mode allocates to the flows it SNATs to the node (MIN-MAX). Keep
+    /// them outside `net.ipv4.ip_local_port_range`: the node's own connections to a
+    /// backend must not use them.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    snat_ports: std::ops::RangeInclusive<u16>,
     /// Exit after the first successful sync, leaving the datapath in place.
     #[arg(long)]
     once: bool,
@@ -81,9 +87,21 @@ impl Run {
             iptables_backend: self.iptables_backend,
             node_ip: self.node_ip,
             masquerade_address: self.masquerade_address,
+            snat_ports: self.snat_ports,
             once: self.once,
             healthz_bind_address: self.healthz_bind_address,
         };
         Ok(agent::run(&opts)?)
     }
+}
+
+/// `MIN-MAX`, both ports, MIN ≥ 1 and MIN ≤ MAX.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (min, max) = text.split_once('-').ok_or("expected MIN-MAX")?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    let (min, max) = (port(min)?, port(max)?);
+    if min == 0 || min > max {
+        return Err(format!("{min}-{max}: need 1 <= MIN <= MAX"));
+    }
+    Ok(min..=max)
 }

@@ -8,6 +8,14 @@
 //!   (node-local ones with `externalTrafficPolicy: Local`, else the cluster set);
 //! - no usable endpoint: the frontend stays with zero backends, and the datapath
 //!   rejects its packets, as kube-proxy's REJECT rules do.
+//!
+//! Which new flows are SNATed to the node (kube-proxy's KUBE-MARK-MASQ rules, per
+//! frontend, [`MasqueradePolicy`]):
+//! - NodePort, externalIPs, LoadBalancer IPs with `externalTrafficPolicy: Cluster`: all
+//!   (KUBE-EXT's unconditional masquerade); with `Local`: none, the backend sees the client;
+//! - ClusterIP: all with `masqueradeAll`, else those from outside the cluster CIDR when
+//!   local traffic is detected by CIDR (`! -s CIDR -j KUBE-MARK-MASQ`), else none;
+//! - hairpin flows (a pod reaching itself) are masqueraded by the datapath on its own.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,11 +23,55 @@ use std::{
     time::Duration,
 };
 
-use super::maps::{Frontend, FrontendOptions};
+use super::maps::{Frontend, FrontendOptions, Masquerade};
 use crate::{
-    config::{NodePortAddresses, ProxyConfig},
+    config::{ConfigError, LocalTraffic, NodePortAddresses, ProxyConfig},
     model::{Endpoint, Model, NodeInfo, Protocol, ServicePort},
 };
+
+/// Which ClusterIP flows kube-proxy masquerades, from the configuration (external
+/// frontends depend on their traffic policy only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasqueradePolicy {
+    /// `masqueradeAll`: every ClusterIP flow.
+    pub all: bool,
+    /// The IPv4 cluster CIDR (network, prefix length) of the local-traffic detector:
+    /// ClusterIP flows from outside it.
+    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// An interface-based detector (`detectLocalMode` BridgeInterface or
+    /// InterfaceNamePrefix): the datapath cannot apply it, so it is reported unsupported.
+    pub interface_detector: Option<String>,
+}
+
+impl MasqueradePolicy {
+    /// The policy of `config` on `node` (its local-traffic detector, `masqueradeAll`).
+    pub fn new(config: &ProxyConfig, node: &NodeInfo) -> Result<Self, ConfigError> {
+        let mut policy = MasqueradePolicy {
+            all: config.masquerade_all,
+            ..MasqueradePolicy::default()
+        };
+        match config.local_traffic(node)? {
+            LocalTraffic::Unknown => {}
+            LocalTraffic::SourceCidr(cidr) => {
+                policy.cluster_cidr = v4(cidr.network()).map(|net| (net, cidr.prefix()));
+            }
+            LocalTraffic::Interface(name) => policy.interface_detector = Some(name),
+            LocalTraffic::InterfacePrefix(prefix) => policy.interface_detector = Some(format!("{prefix}+")),
+        }
+        Ok(policy)
+    }
+
+    /// What a ClusterIP frontend SNATs.
+    fn cluster_ip(&self) -> Masquerade {
+        if self.all {
+            Masquerade::Always
+        } else if self.cluster_cidr.is_some() {
+            Masquerade::OffCluster
+        } else {
+            Masquerade::Never
+        }
+    }
+}
 
 /// One frontend as it should be: its backends in slot order and its options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +115,7 @@ fn backends_of(endpoints: &[&Endpoint]) -> Vec<SocketAddrV4> {
 }
 
 /// The frontends of one service port and the maps' state for each.
-pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
+pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut DesiredState) {
     let service = port.name.to_string();
     let proto = port.name.protocol;
     if proto == Protocol::Sctp {
@@ -91,8 +143,21 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
         client_ip_affinity: port
             .session_affinity
             .map(|a| Duration::from_secs(a.timeout_seconds.into())),
+        masquerade: Masquerade::Never,
     };
-    let state = |backends: &Vec<SocketAddrV4>| FrontendState {
+    let internal_options = FrontendOptions {
+        masquerade: policy.cluster_ip(),
+        ..options
+    };
+    let external_options = FrontendOptions {
+        masquerade: if port.external_policy_local {
+            Masquerade::Never
+        } else {
+            Masquerade::Always
+        },
+        ..options
+    };
+    let state = |backends: &Vec<SocketAddrV4>, options: FrontendOptions| FrontendState {
         backends: backends.clone(),
         options,
         service: service.clone(),
@@ -103,7 +168,7 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
             addr: SocketAddrV4::new(cluster_ip, port.port),
             proto,
         },
-        state(&internal),
+        state(&internal, internal_options),
     );
     if port.node_port != 0 {
         out.frontends.insert(
@@ -111,7 +176,7 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
                 port: port.node_port,
                 proto,
             },
-            state(&external),
+            state(&external, external_options),
         );
     }
     for ip in port.external_ips.iter().filter_map(|ip| v4(*ip)) {
@@ -120,7 +185,7 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external),
+            state(&external, external_options),
         );
     }
     if !port.load_balancer_source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
@@ -137,16 +202,24 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external),
+            state(&external, external_options),
         );
     }
 }
 
-/// What the maps should hold for `model`.
-pub fn desired_state(model: &Model) -> DesiredState {
+/// What the maps should hold for `model` under the masquerade `policy`.
+pub fn desired_state(model: &Model, policy: &MasqueradePolicy) -> DesiredState {
     let mut out = DesiredState::default();
+    if let Some(detector) = &policy.interface_detector
+        && !model.service_ports.is_empty()
+    {
+        out.unsupported.push(format!(
+            "local traffic detected by interface ({detector}): the eBPF datapath does not SNAT \
+             ClusterIP traffic from outside the cluster (set clusterCIDR with detectLocalMode ClusterCIDR)"
+        ));
+    }
     for port in &model.service_ports {
-        port_frontends(port, &mut out);
+        port_frontends(port, policy, &mut out);
     }
     out
 }
@@ -226,7 +299,7 @@ endpoints:
 
     #[test]
     fn policies_pick_the_backends_kube_proxy_would() {
-        let desired = desired_state(&model(SERVICE));
+        let desired = desired_state(&model(SERVICE), &MasqueradePolicy::default());
         let tcp = Protocol::Tcp;
         let get = |f: Frontend| desired.frontends.get(&f).unwrap_or_else(|| panic!("no {f}"));
         let cluster = get(Frontend::Address {
@@ -271,13 +344,64 @@ endpoints:
         );
     }
 
+    /// kube-proxy's KUBE-MARK-MASQ cases, per frontend: external frontends by their
+    /// traffic policy, the ClusterIP by `masqueradeAll` and the cluster CIDR.
+    #[test]
+    fn masquerade_follows_kube_proxys_mark_masq_rules() {
+        let node = NodeInfo::new("node-a", crate::model::IpFamily::V4);
+        let parse = |text: &str| {
+            let config = ProxyConfig::parse(text, "t").unwrap();
+            MasqueradePolicy::new(&config, &node).unwrap()
+        };
+        let kind = "kind: KubeProxyConfiguration\n";
+        let by_cidr = parse(&format!("{kind}clusterCIDR: 10.244.0.0/16\n"));
+        assert_eq!(by_cidr.cluster_cidr, Some((Ipv4Addr::new(10, 244, 0, 0), 16)));
+        let all = parse(&format!("{kind}masqueradeAll: true\n"));
+        let by_iface = parse(&format!(
+            "{kind}detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: veth}}\n"
+        ));
+        assert_eq!(by_iface.interface_detector.as_deref(), Some("veth+"));
+        let vip = Frontend::Address {
+            addr: sock("10.96.0.10:80"),
+            proto: Protocol::Tcp,
+        };
+        let cluster_ip = |p: &MasqueradePolicy, yaml: &str| {
+            desired_state(&model(yaml), p)
+                .frontends
+                .get(&vip)
+                .unwrap()
+                .options
+                .masquerade
+        };
+        assert_eq!(
+            cluster_ip(&MasqueradePolicy::default(), SERVICE),
+            Masquerade::Never
+        );
+        assert_eq!(cluster_ip(&by_cidr, SERVICE), Masquerade::OffCluster);
+        assert_eq!(cluster_ip(&all, SERVICE), Masquerade::Always);
+        let external = |yaml: &str| {
+            let desired = desired_state(&model(yaml), &all);
+            desired
+                .frontends
+                .iter()
+                .filter(|(f, _)| **f != vip)
+                .map(|(_, s)| s.options.masquerade)
+                .collect::<Vec<_>>()
+        };
+        // eTP=Local: the backend sees the client, even with masqueradeAll.
+        assert_eq!(external(SERVICE), vec![Masquerade::Never; 3]);
+        let cluster = SERVICE.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster");
+        assert_eq!(external(&cluster), vec![Masquerade::Always; 3]);
+        assert!(desired_state(&model(SERVICE), &by_iface).unsupported[0].contains("veth+"));
+    }
+
     #[test]
     fn source_ranges_leave_load_balancer_ips_unserved() {
         let yaml = SERVICE.replace(
             "  sessionAffinity: ClientIP\n",
             "  loadBalancerSourceRanges: [203.0.113.0/24]\n",
         );
-        let desired = desired_state(&model(&yaml));
+        let desired = desired_state(&model(&yaml), &MasqueradePolicy::default());
         assert!(!desired.frontends.keys().any(|f| *f
             == Frontend::Address {
                 addr: sock("198.51.100.9:80"),

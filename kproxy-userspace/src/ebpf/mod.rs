@@ -9,7 +9,8 @@
 //! - [`attach`]: interfaces, pinned TC and XDP links, XDP features.
 //!
 //! Order of operations a sync follows (make before break):
-//! 1. [`DatapathMaps::set_node_addresses`] / [`DatapathMaps::set_masquerade_address`];
+//! 1. [`DatapathMaps::set_node_addresses`] / [`DatapathMaps::set_masquerade_address`] /
+//!    [`DatapathMaps::set_snat`];
 //! 2. [`DatapathMaps::upsert_backend`] for every backend a frontend will use;
 //! 3. [`DatapathMaps::upsert_frontend`] per frontend (writes the new slots beside the old
 //!    ones, then flips the service value: no window with zero or missing backends);
@@ -24,14 +25,14 @@ pub mod maps;
 pub mod sync;
 pub mod verify;
 
-pub use desired::{DesiredState, FrontendState, desired_state, node_port_addresses};
+pub use desired::{DesiredState, FrontendState, MasqueradePolicy, desired_state, node_port_addresses};
 pub use loader::{
     ALL_PROGRAMS, DEFAULT_PIN_DIR, LoadOptions, Loaded, LoaderError, TC_INGRESS_PROGRAM, XDP_PROGRAM,
     unpin_all,
 };
 pub use maps::{
     BackendId, CtDirection, CtFlow, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions,
-    MapsError, ktime_now_ns,
+    MapsError, Masquerade, SnatSettings, ktime_now_ns,
 };
 pub use sync::{MapSync, SyncStats};
 pub use verify::{Drift, verify};

@@ -102,10 +102,11 @@ fn list(addrs: &[SocketAddrV4]) -> String {
 }
 
 fn affinity(options: &FrontendOptions) -> String {
-    match options.client_ip_affinity {
+    let affinity = match options.client_ip_affinity {
         Some(t) => format!("ClientIP affinity {}s", t.as_secs()),
         None => "no affinity".into(),
-    }
+    };
+    format!("{affinity}, {}", options.masquerade)
 }
 
 impl fmt::Display for Drift {

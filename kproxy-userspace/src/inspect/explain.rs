@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{InspectError, Inspection};
 pub use crate::iptables::simulate::{IptablesPath, Probe, RuleChoice, Verdict};
 use crate::{
-    ebpf::{CtDirection, DatapathMaps, Frontend},
+    ebpf::{CtDirection, DatapathMaps, Frontend, Masquerade},
     iptables::{chain_name::endpoint_chain, simulate::simulate},
     model::Protocol,
 };
@@ -184,6 +184,19 @@ impl Inspection {
                 timeout.as_secs(),
                 probe.src.ip(),
                 svc.id.0
+            ));
+        }
+        if svc.options.masquerade != Masquerade::Never {
+            let snat = maps.snat()?;
+            let to = snat.node_addr.map_or_else(
+                || "nothing (no node address configured)".to_string(),
+                |a| a.to_string(),
+            );
+            trace.push(format!(
+                "{}: new flows leave from {to}, ports {}-{} (hairpin flows excepted)",
+                svc.options.masquerade,
+                snat.ports.start(),
+                snat.ports.end()
             ));
         }
         if let Some(flow) = maps.conntrack()?.into_iter().find(|f| {

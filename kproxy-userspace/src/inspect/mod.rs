@@ -28,7 +28,7 @@ use std::{
 
 use crate::{
     config::{ConfigError, ProxyConfig},
-    ebpf::{self, DatapathMaps, DesiredState, Frontend, FrontendState, MapsError},
+    ebpf::{self, DatapathMaps, DesiredState, Frontend, FrontendState, MapsError, MasqueradePolicy},
     iptables::{self, RenderOptions, Ruleset, Runtime, jumps::JumpRule},
     manifests::{self, ManifestError},
     model::{IpFamily, Model, NodeInfo, ServicePort},
@@ -63,6 +63,8 @@ pub struct Inspection {
     pub config: ProxyConfig,
     pub model: Model,
     pub render_options: RenderOptions,
+    /// Which flows the datapath SNATs (the same policy the agent derived).
+    pub masquerade: MasqueradePolicy,
     pub ruleset: Ruleset,
     pub jumps: Vec<JumpRule>,
     /// None when the agent ran in iptables mode (no maps are pinned).
@@ -102,6 +104,7 @@ impl Inspection {
                 }
             })?;
         let render_options = RenderOptions::new(&config, &node, Runtime::default())?;
+        let masquerade = MasqueradePolicy::new(&config, &node)?;
         let ruleset = iptables::render(&model, &render_options);
         let jumps = iptables::jumps::jump_rules(&render_options);
         Ok(Inspection {
@@ -111,6 +114,7 @@ impl Inspection {
             config,
             model,
             render_options,
+            masquerade,
             ruleset,
             jumps,
             maps,
@@ -127,7 +131,7 @@ impl Inspection {
 
     /// What the agent wrote to the maps for the recorded model.
     pub fn desired(&self) -> DesiredState {
-        ebpf::desired_state(&self.model)
+        ebpf::desired_state(&self.model, &self.masquerade)
     }
 
     /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
@@ -153,7 +157,7 @@ impl Inspection {
     pub fn frontend_index(&self) -> BTreeMap<Frontend, (&ServicePort, FrontendState)> {
         let mut index = BTreeMap::new();
         for port in &self.model.service_ports {
-            for (frontend, state) in port_desired(self.model.family, port).frontends {
+            for (frontend, state) in port_desired(self.model.family, port, &self.masquerade).frontends {
                 index.insert(frontend, (port, state));
             }
         }
@@ -167,9 +171,12 @@ fn matches_service(port: &ServicePort, selector: &str) -> bool {
 }
 
 /// The desired state of one service port alone (the same definition the agent uses).
-pub fn port_desired(family: IpFamily, port: &ServicePort) -> DesiredState {
-    ebpf::desired_state(&Model {
-        family,
-        service_ports: vec![port.clone()],
-    })
+pub fn port_desired(family: IpFamily, port: &ServicePort, policy: &MasqueradePolicy) -> DesiredState {
+    ebpf::desired_state(
+        &Model {
+            family,
+            service_ports: vec![port.clone()],
+        },
+        policy,
+    )
 }

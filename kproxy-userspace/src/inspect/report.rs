@@ -337,10 +337,11 @@ impl Inspection {
         }
         let sep_of = |addr: &SocketAddrV4| endpoint_chain(&port.name, &addr.to_string());
 
-        let mut desired: Vec<(Frontend, FrontendState)> = port_desired(self.model.family, port)
-            .frontends
-            .into_iter()
-            .collect();
+        let mut desired: Vec<(Frontend, FrontendState)> =
+            port_desired(self.model.family, port, &self.masquerade)
+                .frontends
+                .into_iter()
+                .collect();
         // ClusterIP first, then external IPs and LoadBalancer IPs, NodePort last.
         let rank = |f: &Frontend| match kind_of(port, *f) {
             "cluster_ip" => 0,

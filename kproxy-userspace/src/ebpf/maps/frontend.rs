@@ -10,7 +10,7 @@ use std::{
 use kproxy_common::{
     RevNat, ServiceKey,
     byteorder::{addr_octets, be_addr, be_port, host_port},
-    lb::{SCOPE_EXACT, SCOPE_NODE_PORT},
+    lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_SNAT, SVC_F_SNAT_OFF_CLUSTER},
 };
 
 use crate::model::Protocol;
@@ -96,11 +96,58 @@ impl fmt::Display for BackendId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendId(pub u32);
 
+/// Which new flows of a frontend the datapath SNATs to the node's address and an
+/// allocated port (kube-proxy's KUBE-MARK-MASQ rules for that frontend).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Masquerade {
+    /// None (hairpin flows aside).
+    #[default]
+    Never,
+    /// Every one (`SVC_F_SNAT`).
+    Always,
+    /// Those whose source is outside the cluster CIDR (`SVC_F_SNAT_OFF_CLUSTER`).
+    OffCluster,
+}
+
+impl Masquerade {
+    /// The service-value flag bits.
+    pub(super) fn flags(self) -> u16 {
+        match self {
+            Masquerade::Never => 0,
+            Masquerade::Always => SVC_F_SNAT,
+            Masquerade::OffCluster => SVC_F_SNAT_OFF_CLUSTER,
+        }
+    }
+
+    /// From the service-value flag bits (`SVC_F_SNAT` wins).
+    pub(super) fn from_flags(flags: u16) -> Self {
+        if flags & SVC_F_SNAT != 0 {
+            Masquerade::Always
+        } else if flags & SVC_F_SNAT_OFF_CLUSTER != 0 {
+            Masquerade::OffCluster
+        } else {
+            Masquerade::Never
+        }
+    }
+}
+
+impl fmt::Display for Masquerade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Masquerade::Never => "no SNAT",
+            Masquerade::Always => "SNAT",
+            Masquerade::OffCluster => "SNAT from outside the cluster CIDR",
+        })
+    }
+}
+
 /// Per-frontend options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrontendOptions {
     /// `sessionAffinity: ClientIP` with this timeout (kube-proxy default 10800 s).
     pub client_ip_affinity: Option<Duration>,
+    /// Which new flows are SNATed to the node.
+    pub masquerade: Masquerade,
 }
 
 /// A frontend as the maps hold it.

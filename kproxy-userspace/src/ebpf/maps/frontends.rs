@@ -10,8 +10,8 @@ use kproxy_common::{
 };
 
 use super::{
-    BackendId, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions, MapOp, MapsError, found,
-    frontend::sock, removed,
+    BackendId, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions, MapOp, MapsError,
+    Masquerade, found, frontend::sock, removed,
 };
 
 impl DatapathMaps {
@@ -39,10 +39,11 @@ impl DatapathMaps {
         }
         let key = frontend.key();
         let current = found(self.services.get(&key, 0), names::SERVICES)?;
-        let (flags, affinity_timeout_s) = match options.client_ip_affinity {
+        let (affinity, affinity_timeout_s) = match options.client_ip_affinity {
             Some(t) => (SVC_F_AFFINITY, t.as_secs().min(u32::MAX as u64) as u32),
             None => (0, 0),
         };
+        let flags = affinity | options.masquerade.flags();
         let (id, base) = if let Some(cur) = current {
             if cur.flags == flags
                 && cur.affinity_timeout_s == affinity_timeout_s
@@ -122,6 +123,7 @@ impl DatapathMaps {
                 options: FrontendOptions {
                     client_ip_affinity: (v.flags & SVC_F_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
+                    masquerade: Masquerade::from_flags(v.flags),
                 },
             });
         }

@@ -25,11 +25,12 @@ use aya::{
     },
 };
 pub use conntrack::{CtDirection, CtFlow};
-pub use frontend::{BackendId, Frontend, FrontendEntry, FrontendId, FrontendOptions};
+pub use frontend::{BackendId, Frontend, FrontendEntry, FrontendId, FrontendOptions, Masquerade};
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RevNat, ServiceKey,
     ServiceValue, SlotKey, lb::MAX_BACKENDS_PER_SERVICE, map_names as names,
 };
+pub use node::SnatSettings;
 
 /// A failed map operation or an update the maps cannot take.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,39 @@
-//! Node-wide maps: the addresses NodePorts answer on, the masquerade (hairpin) source
-//! and the interfaces XDP may redirect to.
+//! Node-wide maps: the addresses NodePorts answer on, the masquerade (hairpin) source,
+//! the SNAT settings and the interfaces XDP may redirect to.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
 
 use aya::maps::xdp::XdpMapError;
 use kproxy_common::{
     Config, NodeAddr,
     byteorder::{addr_octets, be_addr},
     map_names as names,
+    node::{SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT},
 };
 
 use super::{DatapathMaps, MapOp, MapsError, removed, stale_keys};
+
+/// What the datapath needs to SNAT the flows its frontends ask it to (the config map).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatSettings {
+    /// The source SNATed flows get (the node's IP); None: no SNAT at all.
+    pub node_addr: Option<Ipv4Addr>,
+    /// The cluster CIDR (network, prefix length): sources outside it are SNATed to
+    /// frontends with [`super::Masquerade::OffCluster`].
+    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// The source ports SNAT allocates from.
+    pub ports: RangeInclusive<u16>,
+}
+
+impl Default for SnatSettings {
+    fn default() -> Self {
+        SnatSettings {
+            node_addr: None,
+            cluster_cidr: None,
+            ports: SNAT_PORT_MIN_DEFAULT..=SNAT_PORT_MAX_DEFAULT,
+        }
+    }
+}
 
 impl DatapathMaps {
     /// Sets the addresses NodePort frontends answer on (adds new ones before removing
@@ -47,16 +70,53 @@ impl DatapathMaps {
     pub fn set_masquerade_address(&mut self, addr: Option<Ipv4Addr>) -> Result<(), MapsError> {
         let value = Config {
             masq_addr: addr.map_or(0, |a| be_addr(a.octets())),
-            flags: 0,
+            ..self.config_value()?
         };
         self.config
             .set(0, value, 0)
             .map_err(MapOp::Insert.on(names::CONFIG))
     }
 
+    /// Sets what SNAT needs: the node's address, the cluster CIDR and the port range.
+    pub fn set_snat(&mut self, snat: &SnatSettings) -> Result<(), MapsError> {
+        let (net, prefix) = snat.cluster_cidr.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+        let value = Config {
+            snat_addr: snat.node_addr.map_or(0, |a| be_addr(a.octets())),
+            cluster_net: be_addr((u32::from(net) & mask).to_be_bytes()),
+            cluster_mask: be_addr(mask.to_be_bytes()),
+            snat_port_min: *snat.ports.start(),
+            snat_port_max: *snat.ports.end(),
+            ..self.config_value()?
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(MapOp::Insert.on(names::CONFIG))
+    }
+
+    /// The SNAT settings as the config map holds them.
+    pub fn snat(&self) -> Result<SnatSettings, MapsError> {
+        let c = self.config_value()?;
+        let mask = u32::from_be_bytes(addr_octets(c.cluster_mask));
+        Ok(SnatSettings {
+            node_addr: (c.snat_addr != 0).then(|| Ipv4Addr::from(addr_octets(c.snat_addr))),
+            cluster_cidr: (mask != 0).then(|| {
+                (
+                    Ipv4Addr::from(addr_octets(c.cluster_net)),
+                    mask.leading_ones() as u8,
+                )
+            }),
+            ports: c.snat_port_min..=c.snat_port_max,
+        })
+    }
+
+    fn config_value(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(MapOp::Lookup.on(names::CONFIG))
+    }
+
     /// The masquerade (hairpin) source address, if set.
     pub fn masquerade_address(&self) -> Result<Option<Ipv4Addr>, MapsError> {
-        let value = self.config.get(&0, 0).map_err(MapOp::Lookup.on(names::CONFIG))?;
+        let value = self.config_value()?;
         Ok((value.masq_addr != 0).then(|| Ipv4Addr::from(addr_octets(value.masq_addr))))
     }
 
