@@ -131,9 +131,9 @@ fn external_policy_local_serves_local_pods_with_the_client_address(mode: Mode) {
 mod pending {
     use super::*;
 
-    /// Waits for eBPF SNAT of remote backends: with hello-b behind host2, host1's NodePort
-    /// (and host2's, to hello-a) gets no answer from the remote pod.
-    fn nodeport_on_either_node_reaches_pods_on_both(mode: Mode) {
+    /// External clients reach both pods through either node's NodePort (the remote one
+    /// through SNAT), over TCP and UDP, with replies from the address they dialled.
+    pub(super) fn nodeport_on_either_node_reaches_pods_on_both(mode: Mode) {
         let c = TwoNodeCluster::start(mode, vec![hello()]);
         for i in 0..2 {
             let node = c.node(i);
@@ -268,7 +268,7 @@ mod pending {
     /// Waits for eBPF SNAT with its own port allocation: without SNAT no connection to
     /// the remote pod through host1's NodePort is answered. Bounded: a worker stops at
     /// its first failure or after 40 s; the duration is printed.
-    fn snat_ports_never_collide(mode: Mode) {
+    pub(super) fn snat_ports_never_collide(mode: Mode) {
         let mut c = TwoNodeCluster::start(mode, vec![hello()]);
         c.set_endpoints("hello-app-service", &["hello-b"]);
         let target = node_addr(0, HELLO_PORT);
@@ -310,7 +310,10 @@ mod pending {
     }
 }
 
-use pending::health_check_node_ports_answer_per_node;
+use pending::{
+    health_check_node_ports_answer_per_node, nodeport_on_either_node_reaches_pods_on_both,
+    snat_ports_never_collide,
+};
 
 /// One `#[test]` per scenario and mode.
 macro_rules! every_mode {
@@ -328,4 +331,6 @@ every_mode!(
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
     health_check_node_ports_answer_per_node,
+    nodeport_on_either_node_reaches_pods_on_both,
+    snat_ports_never_collide,
 );
