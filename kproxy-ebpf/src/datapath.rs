@@ -8,7 +8,7 @@ use kproxy_common::{
     CtEntry, ServiceValue,
     conntrack::CT_ST_CLOSING,
     stats::{
-        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE, EV_MASQ,
+        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_REWRITE, EV_DROP_SOURCE_RANGE, EV_MASQ,
         EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
     },
 };
@@ -20,6 +20,7 @@ use crate::{
     maps::{CONFIG, CONNTRACK},
     nat,
     parse::{Flow, NotHandled, parse_ipv4},
+    reject,
     stats::{self, Delta, event},
 };
 
@@ -33,6 +34,9 @@ pub enum Verdict {
     Translated,
     /// Drop (no backend, or a rewrite that could not be completed).
     Drop,
+    /// Untouched, to be answered with ICMP port unreachable: the service `rev_nat_id`
+    /// has no endpoints (`reject`). TC answers; XDP passes it on for TC.
+    Reject { rev_nat_id: u32 },
 }
 
 /// Runs the datapath on the packet in `ctx`.
@@ -63,18 +67,8 @@ fn now() -> u64 {
 fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue) -> Verdict {
     let bytes = ctx.packet_len() as u64;
     if svc.count == 0 {
-        // kube-proxy REJECTs; we drop and count (see the crate docs).
-        event(EV_DROP_NO_BACKEND);
-        stats::count_service(
-            svc.rev_nat_id,
-            Delta {
-                bytes,
-                new_flow: false,
-                no_backend_drop: true,
-            },
-        );
-        debug!(ctx, "kproxy: service {} has no backends, dropped", svc.rev_nat_id);
-        return Verdict::Drop;
+        debug!(ctx, "kproxy: service {} has no backends", svc.rev_nat_id);
+        return reject::without_backends(flow, svc, bytes);
     }
     let now = now();
     let key = ct::service_key(flow);
@@ -101,6 +95,16 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
     let (e, new_flow) = match existing {
         Some(e) => (e, false),
         None => {
+            // Source ranges gate new flows only, as kube-proxy's nat rules do.
+            if !lb::source_allowed(svc, flow.saddr) {
+                event(EV_DROP_SOURCE_RANGE);
+                let denied = Delta {
+                    source_range_drop: true,
+                    ..Delta::packet(bytes)
+                };
+                stats::count_service(svc.rev_nat_id, denied);
+                return Verdict::Drop;
+            }
             let Some((backend_id, b)) = lb::select_backend(svc, flow.saddr, now) else {
                 event(EV_DROP_INCONSISTENT);
                 return Verdict::Drop;
@@ -120,9 +124,8 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
         }
     };
     let delta = Delta {
-        bytes,
         new_flow,
-        no_backend_drop: false,
+        ..Delta::packet(bytes)
     };
     stats::count_service(svc.rev_nat_id, delta);
     stats::count_backend(e.backend_id, delta);

@@ -7,14 +7,11 @@
 //! - [`lb`]: frontend lookup (exact, then NodePort on node addresses) and backend choice;
 //! - [`conntrack`]: both directions' entries, timeouts, TCP state;
 //! - [`nat`]: DNAT, masquerade and reverse NAT;
+//! - [`reject`]: frontends without usable backends: REJECT or DROP as kube-proxy does;
+//! - [`icmp`]: TC only: the ICMP port unreachable built in place from the packet;
 //! - [`datapath`]: the packet walk every hook runs;
 //! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
 //! - [`maps`], [`stats`].
-//!
-//! A service without backends drops its packets and counts them (`no_backend_drops`,
-//! `EV_DROP_NO_BACKEND`): kube-proxy REJECTs with ICMP port-unreachable, which needs a
-//! generated reply packet; dropping is the documented minimum (clients time out instead
-//! of failing fast).
 #![no_std]
 
 pub mod conntrack;
@@ -22,8 +19,10 @@ pub mod ctx;
 pub mod datapath;
 pub mod fib;
 pub mod hdr;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod reject;
 pub mod stats;

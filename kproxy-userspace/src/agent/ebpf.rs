@@ -168,7 +168,7 @@ impl Proxier for EbpfProxier {
         maps.set_node_addresses(&addrs).map_err(EbpfProxierError::from)?;
         maps.set_masquerade_address(Some(self.masquerade))
             .map_err(EbpfProxierError::from)?;
-        let desired = desired_state(model);
+        let desired = desired_state(model, node.node_ip);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {
                 warn!("{note}");

@@ -6,8 +6,12 @@
 //!   `internalTrafficPolicy: Local`, else the cluster set);
 //! - NodePort, externalIPs and LoadBalancer IPs use the external policy's endpoints
 //!   (node-local ones with `externalTrafficPolicy: Local`, else the cluster set);
-//! - no usable endpoint: the frontend stays with zero backends, and the datapath
-//!   rejects its packets, as kube-proxy's REJECT rules do.
+//! - no usable endpoint: the frontend stays with zero backends; the datapath answers
+//!   with ICMP port unreachable where kube-proxy REJECTs (the service has no endpoints)
+//!   and drops where it DROPs (endpoints exist, none local under a policy Local);
+//! - LoadBalancer IPs with `loadBalancerSourceRanges` accept new flows from those
+//!   ranges only (kube-proxy's KUBE-FW chain), and from the LoadBalancer IPs themselves
+//!   when a range holds the node's IP (the node reaching its own VIP).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use super::maps::{Frontend, FrontendOptions};
+use super::maps::{Frontend, FrontendOptions, SourceRange};
 use crate::{
     config::{NodePortAddresses, ProxyConfig},
     model::{Endpoint, Model, NodeInfo, Protocol, ServicePort},
@@ -62,8 +66,26 @@ fn backends_of(endpoints: &[&Endpoint]) -> Vec<SocketAddrV4> {
         .collect()
 }
 
-/// The frontends of one service port and the maps' state for each.
-pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
+/// The sources a LoadBalancer IP of `port` accepts (empty: every source), as kube-proxy's
+/// firewall chain lists them.
+fn source_ranges(port: &ServicePort, node_ip: Option<IpAddr>) -> Vec<SourceRange> {
+    let ranges = &port.load_balancer_source_ranges;
+    let mut out: Vec<SourceRange> = ranges
+        .iter()
+        .filter_map(|r| v4(r.network()).map(|a| SourceRange::new(a, r.prefix())))
+        .collect();
+    if node_ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
+        let vips = port.load_balancer_ips.iter().filter_map(|ip| v4(*ip));
+        out.extend(vips.map(|a| SourceRange::new(a, 32)));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The frontends of one service port and the maps' state for each (`node_ip`: the
+/// node's primary IP, for the source-range exception).
+pub fn port_frontends(port: &ServicePort, node_ip: Option<IpAddr>, out: &mut DesiredState) {
     let service = port.name.to_string();
     let proto = port.name.protocol;
     if proto == Protocol::Sctp {
@@ -87,14 +109,18 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
     } else {
         &sets.cluster
     });
-    let options = FrontendOptions {
-        client_ip_affinity: port
-            .session_affinity
-            .map(|a| Duration::from_secs(a.timeout_seconds.into())),
-    };
-    let state = |backends: &Vec<SocketAddrV4>| FrontendState {
+    let client_ip_affinity = port
+        .session_affinity
+        .map(|a| Duration::from_secs(a.timeout_seconds.into()));
+    // Without usable backends: kube-proxy REJECTs when the service has no endpoints at
+    // all, and DROPs when a policy Local leaves this node none ("no local endpoints").
+    let state = |backends: &Vec<SocketAddrV4>, source_ranges: Vec<SourceRange>| FrontendState {
         backends: backends.clone(),
-        options,
+        options: FrontendOptions {
+            client_ip_affinity,
+            drop_without_backends: backends.is_empty() && sets.has_any,
+            source_ranges,
+        },
         service: service.clone(),
     };
 
@@ -103,7 +129,7 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
             addr: SocketAddrV4::new(cluster_ip, port.port),
             proto,
         },
-        state(&internal),
+        state(&internal, vec![]),
     );
     if port.node_port != 0 {
         out.frontends.insert(
@@ -111,7 +137,7 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
                 port: port.node_port,
                 proto,
             },
-            state(&external),
+            state(&external, vec![]),
         );
     }
     for ip in port.external_ips.iter().filter_map(|ip| v4(*ip)) {
@@ -120,33 +146,26 @@ pub fn port_frontends(port: &ServicePort, out: &mut DesiredState) {
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external),
+            state(&external, vec![]),
         );
     }
-    if !port.load_balancer_source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
-        // Serving them without the source check would open the service to everyone.
-        out.unsupported.push(format!(
-            "{service}: loadBalancerSourceRanges are not enforced by the eBPF datapath yet; \
-             its LoadBalancer IPs are left unserved"
-        ));
-        return;
-    }
+    let ranges = source_ranges(port, node_ip);
     for ip in port.load_balancer_ips.iter().filter_map(|ip| v4(*ip)) {
         out.frontends.insert(
             Frontend::Address {
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external),
+            state(&external, ranges.clone()),
         );
     }
 }
 
-/// What the maps should hold for `model`.
-pub fn desired_state(model: &Model) -> DesiredState {
+/// What the maps should hold for `model` on the node whose primary IP is `node_ip`.
+pub fn desired_state(model: &Model, node_ip: Option<IpAddr>) -> DesiredState {
     let mut out = DesiredState::default();
     for port in &model.service_ports {
-        port_frontends(port, &mut out);
+        port_frontends(port, node_ip, &mut out);
     }
     out
 }
@@ -226,7 +245,7 @@ endpoints:
 
     #[test]
     fn policies_pick_the_backends_kube_proxy_would() {
-        let desired = desired_state(&model(SERVICE));
+        let desired = desired_state(&model(SERVICE), None);
         let tcp = Protocol::Tcp;
         let get = |f: Frontend| desired.frontends.get(&f).unwrap_or_else(|| panic!("no {f}"));
         let cluster = get(Frontend::Address {
@@ -272,22 +291,66 @@ endpoints:
     }
 
     #[test]
-    fn source_ranges_leave_load_balancer_ips_unserved() {
+    fn source_ranges_guard_load_balancer_ips_only() {
         let yaml = SERVICE.replace(
             "  sessionAffinity: ClientIP\n",
-            "  loadBalancerSourceRanges: [203.0.113.0/24]\n",
+            "  loadBalancerSourceRanges: [203.0.113.0/24, 192.0.2.128/25]\n",
         );
-        let desired = desired_state(&model(&yaml));
-        assert!(!desired.frontends.keys().any(|f| *f
-            == Frontend::Address {
-                addr: sock("198.51.100.9:80"),
-                proto: Protocol::Tcp
-            }));
+        let lb = Frontend::Address {
+            addr: sock("198.51.100.9:80"),
+            proto: Protocol::Tcp,
+        };
+        let ranges = |node_ip: Option<&str>| {
+            let desired = desired_state(&model(&yaml), node_ip.map(|ip| ip.parse().unwrap()));
+            assert!(desired.unsupported.iter().all(|u| !u.contains("SourceRanges")));
+            let others = desired.frontends.iter().filter(|(f, _)| **f != lb);
+            assert!(
+                others
+                    .into_iter()
+                    .all(|(_, s)| s.options.source_ranges.is_empty())
+            );
+            let served: Vec<String> = desired.frontends[&lb]
+                .options
+                .source_ranges
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            served
+        };
+        assert_eq!(ranges(None), ["192.0.2.128/25", "203.0.113.0/24"]);
+        // A node inside a range reaches its own VIP with the VIP as source (kube-proxy's
+        // allowFromNode).
+        assert_eq!(
+            ranges(Some("203.0.113.77")),
+            ["192.0.2.128/25", "198.51.100.9/32", "203.0.113.0/24"]
+        );
+    }
+
+    #[test]
+    fn without_usable_endpoints_drop_only_where_kube_proxy_drops() {
+        // Policy Local, the only ready endpoint on another node: DROP ("no local endpoints").
+        let remote_only = SERVICE.replace("nodeName: node-a}", "nodeName: node-c}");
+        let desired = desired_state(&model(&remote_only), None);
+        let np = Frontend::NodePort {
+            port: 30080,
+            proto: Protocol::Tcp,
+        };
+        assert!(desired.frontends[&np].backends.is_empty());
+        assert!(desired.frontends[&np].options.drop_without_backends);
+        let cluster = Frontend::Address {
+            addr: sock("10.96.0.10:80"),
+            proto: Protocol::Tcp,
+        };
+        assert!(!desired.frontends[&cluster].options.drop_without_backends);
+        // No endpoints at all: REJECT everywhere.
+        let none = SERVICE.replace("ready: true", "ready: false");
+        let desired = desired_state(&model(&none), None);
+        assert!(desired.frontends.values().all(|s| s.backends.is_empty()));
         assert!(
             desired
-                .unsupported
-                .iter()
-                .any(|u| u.contains("loadBalancerSourceRanges"))
+                .frontends
+                .values()
+                .all(|s| !s.options.drop_without_backends)
         );
     }
 }

@@ -22,7 +22,7 @@ pub mod table;
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -127,7 +127,7 @@ impl Inspection {
 
     /// What the agent wrote to the maps for the recorded model.
     pub fn desired(&self) -> DesiredState {
-        ebpf::desired_state(&self.model)
+        ebpf::desired_state(&self.model, self.node.node_ip)
     }
 
     /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
@@ -153,7 +153,7 @@ impl Inspection {
     pub fn frontend_index(&self) -> BTreeMap<Frontend, (&ServicePort, FrontendState)> {
         let mut index = BTreeMap::new();
         for port in &self.model.service_ports {
-            for (frontend, state) in port_desired(self.model.family, port).frontends {
+            for (frontend, state) in port_desired(self.model.family, self.node.node_ip, port).frontends {
                 index.insert(frontend, (port, state));
             }
         }
@@ -167,9 +167,12 @@ fn matches_service(port: &ServicePort, selector: &str) -> bool {
 }
 
 /// The desired state of one service port alone (the same definition the agent uses).
-pub fn port_desired(family: IpFamily, port: &ServicePort) -> DesiredState {
-    ebpf::desired_state(&Model {
-        family,
-        service_ports: vec![port.clone()],
-    })
+pub fn port_desired(family: IpFamily, node_ip: Option<IpAddr>, port: &ServicePort) -> DesiredState {
+    ebpf::desired_state(
+        &Model {
+            family,
+            service_ports: vec![port.clone()],
+        },
+        node_ip,
+    )
 }

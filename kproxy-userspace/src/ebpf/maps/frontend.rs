@@ -97,10 +97,46 @@ impl fmt::Display for BackendId {
 pub struct FrontendId(pub u32);
 
 /// Per-frontend options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendOptions {
     /// `sessionAffinity: ClientIP` with this timeout (kube-proxy default 10800 s).
     pub client_ip_affinity: Option<Duration>,
+    /// Without backends, drop instead of answering ICMP port unreachable: kube-proxy's
+    /// "has no local endpoints" DROP (a traffic policy Local, endpoints elsewhere only).
+    pub drop_without_backends: bool,
+    /// The sources new flows are accepted from (`loadBalancerSourceRanges`, sorted);
+    /// empty = every source.
+    pub source_ranges: Vec<SourceRange>,
+}
+
+/// An IPv4 source prefix a frontend accepts (host bits clear).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl SourceRange {
+    /// `addr/prefix` with the host bits cleared (`prefix` at most 32).
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        let prefix = prefix.min(32);
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        SourceRange {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        }
+    }
+
+    /// Whether `ip` is inside the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        SourceRange::new(ip, self.prefix) == *self
+    }
+}
+
+impl fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// A frontend as the maps hold it.
