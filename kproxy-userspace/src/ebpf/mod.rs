@@ -31,7 +31,7 @@ pub use loader::{
 };
 pub use maps::{
     BackendId, CtDirection, CtFlow, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions,
-    MapsError, ktime_now_ns,
+    MapsError, SourceRange, ktime_now_ns,
 };
 pub use sync::{MapSync, SyncStats};
 pub use verify::{Drift, verify};
