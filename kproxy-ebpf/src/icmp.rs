@@ -94,7 +94,7 @@ fn build<const MSG: usize>(
 ) -> Result<(), BuildError> {
     // Keep the Ethernet header and the quote, then open the room for the new headers
     // after the Ethernet header (the helper zeroes it).
-    const { assert!(MSG % 4 == 0, "bpf_csum_diff sums whole 32-bit words") };
+    const { assert!(MSG.is_multiple_of(4), "bpf_csum_diff sums whole 32-bit words") };
     let quote = MSG - ICMP_LEN;
     let quoted = (ETH_LEN + quote) as u32;
     // SAFETY: the context's skb pointer is valid for the program's run.

@@ -72,7 +72,7 @@ pub fn answer(ctx: &TcContext, rev_nat_id: u32) -> i32 {
     );
     // SAFETY: plain helper call; flags 0 = out of (egress) the interface.
     match unsafe { bpf_redirect(ifindex, 0) } {
-        r if r == TC_ACT_REDIRECT as i64 => TC_ACT_REDIRECT as i32,
+        r if r == i64::from(TC_ACT_REDIRECT) => TC_ACT_REDIRECT,
         _ => TC_ACT_SHOT,
     }
 }

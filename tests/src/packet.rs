@@ -4,7 +4,8 @@
 use std::net::SocketAddrV4;
 
 use etherparse::{
-    Icmpv4Type, IpDscp, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, icmpv4::DestUnreachableHeader,
+    Icmpv4Type, IpDscp, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder,
+    icmpv4::DestUnreachableHeader,
 };
 
 const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -101,7 +102,7 @@ pub fn port_unreachable(frame: &[u8], l4_quote: usize) -> Vec<u8> {
         frame[..6].try_into().expect("MAC"),
         frame[6..12].try_into().expect("MAC"),
     )
-    .ip(IpHeaders::Ipv4(ip, Default::default()))
+    .ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default()))
     .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port));
     let quote = &frame[14..34 + l4_quote];
     let mut out = Vec::with_capacity(b.size(quote.len()));

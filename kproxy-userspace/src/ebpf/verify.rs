@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt::{self, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
@@ -114,7 +114,7 @@ fn options(o: &FrontendOptions) -> String {
     }
     if !o.source_ranges.is_empty() {
         let ranges: Vec<String> = o.source_ranges.iter().map(ToString::to_string).collect();
-        out.push_str(&format!(", sources [{}]", ranges.join(", ")));
+        let _ = write!(out, ", sources [{}]", ranges.join(", "));
     }
     out
 }
