@@ -10,7 +10,8 @@
 //! (`kproxy_common::icmp`); what the limit suppresses is dropped and counted.
 //!
 //! TC answers ([`answer`], [`crate::icmp`]); XDP hands such packets to the stack
-//! unchanged, and TC, attached wherever XDP is, answers them.
+//! unchanged, and TC on the same interface (an `--xdp-iface` interface is one of the
+//! `--iface` ones too) answers them.
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
