@@ -156,3 +156,20 @@ pub struct FrontendEntry {
 pub(super) fn sock(addr: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), host_port(port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges_clear_host_bits_and_contain_their_addresses() {
+        let r = SourceRange::new(Ipv4Addr::new(203, 0, 113, 77), 24);
+        assert_eq!(r.to_string(), "203.0.113.0/24");
+        assert!(r.contains(Ipv4Addr::new(203, 0, 113, 1)));
+        assert!(!r.contains(Ipv4Addr::new(203, 0, 114, 1)));
+        let all = SourceRange::new(Ipv4Addr::new(10, 1, 2, 3), 0);
+        assert_eq!(all.to_string(), "0.0.0.0/0");
+        assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(SourceRange::new(Ipv4Addr::new(10, 1, 2, 3), 40).prefix, 32);
+    }
+}

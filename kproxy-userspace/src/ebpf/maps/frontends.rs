@@ -45,11 +45,15 @@ impl DatapathMaps {
         let key = frontend.key();
         let current = found(self.services.get(&key, 0), names::SERVICES)?;
         let (flags, affinity_timeout_s) = service_flags(&options);
+        // The trie is read and written only where ranges are or were enforced (entries
+        // count only under SVC_F_SOURCE_RANGES, which is set only with the wanted ones).
+        let ranges_involved =
+            !options.source_ranges.is_empty() || current.is_some_and(|c| c.flags & SVC_F_SOURCE_RANGES != 0);
         let (id, base) = if let Some(cur) = current {
             if cur.flags == flags
                 && cur.affinity_timeout_s == affinity_timeout_s
                 && self.slot_backends(&cur)? == backends
-                && self.source_ranges_of(cur.rev_nat_id)? == options.source_ranges
+                && (!ranges_involved || self.source_ranges_of(cur.rev_nat_id)? == options.source_ranges)
             {
                 return Ok(FrontendId(cur.rev_nat_id));
             }
@@ -69,7 +73,9 @@ impl DatapathMaps {
                 .insert(slot, b.0, 0)
                 .map_err(MapOp::Insert.on(names::SLOTS))?;
         }
-        self.add_source_ranges(id, &options.source_ranges)?;
+        if ranges_involved {
+            self.add_source_ranges(id, &options.source_ranges)?;
+        }
         self.revnat
             .insert(id, frontend.rev_nat(), 0)
             .map_err(MapOp::Insert.on(names::REVNAT))?;
@@ -87,7 +93,9 @@ impl DatapathMaps {
         if let Some(old) = current {
             self.remove_slots(old.rev_nat_id, old.slot_base, old.count)?;
         }
-        self.prune_source_ranges(id, &options.source_ranges)?;
+        if ranges_involved {
+            self.prune_source_ranges(id, &options.source_ranges)?;
+        }
         Ok(FrontendId(id))
     }
 
