@@ -67,8 +67,14 @@ fn now() -> u64 {
 fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue) -> Verdict {
     let bytes = ctx.packet_len() as u64;
     if svc.count == 0 {
-        debug!(ctx, "kproxy: service {} has no backends", svc.rev_nat_id);
-        return reject::without_backends(flow, svc, bytes);
+        let v = reject::without_backends(flow, svc, bytes);
+        if v == Verdict::Drop {
+            debug!(
+                ctx,
+                "kproxy: service {} has no usable backend, dropped", svc.rev_nat_id
+            );
+        }
+        return v;
     }
     let now = now();
     let key = ct::service_key(flow);
