@@ -12,6 +12,23 @@ const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+/// The checksum of data whose words sum (one's complement, not yet folded) to `sum`,
+/// such as `bpf_csum_diff`'s result.
+#[inline(always)]
+pub const fn finish(sum: u32) -> u16 {
+    !fold(sum)
+}
+
+/// The Internet checksum of `words` (a header with its checksum field zero).
+#[inline(always)]
+pub fn checksum(words: &[u16]) -> u16 {
+    let mut sum = 0u32;
+    for w in words {
+        sum += *w as u32;
+    }
+    finish(sum)
+}
+
 /// The checksum `check` after one 16-bit word changed from `old` to `new`
 /// (RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')`).
 #[inline(always)]

@@ -24,6 +24,13 @@ pub const SVC_F_SNAT: u16 = 1 << 1;
 /// Service flag: SNAT new flows whose source is outside the cluster CIDR of the config
 /// map (a ClusterIP under kube-proxy's `! -s CLUSTER_CIDR -j KUBE-MARK-MASQ`).
 pub const SVC_F_SNAT_OFF_CLUSTER: u16 = 1 << 2;
+/// Service flag: without usable backends, drop instead of rejecting. Set where kube-proxy
+/// DROPs ("has no local endpoints": a traffic policy Local with endpoints elsewhere only);
+/// unset, a frontend without backends answers with ICMP port unreachable (its REJECT).
+pub const SVC_F_DROP_NO_BACKEND: u16 = 1 << 3;
+/// Service flag: `loadBalancerSourceRanges` apply: new flows from sources outside the
+/// frontend's prefixes in `KPROXY_SOURCE_RANGES_V1` are dropped (kube-proxy's KUBE-FW).
+pub const SVC_F_SOURCE_RANGES: u16 = 1 << 4;
 
 /// Slots of one service are written at base 0 or at base [`SLOT_BASE_ALT`], alternately,
 /// so an update writes the new set beside the old one and then flips the service value.
@@ -55,7 +62,8 @@ pub struct ServiceValue {
     /// that keys its slots, ClientIP affinity, `KPROXY_REVNAT_V1` entry and service
     /// counters, and that its flows' conntrack entries record.
     pub rev_nat_id: u32,
-    /// Number of usable backends: slots `slot_base .. slot_base + count`. 0 = reject.
+    /// Number of usable backends: slots `slot_base .. slot_base + count`. 0 = reject (or
+    /// drop, with [`SVC_F_DROP_NO_BACKEND`]).
     pub count: u16,
     /// `SVC_F_*` bits.
     pub flags: u16,
@@ -126,8 +134,35 @@ pub struct AffinityValue {
 }
 const _: () = assert!(size_of::<AffinityValue>() == 16);
 
+/// The data of a source-range key (`KPROXY_SOURCE_RANGES_V1`, an LPM trie keyed by
+/// `prefix_len` + this): the frontend's id, always matched whole (so a key's prefix
+/// length is 32 + the range's), then the source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// The frontend's reverse-NAT id (its bytes as stored; only equality matters).
+    pub rev_nat_id: u32,
+    /// Source address or network (network order, host bits clear).
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 8);
+
+/// Bits of a source-range key's `prefix_len` taken by [`SourceRangeKey::rev_nat_id`].
+pub const SOURCE_RANGE_ID_BITS: u32 = 32;
+
+/// Value of a `KPROXY_SOURCE_RANGES_V1` entry: present = allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeValue {
+    /// Reserved (0).
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<SourceRangeValue>() == 4);
+
 // SAFETY: repr(C), integer fields only, padding spelled out as fields, sizes asserted above.
 unsafe_impl_pod!(
+    SourceRangeKey,
+    SourceRangeValue,
     ServiceKey,
     ServiceValue,
     SlotKey,

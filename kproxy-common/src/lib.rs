@@ -6,6 +6,7 @@
 //! One module per concern, named as in `kproxy-ebpf` where both sides have one:
 //! - [`lb`]: frontends, backend slots, backends, reverse NAT, ClientIP affinity;
 //! - [`conntrack`]: entries of translated flows and their timeouts;
+//! - [`icmp`]: the port-unreachable replies to frontends without endpoints, rate-limited;
 //! - [`node`]: the node's addresses and node-wide settings;
 //! - [`stats`]: interface, service and backend counters, global events;
 //! - [`byteorder`]: the maps' network-order addresses and ports;
@@ -28,12 +29,17 @@ macro_rules! unsafe_impl_pod {
 pub mod byteorder;
 pub mod conntrack;
 pub mod csum;
+pub mod icmp;
 pub mod lb;
 pub mod node;
 pub mod stats;
 
 pub use conntrack::{CtEntry, CtKey};
-pub use lb::{AffinityKey, AffinityValue, Backend, RevNat, ServiceKey, ServiceValue, SlotKey};
+pub use icmp::RateBucket;
+pub use lb::{
+    AffinityKey, AffinityValue, Backend, RevNat, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    SourceRangeValue,
+};
 pub use node::{Config, NodeAddr};
 pub use stats::{CounterKey, FlowCounters, IfaceCounters};
 
@@ -49,14 +55,19 @@ pub mod map_names {
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
     /// V2: SNAT address, cluster CIDR and port range added.
     pub const CONFIG: &str = "KPROXY_CONFIG_V2";
-    pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V1";
-    pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V1";
-    /// V3: two SNAT events added (an array's size is part of its layout).
+    /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.
+    pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V2";
+    /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.
+    pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V2";
+    /// V3: SNAT, reject and source-range events added (an array's size is part of its
+    /// layout).
     pub const EVENTS: &str = "KPROXY_EVENTS_V3";
+    pub const SOURCE_RANGES: &str = "KPROXY_SOURCE_RANGES_V1";
+    pub const REJECT_RATE: &str = "KPROXY_REJECT_RATE_V1";
     pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 12] = [
+    pub const PINNED: [&str; 14] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -69,5 +80,7 @@ pub mod map_names {
         BACKEND_STATS,
         EVENTS,
         XDP_TARGETS,
+        SOURCE_RANGES,
+        REJECT_RATE,
     ];
 }

@@ -26,7 +26,7 @@ pub struct CounterKey {
 const _: () = assert!(size_of::<CounterKey>() == 8);
 
 /// Packets and bytes translated to a service or backend, per CPU (values of
-/// `KPROXY_SERVICE_STATS_V1` and `KPROXY_BACKEND_STATS_V1`).
+/// `KPROXY_SERVICE_STATS_V2` and `KPROXY_BACKEND_STATS_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
@@ -34,10 +34,16 @@ pub struct FlowCounters {
     pub bytes: u64,
     /// Flows (conntrack entries) created.
     pub new_flows: u64,
-    /// Packets dropped because the service had no usable backend.
+    /// Packets dropped because the service had no usable backend: where kube-proxy
+    /// DROPs (policy Local), TCP segments other than a SYN, and replies the rate limit
+    /// suppressed.
     pub no_backend_drops: u64,
+    /// ICMP port unreachable replies sent because the service had no endpoints.
+    pub rejects: u64,
+    /// New flows dropped because their source is outside `loadBalancerSourceRanges`.
+    pub source_range_drops: u64,
 }
-const _: () = assert!(size_of::<FlowCounters>() == 32);
+const _: () = assert!(size_of::<FlowCounters>() == 48);
 
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
@@ -52,7 +58,8 @@ pub const EV_CT_HIT: u32 = 1;
 pub const EV_REPLY_NAT: u32 = 2;
 /// A flow's backend had gone (or its entry was stale): a new backend was chosen.
 pub const EV_RESELECT: u32 = 3;
-/// Dropped: the service has no backends (kube-proxy's REJECT).
+/// Dropped: the service has no usable backend and no reply is due (policy Local, a TCP
+/// segment other than a SYN, a reply the rate limit suppressed, or one that failed).
 pub const EV_DROP_NO_BACKEND: u32 = 4;
 /// Dropped: a slot or backend the service value points to is missing (maps mid-update
 /// by a non-conforming writer).
@@ -75,8 +82,14 @@ pub const EV_XDP_PASS_TRANSLATED: u32 = 11;
 pub const EV_SNAT: u32 = 12;
 /// Dropped: a new flow to SNAT found no free port in the range (after `SNAT_RETRIES`).
 pub const EV_DROP_SNAT_PORT_EXHAUSTED: u32 = 13;
+/// Answered with ICMP port unreachable: the service has no endpoints (kube-proxy's REJECT).
+pub const EV_REJECT: u32 = 14;
+/// Dropped instead of answered: the reply rate limit was reached (`kproxy_common::icmp`).
+pub const EV_REJECT_RATE_LIMITED: u32 = 15;
+/// Dropped: a new flow to a LoadBalancer IP from outside its `loadBalancerSourceRanges`.
+pub const EV_DROP_SOURCE_RANGE: u32 = 16;
 /// Number of event counters.
-pub const EV_MAX: u32 = 14;
+pub const EV_MAX: u32 = 17;
 
 /// Names of the event counters, by index.
 pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
@@ -94,4 +107,7 @@ pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
     "xdp_pass_translated",
     "snat",
     "snat_port_exhausted",
+    "reject",
+    "reject_rate_limited",
+    "drop_source_range",
 ];

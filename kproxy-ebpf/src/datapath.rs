@@ -8,9 +8,8 @@ use kproxy_common::{
     Backend, CtEntry, ServiceValue,
     conntrack::{CT_F_MASQ, CT_ST_CLOSING},
     stats::{
-        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_NO_BACKEND, EV_DROP_REWRITE,
-        EV_DROP_SNAT_PORT_EXHAUSTED, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT,
-        EV_SNAT,
+        EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_REWRITE, EV_DROP_SNAT_PORT_EXHAUSTED,
+        EV_DROP_SOURCE_RANGE, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT, EV_SNAT,
     },
 };
 
@@ -21,6 +20,7 @@ use crate::{
     maps::CONNTRACK,
     nat,
     parse::{Flow, NotHandled, parse_ipv4},
+    reject,
     snat::{self, SnatError},
     stats::{self, Delta, event},
 };
@@ -35,6 +35,9 @@ pub enum Verdict {
     Translated,
     /// Drop (no backend, or a rewrite that could not be completed).
     Drop,
+    /// Untouched, to be answered with ICMP port unreachable: the service `rev_nat_id`
+    /// has no endpoints (`reject`). TC answers; XDP passes it on for TC.
+    Reject { rev_nat_id: u32 },
 }
 
 /// Runs the datapath on the packet in `ctx`.
@@ -65,18 +68,14 @@ fn now() -> u64 {
 fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue) -> Verdict {
     let bytes = ctx.packet_len() as u64;
     if svc.count == 0 {
-        // kube-proxy REJECTs; we drop and count (see the crate docs).
-        event(EV_DROP_NO_BACKEND);
-        stats::count_service(
-            svc.rev_nat_id,
-            Delta {
-                bytes,
-                new_flow: false,
-                no_backend_drop: true,
-            },
-        );
-        debug!(ctx, "kproxy: service {} has no backends, dropped", svc.rev_nat_id);
-        return Verdict::Drop;
+        let v = reject::without_backends(flow, svc, bytes);
+        if v == Verdict::Drop {
+            debug!(
+                ctx,
+                "kproxy: service {} has no usable backend, dropped", svc.rev_nat_id
+            );
+        }
+        return v;
     }
     let now = now();
     let key = ct::service_key(flow);
@@ -103,6 +102,16 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
     let (e, new_flow) = match existing {
         Some(e) => (e, false),
         None => {
+            // Source ranges gate new flows only, as kube-proxy's nat rules do.
+            if !lb::source_allowed(svc, flow.saddr) {
+                event(EV_DROP_SOURCE_RANGE);
+                let denied = Delta {
+                    source_range_drop: true,
+                    ..Delta::packet(bytes)
+                };
+                stats::count_service(svc.rev_nat_id, denied);
+                return Verdict::Drop;
+            }
             let Some((backend_id, b)) = lb::select_backend(svc, flow.saddr, now) else {
                 event(EV_DROP_INCONSISTENT);
                 return Verdict::Drop;
@@ -115,9 +124,8 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
         }
     };
     let delta = Delta {
-        bytes,
         new_flow,
-        no_backend_drop: false,
+        ..Delta::packet(bytes)
     };
     stats::count_service(svc.rev_nat_id, delta);
     stats::count_backend(e.backend_id, delta);

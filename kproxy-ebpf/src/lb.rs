@@ -1,13 +1,14 @@
 //! Load balancing: which frontend a packet addresses, and which backend serves a new flow.
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::maps::lpm_trie::Key;
 use kproxy_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey,
-    lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SVC_F_AFFINITY},
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SOURCE_RANGE_ID_BITS, SVC_F_AFFINITY, SVC_F_SOURCE_RANGES},
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, NODE_ADDRS, SERVICES, SLOTS},
+    maps::{AFFINITY, BACKENDS, NODE_ADDRS, SERVICES, SLOTS, SOURCE_RANGES},
     parse::Flow,
 };
 
@@ -37,6 +38,23 @@ pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
     };
     // SAFETY: as above.
     SERVICES.get_ptr(node_port).map(|v| unsafe { *v })
+}
+
+/// Whether `svc` serves new flows from `saddr`: always, unless its
+/// `loadBalancerSourceRanges` apply and none holds the source (kube-proxy's KUBE-FW).
+#[inline(always)]
+pub fn source_allowed(svc: &ServiceValue, saddr: u32) -> bool {
+    if svc.flags & SVC_F_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        SOURCE_RANGE_ID_BITS + 32,
+        SourceRangeKey {
+            rev_nat_id: svc.rev_nat_id,
+            addr: saddr,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
 }
 
 /// Backend `id`, if it still exists.

@@ -8,14 +8,11 @@
 //! - [`conntrack`]: both directions' entries, timeouts, TCP state;
 //! - [`nat`]: DNAT, masquerade and reverse NAT;
 //! - [`snat`]: which new flows are SNATed to the node, and their port allocation;
+//! - [`reject`]: frontends without usable backends: REJECT or DROP as kube-proxy does;
+//! - [`icmp`]: TC only: the ICMP port unreachable built in place from the packet;
 //! - [`datapath`]: the packet walk every hook runs;
 //! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
 //! - [`maps`], [`stats`].
-//!
-//! A service without backends drops its packets and counts them (`no_backend_drops`,
-//! `EV_DROP_NO_BACKEND`): kube-proxy REJECTs with ICMP port-unreachable, which needs a
-//! generated reply packet; dropping is the documented minimum (clients time out instead
-//! of failing fast).
 #![no_std]
 
 pub mod conntrack;
@@ -23,9 +20,11 @@ pub mod ctx;
 pub mod datapath;
 pub mod fib;
 pub mod hdr;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod reject;
 pub mod snat;
 pub mod stats;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use kproxy_common::stats::{HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
     datapath::{Verdict, handle},
-    fib,
+    fib, reject,
     stats::count_packet,
 };
 
@@ -22,14 +22,16 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     count_packet(ctx.ingress_ifindex() as u32, HOOK_XDP, len);
     match handle(&ctx) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        // A reject is TC's to answer (`reject`): on to the stack untouched.
+        Verdict::Pass | Verdict::Reject { .. } => xdp_action::XDP_PASS,
         Verdict::Translated => fib::forward(&ctx),
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
 
 /// TC ingress on pod-facing veths (host side) and external interfaces: counts the
-/// packet, then translates service traffic and its replies (see `datapath`).
+/// packet, then translates service traffic and its replies (see `datapath`), and answers
+/// packets to services without endpoints with ICMP port unreachable (`reject`).
 #[classifier]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -38,6 +40,7 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     match handle(&ctx) {
         Verdict::Pass | Verdict::Translated => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Reject { rev_nat_id } => reject::answer(&ctx, rev_nat_id),
     }
 }
 

@@ -5,11 +5,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
-    NodeAddr, RevNat, ServiceKey, ServiceValue, SlotKey, stats::EV_MAX,
+    NodeAddr, RateBucket, RevNat, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SourceRangeValue,
+    stats::EV_MAX,
 };
 
 /// Hash maps the agent writes: not preallocated, so an update replaces an element
@@ -54,12 +55,13 @@ pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC
 #[map(name = "KPROXY_CONFIG_V2")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-/// Per-service packets, bytes, new flows and no-backend drops, per CPU (by rev-NAT id).
-#[map(name = "KPROXY_SERVICE_STATS_V1")]
+/// Per-service packets, bytes, new flows, no-backend drops, rejects and source-range
+/// drops, per CPU (by rev-NAT id).
+#[map(name = "KPROXY_SERVICE_STATS_V2")]
 pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Per-backend packets, bytes and new flows, per CPU (by backend id).
-#[map(name = "KPROXY_BACKEND_STATS_V1")]
+#[map(name = "KPROXY_BACKEND_STATS_V2")]
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
@@ -70,3 +72,12 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 /// agent: only those whose driver accepts redirected frames from the XDP mode in use.
 #[map(name = "KPROXY_XDP_TARGETS_V1")]
 pub static XDP_TARGETS: DevMapHash = DevMapHash::pinned(1024, 0);
+
+/// `loadBalancerSourceRanges`: (rev-NAT id, source prefix) → allowed, for frontends with
+/// `SVC_F_SOURCE_RANGES` (longest-prefix match; the id's 32 bits always match whole).
+#[map(name = "KPROXY_SOURCE_RANGES_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, SourceRangeValue> = LpmTrie::pinned(65_536, 0);
+
+/// Each CPU's token bucket for ICMP port-unreachable replies (one entry).
+#[map(name = "KPROXY_REJECT_RATE_V1")]
+pub static REJECT_RATE: PerCpuArray<RateBucket> = PerCpuArray::pinned(1, 0);

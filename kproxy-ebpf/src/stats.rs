@@ -38,6 +38,22 @@ pub struct Delta {
     pub bytes: u64,
     pub new_flow: bool,
     pub no_backend_drop: bool,
+    pub reject: bool,
+    pub source_range_drop: bool,
+}
+
+impl Delta {
+    /// A packet of `bytes` and nothing else.
+    #[inline(always)]
+    pub const fn packet(bytes: u64) -> Self {
+        Delta {
+            bytes,
+            new_flow: false,
+            no_backend_drop: false,
+            reject: false,
+            source_range_drop: false,
+        }
+    }
 }
 
 #[inline(always)]
@@ -49,6 +65,8 @@ fn add(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, d: Delta) {
             (*c).bytes += d.bytes;
             (*c).new_flows += d.new_flow as u64;
             (*c).no_backend_drops += d.no_backend_drop as u64;
+            (*c).rejects += d.reject as u64;
+            (*c).source_range_drops += d.source_range_drop as u64;
         }
         return;
     }
@@ -57,6 +75,8 @@ fn add(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, d: Delta) {
         bytes: d.bytes,
         new_flows: d.new_flow as u64,
         no_backend_drops: d.no_backend_drop as u64,
+        rejects: d.reject as u64,
+        source_range_drops: d.source_range_drop as u64,
     };
     // BPF_ANY: only this CPU's slot is written (see count_packet).
     let _ = map.insert(id, first, 0);

@@ -46,6 +46,9 @@ pub enum Verdict {
     Drop,
     /// XDP only: sent to the next hop's interface (XDP_REDIRECT).
     Redirect,
+    /// Answered with the output frame (ICMP port unreachable) out the interface it came
+    /// in on: TC_ACT_REDIRECT. XDP leaves the answer to TC: XDP_PASS, frame untouched.
+    Reject,
 }
 
 impl Hook {
@@ -60,14 +63,16 @@ impl Hook {
     pub fn code(self, v: Verdict) -> u32 {
         const TC_ACT_OK: u32 = 0;
         const TC_ACT_SHOT: u32 = 2;
+        const TC_ACT_REDIRECT: u32 = 7;
         const XDP_DROP: u32 = 1;
         const XDP_PASS: u32 = 2;
         const XDP_REDIRECT: u32 = 4;
         match (self, v) {
             (Hook::Tc, Verdict::Pass) => TC_ACT_OK,
             (Hook::Tc, Verdict::Drop) => TC_ACT_SHOT,
-            (Hook::Tc, Verdict::Redirect) => unreachable!("TC never redirects"),
-            (Hook::Xdp, Verdict::Pass) => XDP_PASS,
+            (Hook::Tc, Verdict::Redirect) => unreachable!("TC never redirects a translated packet"),
+            (Hook::Tc, Verdict::Reject) => TC_ACT_REDIRECT,
+            (Hook::Xdp, Verdict::Pass | Verdict::Reject) => XDP_PASS,
             (Hook::Xdp, Verdict::Drop) => XDP_DROP,
             (Hook::Xdp, Verdict::Redirect) => XDP_REDIRECT,
         }
@@ -280,9 +285,11 @@ pub fn run_steps(
                 s.verdict
             ));
         }
+        let untouched =
+            matches!(s.output, Expect::Unchanged) || (hook, s.verdict) == (Hook::Xdp, Verdict::Reject);
         let want = match &s.output {
-            Expect::Unchanged => &s.input,
-            Expect::Exactly(p) => p,
+            Expect::Exactly(p) if !untouched => p,
+            _ => &s.input,
         };
         if out != *want {
             return Err(format!(
@@ -290,7 +297,7 @@ pub fn run_steps(
                 s.input
             ));
         }
-        if !matches!(s.output, Expect::Unchanged) {
+        if !untouched {
             catch_unwind(|| assert_checksums_valid(&out)).map_err(|_| format!("step {i}: bad checksum"))?;
         }
         outputs.push(out);

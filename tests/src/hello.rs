@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::netns::NetNs;
@@ -193,6 +193,34 @@ pub fn udp_socket(ns: &NetNs, local: SocketAddr) -> UdpSocket {
     let socket = ns.run(|| UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind udp {local}: {e}")));
     socket.set_read_timeout(Some(IO_TIMEOUT)).expect("udp timeout");
     socket
+}
+
+/// How a TCP connect from inside `ns` to `target` fails, and how long it took
+/// (None: it succeeded).
+pub fn tcp_connect_failure(ns: &NetNs, target: SocketAddr) -> Option<(std::io::ErrorKind, Duration)> {
+    ns.run(|| {
+        let start = Instant::now();
+        TcpStream::connect_timeout(&target, IO_TIMEOUT)
+            .err()
+            .map(|e| (e.kind(), start.elapsed()))
+    })
+}
+
+/// How a UDP exchange from `local` inside `ns` with `target` fails: one datagram sent
+/// on a connected socket, then a receive (an ICMP error surfaces there), and how long
+/// it took (None: an answer came).
+pub fn udp_exchange_failure(
+    ns: &NetNs,
+    local: SocketAddr,
+    target: SocketAddr,
+) -> Option<(std::io::ErrorKind, Duration)> {
+    let socket = udp_socket(ns, local);
+    let start = Instant::now();
+    let result = socket.connect(target).and_then(|()| {
+        socket.send(b"who?")?;
+        socket.recv(&mut [0u8; 1500])
+    });
+    result.err().map(|e| (e.kind(), start.elapsed()))
 }
 
 /// A long-lived TCP connection from inside `ns` speaking the line protocol.

@@ -3,7 +3,10 @@
 
 use std::net::SocketAddrV4;
 
-use etherparse::PacketBuilder;
+use etherparse::{
+    Icmpv4Type, IpDscp, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder,
+    icmpv4::DestUnreachableHeader,
+};
 
 const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -84,6 +87,29 @@ pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: Tcp, payload: &[u8]) -> 
     frame
 }
 
+/// The ICMP port unreachable that answers `frame` (Ethernet + IPv4 without options +
+/// TCP/UDP), as the datapath builds it: MACs swapped, from the address `frame` was sent
+/// to back to its source, TTL 64, TOS 0xc0, DF, quoting the IPv4 header and the first
+/// `l4_quote` bytes of the transport header.
+pub fn port_unreachable(frame: &[u8], l4_quote: usize) -> Vec<u8> {
+    let (src, dst): ([u8; 4], [u8; 4]) = (
+        frame[30..34].try_into().expect("IPv4 destination"),
+        frame[26..30].try_into().expect("IPv4 source"),
+    );
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::ICMP, src, dst).expect("IPv4 header");
+    ip.dscp = IpDscp::try_new(0xc0 >> 2).expect("DSCP");
+    let b = PacketBuilder::ethernet2(
+        frame[..6].try_into().expect("MAC"),
+        frame[6..12].try_into().expect("MAC"),
+    )
+    .ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default()))
+    .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port));
+    let quote = &frame[14..34 + l4_quote];
+    let mut out = Vec::with_capacity(b.size(quote.len()));
+    b.write(&mut out, quote).expect("write ICMP frame");
+    out
+}
+
 /// An IPv6 + TCP frame.
 pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
@@ -155,8 +181,8 @@ pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
     f
 }
 
-/// Panics unless the IPv4 header checksum and the TCP/UDP checksum of `frame` are
-/// valid (a UDP checksum of 0 means none and is accepted).
+/// Panics unless the IPv4 header checksum and the TCP/UDP/ICMP checksum of `frame` are
+/// valid (a UDP checksum of 0 means none and is accepted; ICMP has no pseudo header).
 pub fn assert_checksums_valid(frame: &[u8]) {
     assert!(frame.len() >= 34, "frame too short for IPv4");
     assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
@@ -170,6 +196,10 @@ pub fn assert_checksums_valid(frame: &[u8]) {
     let l4 = &frame[14 + ihl..14 + tot];
     let proto = frame[23];
     if proto == 17 && l4[6] == 0 && l4[7] == 0 {
+        return;
+    }
+    if proto == 1 {
+        assert_eq!(fold(sum16(l4, 0)), 0xffff, "bad ICMP checksum");
         return;
     }
     let mut pseudo = Vec::new();

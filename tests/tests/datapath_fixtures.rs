@@ -18,10 +18,13 @@ use std::{
 };
 
 use kproxy::{
-    ebpf::{BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, Masquerade, SnatSettings},
+    ebpf::{
+        BackendId, DatapathMaps, Frontend, FrontendId, FrontendOptions, Masquerade, SnatSettings, SourceRange,
+    },
     model::Protocol,
 };
 use kproxy_common::{
+    RateBucket,
     byteorder::{be_addr, be_port},
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED},
     lb::{PROTO_TCP, PROTO_UDP},
@@ -29,14 +32,14 @@ use kproxy_common::{
 use kproxy_testbed::{
     fixture::{
         Case, Expect, Flow, HOOKS, Hook, Seed, Verdict,
-        Verdict::{Drop as DROP, Pass as PASS},
+        Verdict::{Drop as DROP, Pass as PASS, Reject as REJECT},
         ct_key, handshake, no_conntrack, none, run_steps, run_table, sa, seed_flow, seed_service, step,
         test_run, untouched,
     },
     forwarding::{FibNs, event},
     packet::{
-        ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum, tcp, tcp6,
-        udp, with_ipv4_options,
+        ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum,
+        port_unreachable, tcp, tcp6, udp, with_ipv4_options,
     },
     pins::PinDir,
 };
@@ -51,6 +54,8 @@ const NOT_NODE_IP: [u8; 4] = [192, 168, 50, 99];
 const EXTERNAL_CLIENT: [u8; 4] = [198, 51, 100, 20];
 const EXTERNAL_IP: [u8; 4] = [203, 0, 113, 10];
 const MASQ: [u8; 4] = [169, 254, 42, 1];
+const LB_IP: [u8; 4] = [192, 0, 2, 50];
+const DENIED_CLIENT: [u8; 4] = [203, 0, 113, 99];
 const ID1: BackendId = BackendId(1);
 const ID2: BackendId = BackendId(2);
 
@@ -65,6 +70,13 @@ fn cluster_udp() -> Frontend {
     Frontend::Address {
         addr: sa(CLUSTER_IP, 53),
         proto: Protocol::Udp,
+    }
+}
+
+fn lb_tcp() -> Frontend {
+    Frontend::Address {
+        addr: sa(LB_IP, 443),
+        proto: Protocol::Tcp,
     }
 }
 
@@ -324,16 +336,94 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
-            name: "service without backends: dropped and counted, no conntrack",
+            name: "service without endpoints: a TCP SYN is answered with ICMP port unreachable, a stray ACK dropped",
             seed: Box::new(|m| {
                 seed_service(m, cluster_tcp(), &[]);
             }),
-            steps: vec![step(tcp(client, vip, SYN, b""), DROP, Expect::Unchanged)],
-            check: Box::new(|m, _| {
+            steps: {
+                let syn = tcp(client, vip, SYN, b"");
+                vec![
+                    step(syn.clone(), REJECT, Expect::Exactly(port_unreachable(&syn, 20))),
+                    step(tcp(client, vip, ACK, payload), DROP, Expect::Unchanged),
+                ]
+            },
+            check: Box::new(|m, out| {
                 assert!(m.conntrack().unwrap().is_empty());
                 let svc = m.frontend_id(cluster_tcp()).unwrap().unwrap();
-                assert_eq!(m.frontend_counters(svc).unwrap().no_backend_drops, 1);
-                assert_eq!(event(m, "drop_no_backend"), 1);
+                let c = m.frontend_counters(svc).unwrap();
+                // TC answered (an ICMP frame came out); XDP left the SYN to TC.
+                let answered = u64::from(out[0][23] == 1);
+                assert_eq!((c.rejects, c.no_backend_drops), (answered, 1));
+                assert_eq!((event(m, "reject"), event(m, "drop_no_backend")), (answered, 1));
+            }),
+        },
+        Case {
+            name: "service without endpoints: a UDP datagram is answered with ICMP port unreachable",
+            seed: Box::new(|m| {
+                seed_service(m, cluster_udp(), &[]);
+            }),
+            steps: {
+                let query = udp(client, sa(CLUSTER_IP, 53), b"query");
+                vec![step(
+                    query.clone(),
+                    REJECT,
+                    Expect::Exactly(port_unreachable(&query, 8)),
+                )]
+            },
+            check: Box::new(|m, out| {
+                let svc = m.frontend_id(cluster_udp()).unwrap().unwrap();
+                let answered = u64::from(out[0][23] == 1);
+                assert_eq!(m.frontend_counters(svc).unwrap().rejects, answered);
+                assert_eq!(event(m, "drop_no_backend"), 0);
+            }),
+        },
+        Case {
+            name: "externalTrafficPolicy Local without local endpoints: dropped, no ICMP (kube-proxy DROPs)",
+            seed: Box::new(|m| {
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                let local_only = FrontendOptions {
+                    drop_without_backends: true,
+                    ..FrontendOptions::default()
+                };
+                m.upsert_frontend(node_port(), &[], local_only).unwrap();
+            }),
+            steps: vec![
+                step(tcp(ext, sa(NODE_IP, 30080), SYN, b""), DROP, Expect::Unchanged),
+                step(tcp(ext, sa(NODE_IP, 30080), SYN, b""), DROP, Expect::Unchanged),
+            ],
+            check: Box::new(|m, _| {
+                let svc = m.frontend_id(node_port()).unwrap().unwrap();
+                let c = m.frontend_counters(svc).unwrap();
+                assert_eq!((c.no_backend_drops, c.rejects), (2, 0));
+                assert_eq!(event(m, "reject"), 0);
+            }),
+        },
+        Case {
+            name: "loadBalancerSourceRanges: a source inside is translated, one outside dropped and counted",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                let ranged = FrontendOptions {
+                    source_ranges: vec![SourceRange::new(Ipv4Addr::new(198, 51, 100, 0), 24)],
+                    ..FrontendOptions::default()
+                };
+                m.upsert_frontend(lb_tcp(), &[ID2], ranged).unwrap();
+            }),
+            steps: vec![
+                Flow::new(ext, sa(LB_IP, 443), b2).request(SYN, b""),
+                step(
+                    tcp(sa(DENIED_CLIENT, 6000), sa(LB_IP, 443), SYN, b""),
+                    DROP,
+                    Expect::Unchanged,
+                ),
+            ],
+            check: Box::new(move |m, _| {
+                let svc = m.frontend_id(lb_tcp()).unwrap().unwrap();
+                let c = m.frontend_counters(svc).unwrap();
+                assert_eq!((c.new_flows, c.source_range_drops), (1, 1));
+                assert_eq!(event(m, "drop_source_range"), 1);
+                assert_eq!(m.conntrack().unwrap().len(), 2, "only the allowed flow");
+                let entry = &m.frontends().unwrap()[0];
+                assert_eq!(entry.options.source_ranges.len(), 1, "read back from the trie");
             }),
         },
         Case {
@@ -455,6 +545,38 @@ fn random_choice_between_two_backends() {
             "[{hook:?}] 64 flows all went to one backend: {seen:?}"
         );
     }
+}
+
+/// TC's replies are rate-limited per CPU: with this CPU's bucket empty (its last refill
+/// in the future), a SYN to a service without endpoints is dropped and counted instead
+/// of answered; once refilled, it is answered again.
+#[test]
+fn reject_rate_limit_suppresses_replies() {
+    let pins = PinDir::new("rl");
+    let mut dp = pins.load();
+    seed_service(&mut dp.maps, cluster_tcp(), &[]);
+    let empty = RateBucket {
+        credit_ns: 0,
+        last_ns: u64::MAX,
+    };
+    dp.maps.set_reject_buckets(empty).unwrap();
+    let syn = tcp(sa(CLIENT, 40000), sa(CLUSTER_IP, 80), SYN, b"");
+    let program = dp.ebpf.program(Hook::Tc.program()).unwrap();
+    let limited = vec![step(syn.clone(), DROP, Expect::Unchanged); 3];
+    run_steps(program, Hook::Tc, &limited, None).unwrap();
+    let svc = dp.maps.frontend_id(cluster_tcp()).unwrap().unwrap();
+    let c = dp.maps.frontend_counters(svc).unwrap();
+    assert_eq!((c.rejects, c.no_backend_drops), (0, 3));
+    assert_eq!(event(&dp.maps, "reject_rate_limited"), 3);
+    dp.maps.set_reject_buckets(RateBucket::default()).unwrap();
+    let program = dp.ebpf.program(Hook::Tc.program()).unwrap();
+    let answered = vec![step(
+        syn.clone(),
+        REJECT,
+        Expect::Exactly(port_unreachable(&syn, 20)),
+    )];
+    run_steps(program, Hook::Tc, &answered, None).unwrap();
+    assert_eq!(dp.maps.frontend_counters(svc).unwrap().rejects, 1);
 }
 
 /// ClientIP affinity: every new connection of one client goes to the backend its first

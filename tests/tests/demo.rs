@@ -113,9 +113,7 @@ fn demo_on_two_nodes_in_iptables_mode() {
     demo("iptables", false, true);
 }
 
-/// Waits for eBPF SNAT of remote backends (NodePort on host1 to pod B on host2 gets no
-/// answer without it); register with `#[test]` once merged, with an XDP twin.
-#[allow(dead_code)]
+#[test]
 fn demo_on_two_nodes_in_ebpf_mode() {
     demo("ebpf", false, true);
 }

@@ -18,7 +18,10 @@ use kproxy_testbed::{
         node_port, udp_backends,
     },
     forwarding::event,
-    hello::{HelloServer, LineClient, http_get_hostname, udp_ask, udp_socket},
+    hello::{
+        HelloServer, LineClient, http_get_hostname, tcp_connect_failure, udp_ask, udp_exchange_failure,
+        udp_socket,
+    },
     manifests::TARGET_PORT,
     topology::EXTERNAL_CLIENT_IP,
 };
@@ -241,6 +244,46 @@ fn restarted_agent_keeps_established_flows(mode: Mode) {
     );
 }
 
+/// A service without endpoints: kube-proxy REJECTs, so a TCP connect and a UDP exchange
+/// fail with "connection refused" at once (ICMP port unreachable), from a pod to the
+/// ClusterIP and from outside to the NodePort (through XDP first, in that mode).
+fn no_endpoints_refuses_at_once(mode: Mode) {
+    let c = Cluster::start(mode, &[]);
+    // A real node has a default route: without one, the stack answers "network
+    // unreachable" for the ClusterIP before kube-proxy's filter rules see the packet.
+    c.topo
+        .node
+        .ip(&["route", "add", "default", "via", "192.168.77.254"]);
+    let refused = |what: &str, failure: Option<(std::io::ErrorKind, Duration)>| {
+        let (kind, took) = failure.unwrap_or_else(|| panic!("{what}: answered without endpoints"));
+        println!("[{mode:?}] {what}: {kind:?} after {took:?}");
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "{what}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: refused only after {took:?}"
+        );
+    };
+    for (ns, local, target) in [
+        (c.client(), CLIENT, cluster_ip()),
+        (&c.topo.external, EXTERNAL_CLIENT_IP, node_port()),
+    ] {
+        refused(&format!("TCP to {target}"), tcp_connect_failure(ns, target));
+        refused(
+            &format!("UDP to {target}"),
+            udp_exchange_failure(ns, at(local, 0), target),
+        );
+    }
+    if mode != Mode::Iptables {
+        // The datapath answered, not the node's stack (which refuses a NodePort too).
+        let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+        assert_eq!(
+            event(&maps, "reject"),
+            4,
+            "TCP and UDP to the ClusterIP and the NodePort"
+        );
+    }
+}
+
 /// The XDP program's run count on the external link, from the link the agent pinned
 /// (the kernel counts while `enable_stats` is held).
 fn xdp_run_count(c: &Cluster) -> u64 {
@@ -357,4 +400,5 @@ every_mode!(
     datapath_outlives_agent_until_cleanup,
     new_pod_interfaces_are_attached,
     restarted_agent_keeps_established_flows,
+    no_endpoints_refuses_at_once,
 );

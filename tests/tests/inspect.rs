@@ -446,3 +446,60 @@ fn inspect_in_iptables_mode_shows_the_rules_without_maps() {
     assert_eq!(e["bpf"], Value::Null);
     assert_eq!(dnat_to(&e, "iptables"), [backend(POD_A), backend(POD_B)].into());
 }
+
+/// The per-frontend data of issue 11 round-trips: a LoadBalancer with
+/// `loadBalancerSourceRanges` and `externalTrafficPolicy: Local` whose only endpoint is
+/// on another node is written with its source ranges and the drop flag (kube-proxy DROPs
+/// there), the agent calls nothing unsupported, and `inspect --verify` stays clean.
+#[test]
+fn verify_is_clean_with_source_ranges_and_drop_flags() {
+    use kproxy_testbed::manifests::Service;
+    let mut c = Cluster::start(Mode::Ebpf, &[POD_A]);
+    let yaml = Service::hello_app(&[POD_A])
+        .yaml()
+        .replace(
+            "  type: NodePort\n",
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  \
+             loadBalancerSourceRanges: [192.168.77.0/24]\n",
+        )
+        .replace(
+            "---\napiVersion: discovery",
+            "status:\n  loadBalancer:\n    ingress: [{ip: 192.0.2.50}]\n---\napiVersion: discovery",
+        )
+        .replace("nodeName: host1", "nodeName: host2");
+    let tmp = c.model.with_extension("tmp");
+    std::fs::write(&tmp, yaml).expect("write model");
+    std::fs::rename(&tmp, &c.model).expect("replace model");
+    c.wait_sync();
+    assert_eq!(
+        verify(&c),
+        (Some(0), vec![]),
+        "no drift with source ranges and flags"
+    );
+    let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open pinned maps");
+    let frontends = maps.frontends().expect("frontends");
+    let lb: Vec<_> = frontends
+        .iter()
+        .filter(|f| f.frontend.to_string().starts_with("192.0.2.50:80/"))
+        .collect();
+    assert_eq!(lb.len(), 2, "TCP and UDP on the LoadBalancer IP: {frontends:#?}");
+    for f in &lb {
+        let ranges: Vec<String> = f.options.source_ranges.iter().map(ToString::to_string).collect();
+        assert_eq!(ranges, ["192.168.77.0/24"], "{f:#?}");
+        assert!(f.backends.is_empty() && f.options.drop_without_backends, "{f:#?}");
+    }
+    let cluster = frontends
+        .iter()
+        .find(|f| f.frontend.to_string() == "10.104.81.240:80/tcp")
+        .expect("ClusterIP frontend");
+    assert_eq!(
+        cluster.backends.len(),
+        1,
+        "the cluster policy still uses the remote pod"
+    );
+    let log = c.agent.log();
+    assert!(
+        !log.contains("SourceRanges") && !log.contains("not handled"),
+        "{log}"
+    );
+}

@@ -124,196 +124,185 @@ fn external_policy_local_serves_local_pods_with_the_client_address(mode: Mode) {
     );
 }
 
-/// Scenarios that kproxy's eBPF datapath (or the agent) cannot pass yet; each passes in
-/// `--mode iptables` unless noted. Register them with `every_mode!` once their feature
-/// is merged.
-#[allow(dead_code)]
-mod pending {
-    use super::*;
-
-    /// External clients reach both pods through either node's NodePort (the remote one
-    /// through SNAT), over TCP and UDP, with replies from the address they dialled.
-    pub(super) fn nodeport_on_either_node_reaches_pods_on_both(mode: Mode) {
-        let c = TwoNodeCluster::start(mode, vec![hello()]);
-        for i in 0..2 {
-            let node = c.node(i);
-            assert_eq!(
-                http_get_hostname(c.external(0), node_addr(i, 8080)).as_deref(),
-                Ok(node.name),
-                "the host-network server on {}",
-                node.name
-            );
-            let target = node_addr(i, HELLO_PORT);
-            assert_eq!(
-                http_backends(c.external(0), target),
-                both(),
-                "TCP via the NodePort of {}",
-                node.name
-            );
-            assert_eq!(
-                udp_backends(c.external(0), EXTERNAL_CLIENTS[0], target),
-                both(),
-                "UDP via the NodePort of {}",
-                node.name
-            );
-        }
-    }
-
-    /// The health-check node port's answer on node `i`: status and the JSON body.
-    fn health(c: &TwoNodeCluster, i: usize, port: u16, path: &str) -> (u16, serde_json::Value) {
-        let (status, body) =
-            http_get(c.external(0), node_addr(i, port), path).unwrap_or_else(|e| panic!("health check: {e}"));
-        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
-        (status, json)
-    }
-
-    /// The agent's health servers: kube-proxy's JSON on healthCheckNodePort, 200 where
-    /// the node has a local endpoint and 503 where it has none; `/healthz` and `/livez`.
-    pub(super) fn health_check_node_ports_answer_per_node(mode: Mode) {
-        let mut c = TwoNodeCluster::start(mode, vec![local_a()]);
-        let expect = |local: u64| {
-            serde_json::json!({
-                "service": {"namespace": "default", "name": "hello-local-a"},
-                "localEndpoints": local,
-                "serviceProxyHealthy": true,
-            })
-        };
-        assert_eq!(health(&c, 0, LOCAL_A_HEALTH, "/"), (200, expect(1)), "host1");
-        assert_eq!(health(&c, 1, LOCAL_A_HEALTH, "/"), (503, expect(0)), "host2");
-        c.set_endpoints("hello-local-a", &["hello-a", "hello-b"]);
+/// External clients reach both pods through either node's NodePort (the remote one
+/// through SNAT), over TCP and UDP, with replies from the address they dialled.
+fn nodeport_on_either_node_reaches_pods_on_both(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, vec![hello()]);
+    for i in 0..2 {
+        let node = c.node(i);
         assert_eq!(
-            health(&c, 1, LOCAL_A_HEALTH, "/"),
-            (200, expect(1)),
-            "host2 with a local endpoint"
+            http_get_hostname(c.external(0), node_addr(i, 8080)).as_deref(),
+            Ok(node.name),
+            "the host-network server on {}",
+            node.name
         );
-        for i in 0..2 {
-            for path in ["/healthz", "/livez"] {
-                let (status, _) = http_get(c.external(0), node_addr(i, HEALTHZ_PORT), path)
-                    .unwrap_or_else(|e| panic!("{path}: {e}"));
-                assert_eq!(status, 200, "{path} on node {i}");
-            }
-        }
-    }
-
-    /// A LoadBalancer IP open to the first external client only.
-    fn load_balancer() -> ServiceSpec {
-        ServiceSpec::hello(
-            "hello-lb",
-            Ipv4Addr::new(10, 104, 81, 243),
-            LB_NODE_PORT,
-            &["hello-a", "hello-b"],
-        )
-        .load_balancer(LB_IP, &["192.168.77.100/32"])
-    }
-
-    /// Waits for `loadBalancerSourceRanges` in eBPF (today such LoadBalancer IPs are left
-    /// unserved; without source ranges they serve) and for SNAT to the remote pod.
-    fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
-        let c = TwoNodeCluster::start(mode, vec![load_balancer()]);
-        let target = at(LB_IP, 80);
+        let target = node_addr(i, HELLO_PORT);
         assert_eq!(
             http_backends(c.external(0), target),
             both(),
-            "TCP from the allowed client"
+            "TCP via the NodePort of {}",
+            node.name
         );
         assert_eq!(
             udp_backends(c.external(0), EXTERNAL_CLIENTS[0], target),
             both(),
-            "UDP from the allowed client"
+            "UDP via the NodePort of {}",
+            node.name
         );
-        assert_not_served(
-            c.external(1),
-            EXTERNAL_CLIENTS[1],
-            target,
-            "a client outside loadBalancerSourceRanges",
-        );
-    }
-
-    /// Waits for the eBPF ICMP reject: without it a TCP SYN or UDP datagram to a service
-    /// without endpoints is dropped and the client times out.
-    fn service_without_endpoints_refuses_at_once(mode: Mode) {
-        let c = TwoNodeCluster::start(
-            mode,
-            vec![ServiceSpec::hello("no-endpoints", EMPTY_IP, EMPTY_NODE_PORT, &[])],
-        );
-        let target = at(EMPTY_IP, 80);
-        let pod = c.pod("client-1");
-        refused_at_once(&format!("TCP connect to {target}"), || {
-            pod.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(1)))
-        });
-        refused_at_once(&format!("UDP to {target}"), || {
-            pod.run(|| -> std::io::Result<usize> {
-                let socket = UdpSocket::bind("0.0.0.0:0")?;
-                socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-                socket.connect(target)?;
-                socket.send(b"who?")?;
-                socket.recv(&mut [0; 64])
-            })
-        });
-    }
-
-    /// Asserts that `attempt` fails with "connection refused" in under a second.
-    fn refused_at_once<T>(what: &str, attempt: impl FnOnce() -> std::io::Result<T>) {
-        let start = Instant::now();
-        let result = attempt().map(|_| ()).map_err(|e| e.kind());
-        let took = start.elapsed();
-        assert_eq!(result, Err(ErrorKind::ConnectionRefused), "{what}");
-        assert!(took < Duration::from_secs(1), "{what}: refused after {took:?}");
-    }
-
-    /// Connections per external client in the SNAT scenario, and workers per client.
-    const SNAT_CONNECTIONS: usize = 2000;
-    const SNAT_WORKERS: usize = 8;
-
-    /// Waits for eBPF SNAT with its own port allocation: without SNAT no connection to
-    /// the remote pod through host1's NodePort is answered. Bounded: a worker stops at
-    /// its first failure or after 40 s; the duration is printed.
-    pub(super) fn snat_ports_never_collide(mode: Mode) {
-        let mut c = TwoNodeCluster::start(mode, vec![hello()]);
-        c.set_endpoints("hello-app-service", &["hello-b"]);
-        let target = node_addr(0, HELLO_PORT);
-        let deadline = Duration::from_secs(40);
-        let start = Instant::now();
-        let failures: Vec<String> = thread::scope(|scope| {
-            let workers: Vec<_> = (0..2)
-                .flat_map(|client| (0..SNAT_WORKERS).map(move |w| (client, w)))
-                .map(|(client, w)| {
-                    let ns = c.external(client);
-                    scope.spawn(move || {
-                        for n in 0..SNAT_CONNECTIONS / SNAT_WORKERS {
-                            if start.elapsed() > deadline {
-                                return Some(format!("client {client} worker {w}: past {deadline:?} at {n}"));
-                            }
-                            match http_get_hostname(ns, target) {
-                                Ok(name) if name == "hello-b" => {}
-                                other => {
-                                    return Some(format!(
-                                        "client {client} worker {w}, connection {n}: {other:?}"
-                                    ));
-                                }
-                            }
-                        }
-                        None
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .filter_map(|w| w.join().expect("worker"))
-                .collect()
-        });
-        let took = start.elapsed();
-        eprintln!(
-            "{mode:?}: 2 clients x {SNAT_CONNECTIONS} connections via {target} to the remote pod in {took:?}"
-        );
-        assert!(failures.is_empty(), "after {took:?}: {failures:#?}");
     }
 }
 
-use pending::{
-    health_check_node_ports_answer_per_node, nodeport_on_either_node_reaches_pods_on_both,
-    snat_ports_never_collide,
-};
+/// The health-check node port's answer on node `i`: status and the JSON body.
+fn health(c: &TwoNodeCluster, i: usize, port: u16, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) =
+        http_get(c.external(0), node_addr(i, port), path).unwrap_or_else(|e| panic!("health check: {e}"));
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    (status, json)
+}
+
+/// The agent's health servers: kube-proxy's JSON on healthCheckNodePort, 200 where
+/// the node has a local endpoint and 503 where it has none; `/healthz` and `/livez`.
+fn health_check_node_ports_answer_per_node(mode: Mode) {
+    let mut c = TwoNodeCluster::start(mode, vec![local_a()]);
+    let expect = |local: u64| {
+        serde_json::json!({
+            "service": {"namespace": "default", "name": "hello-local-a"},
+            "localEndpoints": local,
+            "serviceProxyHealthy": true,
+        })
+    };
+    assert_eq!(health(&c, 0, LOCAL_A_HEALTH, "/"), (200, expect(1)), "host1");
+    assert_eq!(health(&c, 1, LOCAL_A_HEALTH, "/"), (503, expect(0)), "host2");
+    c.set_endpoints("hello-local-a", &["hello-a", "hello-b"]);
+    assert_eq!(
+        health(&c, 1, LOCAL_A_HEALTH, "/"),
+        (200, expect(1)),
+        "host2 with a local endpoint"
+    );
+    for i in 0..2 {
+        for path in ["/healthz", "/livez"] {
+            let (status, _) = http_get(c.external(0), node_addr(i, HEALTHZ_PORT), path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(status, 200, "{path} on node {i}");
+        }
+    }
+}
+
+/// A LoadBalancer IP open to the first external client only.
+fn load_balancer() -> ServiceSpec {
+    ServiceSpec::hello(
+        "hello-lb",
+        Ipv4Addr::new(10, 104, 81, 243),
+        LB_NODE_PORT,
+        &["hello-a", "hello-b"],
+    )
+    .load_balancer(LB_IP, &["192.168.77.100/32"])
+}
+
+/// A LoadBalancer IP (routed by the external clients via host1) with
+/// `loadBalancerSourceRanges`: the client inside them is served by both pods (the remote
+/// one through SNAT), the other client is not.
+fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, vec![load_balancer()]);
+    let target = at(LB_IP, 80);
+    assert_eq!(
+        http_backends(c.external(0), target),
+        both(),
+        "TCP from the allowed client"
+    );
+    assert_eq!(
+        udp_backends(c.external(0), EXTERNAL_CLIENTS[0], target),
+        both(),
+        "UDP from the allowed client"
+    );
+    assert_not_served(
+        c.external(1),
+        EXTERNAL_CLIENTS[1],
+        target,
+        "a client outside loadBalancerSourceRanges",
+    );
+}
+
+/// A service without endpoints is refused at once (ICMP port unreachable, kube-proxy's
+/// REJECT): TCP connect and UDP from a pod fail with "connection refused" in under a
+/// second, instead of timing out.
+fn service_without_endpoints_refuses_at_once(mode: Mode) {
+    let c = TwoNodeCluster::start(
+        mode,
+        vec![ServiceSpec::hello("no-endpoints", EMPTY_IP, EMPTY_NODE_PORT, &[])],
+    );
+    let target = at(EMPTY_IP, 80);
+    let pod = c.pod("client-1");
+    refused_at_once(&format!("TCP connect to {target}"), || {
+        pod.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(1)))
+    });
+    refused_at_once(&format!("UDP to {target}"), || {
+        pod.run(|| -> std::io::Result<usize> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+            socket.connect(target)?;
+            socket.send(b"who?")?;
+            socket.recv(&mut [0; 64])
+        })
+    });
+}
+
+/// Asserts that `attempt` fails with "connection refused" in under a second.
+fn refused_at_once<T>(what: &str, attempt: impl FnOnce() -> std::io::Result<T>) {
+    let start = Instant::now();
+    let result = attempt().map(|_| ()).map_err(|e| e.kind());
+    let took = start.elapsed();
+    assert_eq!(result, Err(ErrorKind::ConnectionRefused), "{what}");
+    assert!(took < Duration::from_secs(1), "{what}: refused after {took:?}");
+}
+
+/// Connections per external client in the SNAT scenario, and workers per client.
+const SNAT_CONNECTIONS: usize = 2000;
+const SNAT_WORKERS: usize = 8;
+
+/// SNAT ports never collide: 2 external clients x 2000 connections through host1's
+/// NodePort to the remote pod all succeed. Bounded: a worker stops at its first failure
+/// or after 40 s; the duration is printed.
+fn snat_ports_never_collide(mode: Mode) {
+    let mut c = TwoNodeCluster::start(mode, vec![hello()]);
+    c.set_endpoints("hello-app-service", &["hello-b"]);
+    let target = node_addr(0, HELLO_PORT);
+    let deadline = Duration::from_secs(40);
+    let start = Instant::now();
+    let failures: Vec<String> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .flat_map(|client| (0..SNAT_WORKERS).map(move |w| (client, w)))
+            .map(|(client, w)| {
+                let ns = c.external(client);
+                scope.spawn(move || {
+                    for n in 0..SNAT_CONNECTIONS / SNAT_WORKERS {
+                        if start.elapsed() > deadline {
+                            return Some(format!("client {client} worker {w}: past {deadline:?} at {n}"));
+                        }
+                        match http_get_hostname(ns, target) {
+                            Ok(name) if name == "hello-b" => {}
+                            other => {
+                                return Some(format!(
+                                    "client {client} worker {w}, connection {n}: {other:?}"
+                                ));
+                            }
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let took = start.elapsed();
+    eprintln!(
+        "{mode:?}: 2 clients x {SNAT_CONNECTIONS} connections via {target} to the remote pod in {took:?}"
+    );
+    assert!(failures.is_empty(), "after {took:?}: {failures:#?}");
+}
 
 /// One `#[test]` per scenario and mode.
 macro_rules! every_mode {
@@ -333,4 +322,6 @@ every_mode!(
     health_check_node_ports_answer_per_node,
     nodeport_on_either_node_reaches_pods_on_both,
     snat_ports_never_collide,
+    load_balancer_source_ranges_admit_only_their_clients,
+    service_without_endpoints_refuses_at_once,
 );

@@ -46,10 +46,10 @@ enum Command {
         /// Exit right after showing the state instead of waiting for Ctrl-C.
         #[arg(long)]
         once: bool,
-        /// The seed as it is: pod A on host1, pod B on host2, an agent per node (eBPF
-        /// mode needs SNAT for remote backends to answer on both NodePorts).
+        /// The one-node cluster (both pods behind one node) instead of the seed as it is:
+        /// pod A on host1, pod B on host2, an agent per node.
         #[arg(long)]
-        two_nodes: bool,
+        one_node: bool,
     },
     /// eBPF against iptables as services grow: `[--services 1,1000,10000] [--modes ...]
     /// [--duration SECS] [--quick] [--out DIR]` (`-- --help` for all options).
@@ -75,7 +75,7 @@ fn run() -> anyhow::Result<()> {
             setup::run()?;
             build::all().map(|_| ())
         }
-        Command::Run { args } if args.is_empty() => demo("ebpf", false, false, false),
+        Command::Run { args } if args.is_empty() => demo("ebpf", false, false, true),
         Command::Run { args } => {
             setup::run()?;
             let agent = build::all()?;
@@ -86,8 +86,8 @@ fn run() -> anyhow::Result<()> {
             mode,
             xdp,
             once,
-            two_nodes,
-        } => demo(&mode, xdp, once, two_nodes),
+            one_node,
+        } => demo(&mode, xdp, once, !one_node),
         Command::Bench { args } => bench::run(&args),
     }
 }

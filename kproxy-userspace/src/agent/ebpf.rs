@@ -201,7 +201,7 @@ impl Proxier for EbpfProxier {
             ports: self.snat_ports.clone(),
         };
         maps.set_snat(&snat).map_err(EbpfProxierError::from)?;
-        let desired = desired_state(model, &policy);
+        let desired = desired_state(model, &policy, node.node_ip);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {
                 warn!("{note}");

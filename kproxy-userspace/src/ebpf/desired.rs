@@ -6,8 +6,12 @@
 //!   `internalTrafficPolicy: Local`, else the cluster set);
 //! - NodePort, externalIPs and LoadBalancer IPs use the external policy's endpoints
 //!   (node-local ones with `externalTrafficPolicy: Local`, else the cluster set);
-//! - no usable endpoint: the frontend stays with zero backends, and the datapath
-//!   rejects its packets, as kube-proxy's REJECT rules do.
+//! - no usable endpoint: the frontend stays with zero backends; the datapath answers
+//!   with ICMP port unreachable where kube-proxy REJECTs (the service has no endpoints)
+//!   and drops where it DROPs (endpoints exist, none local under a policy Local);
+//! - LoadBalancer IPs with `loadBalancerSourceRanges` accept new flows from those
+//!   ranges only (kube-proxy's KUBE-FW chain), and from the LoadBalancer IPs themselves
+//!   when a range holds the node's IP (the node reaching its own VIP).
 //!
 //! Which new flows are SNATed to the node (kube-proxy's KUBE-MARK-MASQ rules, per
 //! frontend, [`MasqueradePolicy`]):
@@ -23,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use super::maps::{Frontend, FrontendOptions, Masquerade};
+use super::maps::{Frontend, FrontendOptions, Masquerade, SourceRange};
 use crate::{
     config::{ConfigError, LocalTraffic, NodePortAddresses, ProxyConfig},
     model::{Endpoint, Model, NodeInfo, Protocol, ServicePort},
@@ -114,8 +118,31 @@ fn backends_of(endpoints: &[&Endpoint]) -> Vec<SocketAddrV4> {
         .collect()
 }
 
-/// The frontends of one service port and the maps' state for each.
-pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut DesiredState) {
+/// The sources a LoadBalancer IP of `port` accepts (empty: every source), as kube-proxy's
+/// firewall chain lists them.
+fn source_ranges(port: &ServicePort, node_ip: Option<IpAddr>) -> Vec<SourceRange> {
+    let ranges = &port.load_balancer_source_ranges;
+    let mut out: Vec<SourceRange> = ranges
+        .iter()
+        .filter_map(|r| v4(r.network()).map(|a| SourceRange::new(a, r.prefix())))
+        .collect();
+    if node_ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
+        let vips = port.load_balancer_ips.iter().filter_map(|ip| v4(*ip));
+        out.extend(vips.map(|a| SourceRange::new(a, 32)));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The frontends of one service port and the maps' state for each, under the masquerade
+/// `policy` (`node_ip`: the node's primary IP, for the source-range exception).
+pub fn port_frontends(
+    port: &ServicePort,
+    policy: &MasqueradePolicy,
+    node_ip: Option<IpAddr>,
+    out: &mut DesiredState,
+) {
     let service = port.name.to_string();
     let proto = port.name.protocol;
     if proto == Protocol::Sctp {
@@ -139,28 +166,27 @@ pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut D
     } else {
         &sets.cluster
     });
-    let options = FrontendOptions {
-        client_ip_affinity: port
-            .session_affinity
-            .map(|a| Duration::from_secs(a.timeout_seconds.into())),
-        masquerade: Masquerade::Never,
+    let client_ip_affinity = port
+        .session_affinity
+        .map(|a| Duration::from_secs(a.timeout_seconds.into()));
+    let external_masquerade = if port.external_policy_local {
+        Masquerade::Never
+    } else {
+        Masquerade::Always
     };
-    let internal_options = FrontendOptions {
-        masquerade: policy.cluster_ip(),
-        ..options
-    };
-    let external_options = FrontendOptions {
-        masquerade: if port.external_policy_local {
-            Masquerade::Never
-        } else {
-            Masquerade::Always
-        },
-        ..options
-    };
-    let state = |backends: &Vec<SocketAddrV4>, options: FrontendOptions| FrontendState {
-        backends: backends.clone(),
-        options,
-        service: service.clone(),
+    // Without usable backends: kube-proxy REJECTs when the service has no endpoints at
+    // all, and DROPs when a policy Local leaves this node none ("no local endpoints").
+    let state = |backends: &Vec<SocketAddrV4>, masquerade: Masquerade, source_ranges: Vec<SourceRange>| {
+        FrontendState {
+            backends: backends.clone(),
+            options: FrontendOptions {
+                client_ip_affinity,
+                masquerade,
+                drop_without_backends: backends.is_empty() && sets.has_any,
+                source_ranges,
+            },
+            service: service.clone(),
+        }
     };
 
     out.frontends.insert(
@@ -168,7 +194,7 @@ pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut D
             addr: SocketAddrV4::new(cluster_ip, port.port),
             proto,
         },
-        state(&internal, internal_options),
+        state(&internal, policy.cluster_ip(), vec![]),
     );
     if port.node_port != 0 {
         out.frontends.insert(
@@ -176,7 +202,7 @@ pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut D
                 port: port.node_port,
                 proto,
             },
-            state(&external, external_options),
+            state(&external, external_masquerade, vec![]),
         );
     }
     for ip in port.external_ips.iter().filter_map(|ip| v4(*ip)) {
@@ -185,30 +211,24 @@ pub fn port_frontends(port: &ServicePort, policy: &MasqueradePolicy, out: &mut D
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external, external_options),
+            state(&external, external_masquerade, vec![]),
         );
     }
-    if !port.load_balancer_source_ranges.is_empty() && !port.load_balancer_ips.is_empty() {
-        // Serving them without the source check would open the service to everyone.
-        out.unsupported.push(format!(
-            "{service}: loadBalancerSourceRanges are not enforced by the eBPF datapath yet; \
-             its LoadBalancer IPs are left unserved"
-        ));
-        return;
-    }
+    let ranges = source_ranges(port, node_ip);
     for ip in port.load_balancer_ips.iter().filter_map(|ip| v4(*ip)) {
         out.frontends.insert(
             Frontend::Address {
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external, external_options),
+            state(&external, external_masquerade, ranges.clone()),
         );
     }
 }
 
-/// What the maps should hold for `model` under the masquerade `policy`.
-pub fn desired_state(model: &Model, policy: &MasqueradePolicy) -> DesiredState {
+/// What the maps should hold for `model` under the masquerade `policy`, on the node whose
+/// primary IP is `node_ip`.
+pub fn desired_state(model: &Model, policy: &MasqueradePolicy, node_ip: Option<IpAddr>) -> DesiredState {
     let mut out = DesiredState::default();
     if let Some(detector) = &policy.interface_detector
         && !model.service_ports.is_empty()
@@ -219,7 +239,7 @@ pub fn desired_state(model: &Model, policy: &MasqueradePolicy) -> DesiredState {
         ));
     }
     for port in &model.service_ports {
-        port_frontends(port, policy, &mut out);
+        port_frontends(port, policy, node_ip, &mut out);
     }
     out
 }
@@ -299,7 +319,7 @@ endpoints:
 
     #[test]
     fn policies_pick_the_backends_kube_proxy_would() {
-        let desired = desired_state(&model(SERVICE), &MasqueradePolicy::default());
+        let desired = desired_state(&model(SERVICE), &MasqueradePolicy::default(), None);
         let tcp = Protocol::Tcp;
         let get = |f: Frontend| desired.frontends.get(&f).unwrap_or_else(|| panic!("no {f}"));
         let cluster = get(Frontend::Address {
@@ -366,7 +386,7 @@ endpoints:
             proto: Protocol::Tcp,
         };
         let cluster_ip = |p: &MasqueradePolicy, yaml: &str| {
-            desired_state(&model(yaml), p)
+            desired_state(&model(yaml), p, None)
                 .frontends
                 .get(&vip)
                 .unwrap()
@@ -380,7 +400,7 @@ endpoints:
         assert_eq!(cluster_ip(&by_cidr, SERVICE), Masquerade::OffCluster);
         assert_eq!(cluster_ip(&all, SERVICE), Masquerade::Always);
         let external = |yaml: &str| {
-            let desired = desired_state(&model(yaml), &all);
+            let desired = desired_state(&model(yaml), &all, None);
             desired
                 .frontends
                 .iter()
@@ -392,26 +412,74 @@ endpoints:
         assert_eq!(external(SERVICE), vec![Masquerade::Never; 3]);
         let cluster = SERVICE.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster");
         assert_eq!(external(&cluster), vec![Masquerade::Always; 3]);
-        assert!(desired_state(&model(SERVICE), &by_iface).unsupported[0].contains("veth+"));
+        assert!(desired_state(&model(SERVICE), &by_iface, None).unsupported[0].contains("veth+"));
     }
 
     #[test]
-    fn source_ranges_leave_load_balancer_ips_unserved() {
+    fn source_ranges_guard_load_balancer_ips_only() {
         let yaml = SERVICE.replace(
             "  sessionAffinity: ClientIP\n",
-            "  loadBalancerSourceRanges: [203.0.113.0/24]\n",
+            "  loadBalancerSourceRanges: [203.0.113.0/24, 192.0.2.128/25]\n",
         );
-        let desired = desired_state(&model(&yaml), &MasqueradePolicy::default());
-        assert!(!desired.frontends.keys().any(|f| *f
-            == Frontend::Address {
-                addr: sock("198.51.100.9:80"),
-                proto: Protocol::Tcp
-            }));
+        let lb = Frontend::Address {
+            addr: sock("198.51.100.9:80"),
+            proto: Protocol::Tcp,
+        };
+        let ranges = |node_ip: Option<&str>| {
+            let desired = desired_state(
+                &model(&yaml),
+                &MasqueradePolicy::default(),
+                node_ip.map(|ip| ip.parse().unwrap()),
+            );
+            assert!(desired.unsupported.iter().all(|u| !u.contains("SourceRanges")));
+            let others = desired.frontends.iter().filter(|(f, _)| **f != lb);
+            assert!(
+                others
+                    .into_iter()
+                    .all(|(_, s)| s.options.source_ranges.is_empty())
+            );
+            let served: Vec<String> = desired.frontends[&lb]
+                .options
+                .source_ranges
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            served
+        };
+        assert_eq!(ranges(None), ["192.0.2.128/25", "203.0.113.0/24"]);
+        // A node inside a range reaches its own VIP with the VIP as source (kube-proxy's
+        // allowFromNode).
+        assert_eq!(
+            ranges(Some("203.0.113.77")),
+            ["192.0.2.128/25", "198.51.100.9/32", "203.0.113.0/24"]
+        );
+    }
+
+    #[test]
+    fn without_usable_endpoints_drop_only_where_kube_proxy_drops() {
+        // Policy Local, the only ready endpoint on another node: DROP ("no local endpoints").
+        let remote_only = SERVICE.replace("nodeName: node-a}", "nodeName: node-c}");
+        let desired = desired_state(&model(&remote_only), &MasqueradePolicy::default(), None);
+        let np = Frontend::NodePort {
+            port: 30080,
+            proto: Protocol::Tcp,
+        };
+        assert!(desired.frontends[&np].backends.is_empty());
+        assert!(desired.frontends[&np].options.drop_without_backends);
+        let cluster = Frontend::Address {
+            addr: sock("10.96.0.10:80"),
+            proto: Protocol::Tcp,
+        };
+        assert!(!desired.frontends[&cluster].options.drop_without_backends);
+        // No endpoints at all: REJECT everywhere.
+        let none = SERVICE.replace("ready: true", "ready: false");
+        let desired = desired_state(&model(&none), &MasqueradePolicy::default(), None);
+        assert!(desired.frontends.values().all(|s| s.backends.is_empty()));
         assert!(
             desired
-                .unsupported
-                .iter()
-                .any(|u| u.contains("loadBalancerSourceRanges"))
+                .frontends
+                .values()
+                .all(|s| !s.options.drop_without_backends)
         );
     }
 }

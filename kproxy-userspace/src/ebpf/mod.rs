@@ -32,7 +32,7 @@ pub use loader::{
 };
 pub use maps::{
     BackendId, CtDirection, CtFlow, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions,
-    MapsError, Masquerade, SnatSettings, ktime_now_ns,
+    MapsError, Masquerade, SnatSettings, SourceRange, ktime_now_ns,
 };
 pub use sync::{MapSync, SyncStats};
 pub use verify::{Drift, verify};

@@ -100,14 +100,14 @@ impl MapSync {
             }
         }
         for (frontend, state) in &desired.frontends {
-            let want = (state.backends.clone(), state.options);
+            let want = (state.backends.clone(), state.options.clone());
             match self.applied.get(frontend) {
                 Some(have) if *have == want => continue,
                 Some(_) => stats.frontends_updated += 1,
                 None => stats.frontends_added += 1,
             }
             let ids: Vec<BackendId> = state.backends.iter().map(|a| self.backend_ids[a]).collect();
-            maps.upsert_frontend(*frontend, &ids, state.options)?;
+            maps.upsert_frontend(*frontend, &ids, state.options.clone())?;
             self.applied.insert(*frontend, want);
         }
         let gone: Vec<Frontend> = self

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt::{self, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
@@ -26,7 +26,7 @@ pub enum Drift {
         want: Vec<SocketAddrV4>,
         have: Vec<SocketAddrV4>,
     },
-    /// Affinity differs.
+    /// Affinity, the no-backend verdict or the accepted source ranges differ.
     StaleOptions {
         frontend: Frontend,
         service: String,
@@ -83,6 +83,9 @@ impl Drift {
     pub fn map(&self) -> &'static str {
         use kproxy_common::map_names as names;
         match self {
+            Drift::StaleOptions { want, have, .. } if want.source_ranges != have.source_ranges => {
+                names::SOURCE_RANGES
+            }
             Drift::MissingFrontend { .. } | Drift::ExtraFrontend { .. } | Drift::StaleOptions { .. } => {
                 names::SERVICES
             }
@@ -101,12 +104,20 @@ fn list(addrs: &[SocketAddrV4]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-fn affinity(options: &FrontendOptions) -> String {
-    let affinity = match options.client_ip_affinity {
+fn options(o: &FrontendOptions) -> String {
+    let mut out = match o.client_ip_affinity {
         Some(t) => format!("ClientIP affinity {}s", t.as_secs()),
         None => "no affinity".into(),
     };
-    format!("{affinity}, {}", options.masquerade)
+    let _ = write!(out, ", {}", o.masquerade);
+    if o.drop_without_backends {
+        out.push_str(", drop without backends");
+    }
+    if !o.source_ranges.is_empty() {
+        let ranges: Vec<String> = o.source_ranges.iter().map(ToString::to_string).collect();
+        let _ = write!(out, ", sources [{}]", ranges.join(", "));
+    }
+    out
 }
 
 impl fmt::Display for Drift {
@@ -137,8 +148,8 @@ impl fmt::Display for Drift {
             } => write!(
                 f,
                 "frontend {frontend} of {service} has {} instead of {}",
-                affinity(have),
-                affinity(want)
+                options(have),
+                options(want)
             ),
             Drift::MissingSlots {
                 frontend,
@@ -253,8 +264,8 @@ pub fn verify(
             drift.push(Drift::StaleOptions {
                 frontend: *frontend,
                 service: want.service.clone(),
-                want: want.options,
-                have: have.options,
+                want: want.options.clone(),
+                have: have.options.clone(),
             });
         }
         let want_rev = rev_nat_of(*frontend);

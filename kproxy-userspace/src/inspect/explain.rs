@@ -15,7 +15,9 @@ use crate::{
     iptables::{chain_name::endpoint_chain, simulate::simulate},
     model::Protocol,
 };
-use kproxy_common::map_names::{AFFINITY, BACKENDS, CONNTRACK, NODE_ADDRS, REVNAT, SERVICES, SLOTS};
+use kproxy_common::map_names::{
+    AFFINITY, BACKENDS, CONNTRACK, NODE_ADDRS, REVNAT, SERVICES, SLOTS, SOURCE_RANGES,
+};
 
 /// One backend the datapath can choose.
 #[derive(Clone, Debug, Serialize)]
@@ -169,14 +171,36 @@ impl Inspection {
         path.frontend = Some(svc.frontend.to_string());
         path.service_id = Some(svc.id.0);
         if svc.slot_count == 0 {
-            trace.push(
-                "0 backend slots: the datapath drops the packet and counts it in no_backend_drops \
-                 (kube-proxy REJECTs it)"
-                    .into(),
-            );
+            trace.push(if svc.options.drop_without_backends {
+                "0 backend slots, drop flag: the datapath drops the packet (kube-proxy DROPs: no \
+                 local endpoints) and counts it in no_backend_drops"
+                    .into()
+            } else {
+                "0 backend slots: TC answers a UDP datagram or TCP SYN with ICMP port unreachable \
+                 (kube-proxy's REJECT; counted in rejects) and drops other TCP segments"
+                    .into()
+            });
             path.verdict = Verdict::Refused;
             path.trace = trace;
             return Ok(path);
+        }
+        if !svc.options.source_ranges.is_empty() {
+            let src = *probe.src.ip();
+            let allowed = svc.options.source_ranges.iter().any(|r| r.contains(src));
+            trace.push(format!(
+                "{SOURCE_RANGES}[{}, {src}] -> {}",
+                svc.id.0,
+                if allowed {
+                    "inside loadBalancerSourceRanges"
+                } else {
+                    "miss: a new flow is dropped (counted in source_range_drops)"
+                }
+            ));
+            if !allowed {
+                path.verdict = Verdict::Refused;
+                path.trace = trace;
+                return Ok(path);
+            }
         }
         if let Some(timeout) = svc.options.client_ip_affinity {
             trace.push(format!(

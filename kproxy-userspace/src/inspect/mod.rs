@@ -22,7 +22,7 @@ pub mod table;
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -131,7 +131,7 @@ impl Inspection {
 
     /// What the agent wrote to the maps for the recorded model.
     pub fn desired(&self) -> DesiredState {
-        ebpf::desired_state(&self.model, &self.masquerade)
+        ebpf::desired_state(&self.model, &self.masquerade, self.node.node_ip)
     }
 
     /// The node addresses NodePort frontends should answer on (IPv4: the datapath's family).
@@ -157,7 +157,9 @@ impl Inspection {
     pub fn frontend_index(&self) -> BTreeMap<Frontend, (&ServicePort, FrontendState)> {
         let mut index = BTreeMap::new();
         for port in &self.model.service_ports {
-            for (frontend, state) in port_desired(self.model.family, port, &self.masquerade).frontends {
+            for (frontend, state) in
+                port_desired(self.model.family, port, &self.masquerade, self.node.node_ip).frontends
+            {
                 index.insert(frontend, (port, state));
             }
         }
@@ -171,12 +173,18 @@ fn matches_service(port: &ServicePort, selector: &str) -> bool {
 }
 
 /// The desired state of one service port alone (the same definition the agent uses).
-pub fn port_desired(family: IpFamily, port: &ServicePort, policy: &MasqueradePolicy) -> DesiredState {
+pub fn port_desired(
+    family: IpFamily,
+    port: &ServicePort,
+    policy: &MasqueradePolicy,
+    node_ip: Option<IpAddr>,
+) -> DesiredState {
     ebpf::desired_state(
         &Model {
             family,
             service_ports: vec![port.clone()],
         },
         policy,
+        node_ip,
     )
 }

@@ -32,8 +32,12 @@ pub struct Counters {
     pub bytes: u64,
     /// Flows (conntrack entries) created.
     pub new_flows: u64,
-    /// Packets dropped because the frontend had no backend.
+    /// Packets dropped because the frontend had no backend (no reply due).
     pub no_backend_drops: u64,
+    /// ICMP port unreachable replies sent: the service has no endpoints.
+    pub rejects: u64,
+    /// New flows dropped: their source is outside `loadBalancerSourceRanges`.
+    pub source_range_drops: u64,
 }
 
 impl From<kproxy_common::FlowCounters> for Counters {
@@ -43,6 +47,8 @@ impl From<kproxy_common::FlowCounters> for Counters {
             bytes: c.bytes,
             new_flows: c.new_flows,
             no_backend_drops: c.no_backend_drops,
+            rejects: c.rejects,
+            source_range_drops: c.source_range_drops,
         }
     }
 }
@@ -53,6 +59,8 @@ impl std::ops::AddAssign for Counters {
         self.bytes += other.bytes;
         self.new_flows += other.new_flows;
         self.no_backend_drops += other.no_backend_drops;
+        self.rejects += other.rejects;
+        self.source_range_drops += other.source_range_drops;
     }
 }
 
@@ -338,7 +346,7 @@ impl Inspection {
         let sep_of = |addr: &SocketAddrV4| endpoint_chain(&port.name, &addr.to_string());
 
         let mut desired: Vec<(Frontend, FrontendState)> =
-            port_desired(self.model.family, port, &self.masquerade)
+            port_desired(self.model.family, port, &self.masquerade, self.node.node_ip)
                 .frontends
                 .into_iter()
                 .collect();

@@ -132,8 +132,15 @@ fn service(out: &mut String, svc: &ServiceReport, maps: bool) {
     let c = &svc.counters;
     let _ = writeln!(
         out,
-        "  total: {} packets, {} bytes, {} flows created, {} live, {} dropped without backend",
-        c.packets, c.bytes, c.new_flows, svc.conntrack_flows, c.no_backend_drops
+        "  total: {} packets, {} bytes, {} flows created, {} live, {} dropped without backend, \
+         {} rejected (ICMP), {} denied by source range",
+        c.packets,
+        c.bytes,
+        c.new_flows,
+        svc.conntrack_flows,
+        c.no_backend_drops,
+        c.rejects,
+        c.source_range_drops
     );
 }
 

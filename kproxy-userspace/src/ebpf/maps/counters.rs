@@ -15,6 +15,8 @@ fn sum(values: &[FlowCounters]) -> FlowCounters {
         bytes: s.bytes + c.bytes,
         new_flows: s.new_flows + c.new_flows,
         no_backend_drops: s.no_backend_drops + c.no_backend_drops,
+        rejects: s.rejects + c.rejects,
+        source_range_drops: s.source_range_drops + c.source_range_drops,
     })
 }
 

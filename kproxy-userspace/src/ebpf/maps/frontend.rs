@@ -142,12 +142,48 @@ impl fmt::Display for Masquerade {
 }
 
 /// Per-frontend options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendOptions {
     /// `sessionAffinity: ClientIP` with this timeout (kube-proxy default 10800 s).
     pub client_ip_affinity: Option<Duration>,
     /// Which new flows are SNATed to the node.
     pub masquerade: Masquerade,
+    /// Without backends, drop instead of answering ICMP port unreachable: kube-proxy's
+    /// "has no local endpoints" DROP (a traffic policy Local, endpoints elsewhere only).
+    pub drop_without_backends: bool,
+    /// The sources new flows are accepted from (`loadBalancerSourceRanges`, sorted);
+    /// empty = every source.
+    pub source_ranges: Vec<SourceRange>,
+}
+
+/// An IPv4 source prefix a frontend accepts (host bits clear).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl SourceRange {
+    /// `addr/prefix` with the host bits cleared (`prefix` at most 32).
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        let prefix = prefix.min(32);
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        SourceRange {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        }
+    }
+
+    /// Whether `ip` is inside the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        SourceRange::new(ip, self.prefix) == *self
+    }
+}
+
+impl fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// A frontend as the maps hold it.
@@ -166,4 +202,21 @@ pub struct FrontendEntry {
 /// A network-order address and port from a map, as a socket address.
 pub(super) fn sock(addr: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), host_port(port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges_clear_host_bits_and_contain_their_addresses() {
+        let r = SourceRange::new(Ipv4Addr::new(203, 0, 113, 77), 24);
+        assert_eq!(r.to_string(), "203.0.113.0/24");
+        assert!(r.contains(Ipv4Addr::new(203, 0, 113, 1)));
+        assert!(!r.contains(Ipv4Addr::new(203, 0, 114, 1)));
+        let all = SourceRange::new(Ipv4Addr::new(10, 1, 2, 3), 0);
+        assert_eq!(all.to_string(), "0.0.0.0/0");
+        assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(SourceRange::new(Ipv4Addr::new(10, 1, 2, 3), 40).prefix, 32);
+    }
 }

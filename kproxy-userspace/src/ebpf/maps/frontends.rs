@@ -5,7 +5,9 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use kproxy_common::{
     ServiceValue, SlotKey,
-    lb::{MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY},
+    lb::{
+        MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY, SVC_F_DROP_NO_BACKEND, SVC_F_SOURCE_RANGES,
+    },
     map_names as names,
 };
 
@@ -15,17 +17,20 @@ use super::{
 };
 
 impl DatapathMaps {
-    /// Points `frontend` at `backends` (in slot order; empty = reject its packets),
-    /// creating it if needed; returns its id. Make before break: the new slots are
-    /// written at the other slot base, then the service value flips to them in one
-    /// update, then the old slots are deleted, so packets always see a complete set.
-    /// Every backend must already exist ([`Self::upsert_backend`]).
+    /// Points `frontend` at `backends` (in slot order; empty = reject its packets, or
+    /// drop them with `drop_without_backends`), creating it if needed; returns its id.
+    /// Make before break: the new slots and source ranges are written beside the old,
+    /// then the service value flips to them in one update, then the old ones are
+    /// deleted, so packets always see a complete set. Every backend must already exist
+    /// ([`Self::upsert_backend`]).
     pub fn upsert_frontend(
         &mut self,
         frontend: Frontend,
         backends: &[BackendId],
-        options: FrontendOptions,
+        mut options: FrontendOptions,
     ) -> Result<FrontendId, MapsError> {
+        options.source_ranges.sort();
+        options.source_ranges.dedup();
         if backends.len() > MAX_BACKENDS_PER_SERVICE as usize {
             return Err(MapsError::TooManyBackends {
                 frontend,
@@ -39,15 +44,16 @@ impl DatapathMaps {
         }
         let key = frontend.key();
         let current = found(self.services.get(&key, 0), names::SERVICES)?;
-        let (affinity, affinity_timeout_s) = match options.client_ip_affinity {
-            Some(t) => (SVC_F_AFFINITY, t.as_secs().min(u32::MAX as u64) as u32),
-            None => (0, 0),
-        };
-        let flags = affinity | options.masquerade.flags();
+        let (flags, affinity_timeout_s) = service_flags(&options);
+        // The trie is read and written only where ranges are or were enforced (entries
+        // count only under SVC_F_SOURCE_RANGES, which is set only with the wanted ones).
+        let ranges_involved =
+            !options.source_ranges.is_empty() || current.is_some_and(|c| c.flags & SVC_F_SOURCE_RANGES != 0);
         let (id, base) = if let Some(cur) = current {
             if cur.flags == flags
                 && cur.affinity_timeout_s == affinity_timeout_s
                 && self.slot_backends(&cur)? == backends
+                && (!ranges_involved || self.source_ranges_of(cur.rev_nat_id)? == options.source_ranges)
             {
                 return Ok(FrontendId(cur.rev_nat_id));
             }
@@ -67,6 +73,9 @@ impl DatapathMaps {
                 .insert(slot, b.0, 0)
                 .map_err(MapOp::Insert.on(names::SLOTS))?;
         }
+        if ranges_involved {
+            self.add_source_ranges(id, &options.source_ranges)?;
+        }
         self.revnat
             .insert(id, frontend.rev_nat(), 0)
             .map_err(MapOp::Insert.on(names::REVNAT))?;
@@ -84,6 +93,9 @@ impl DatapathMaps {
         if let Some(old) = current {
             self.remove_slots(old.rev_nat_id, old.slot_base, old.count)?;
         }
+        if ranges_involved {
+            self.prune_source_ranges(id, &options.source_ranges)?;
+        }
         Ok(FrontendId(id))
     }
 
@@ -97,6 +109,7 @@ impl DatapathMaps {
         removed(self.services.remove(&key), names::SERVICES)?;
         self.remove_slots(cur.rev_nat_id, cur.slot_base, cur.count)?;
         removed(self.revnat.remove(&cur.rev_nat_id), names::REVNAT)?;
+        self.prune_source_ranges(cur.rev_nat_id, &[])?;
         removed(self.service_stats.remove(&cur.rev_nat_id), names::SERVICE_STATS)?;
         self.used_ids.remove(&cur.rev_nat_id);
         Ok(())
@@ -110,6 +123,7 @@ impl DatapathMaps {
     /// Every frontend with its backends (what an adopting agent diffs its model against).
     pub fn frontends(&self) -> Result<Vec<FrontendEntry>, MapsError> {
         let mut out = Vec::new();
+        let mut ranges = self.all_source_ranges()?;
         for item in &self.services {
             let (key, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
             let Some(frontend) = Frontend::from_key(key) else {
@@ -124,6 +138,13 @@ impl DatapathMaps {
                     client_ip_affinity: (v.flags & SVC_F_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
                     masquerade: Masquerade::from_flags(v.flags),
+                    drop_without_backends: v.flags & SVC_F_DROP_NO_BACKEND != 0,
+                    // Entries without the flag are not checked: report what is enforced.
+                    source_ranges: if v.flags & SVC_F_SOURCE_RANGES != 0 {
+                        ranges.remove(&v.rev_nat_id).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
                 },
             });
         }
@@ -197,4 +218,19 @@ impl DatapathMaps {
     pub fn rev_nat(&self, id: FrontendId) -> Result<Option<SocketAddrV4>, MapsError> {
         Ok(found(self.revnat.get(&id.0, 0), names::REVNAT)?.map(|r| sock(r.addr, r.port)))
     }
+}
+
+/// The service value's flags and affinity timeout for `options`.
+fn service_flags(options: &FrontendOptions) -> (u16, u32) {
+    let (mut flags, timeout) = match options.client_ip_affinity {
+        Some(t) => (SVC_F_AFFINITY, t.as_secs().min(u32::MAX as u64) as u32),
+        None => (0, 0),
+    };
+    if options.drop_without_backends {
+        flags |= SVC_F_DROP_NO_BACKEND;
+    }
+    if !options.source_ranges.is_empty() {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
+    (flags | options.masquerade.flags(), timeout)
 }

@@ -1,6 +1,7 @@
 //! Typed handles on every datapath map, with the operations the sync, verify and
 //! inspection need, split by map family the way aya splits its maps: frontends
-//! (services, slots, reverse NAT), backends, node-wide settings, conntrack, counters.
+//! (services, slots, reverse NAT), source ranges, backends, node-wide settings (with the
+//! reject rate limit), conntrack, counters.
 //!
 //! Userspace speaks std::net types; conversion to the maps' network-order `#[repr(C)]`
 //! types (`kproxy_common`) happens in this module only.
@@ -11,6 +12,7 @@ pub mod counters;
 mod frontend;
 mod frontends;
 mod node;
+mod source_ranges;
 
 use std::{
     collections::BTreeSet,
@@ -20,15 +22,18 @@ use std::{
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         xdp::{DevMapHash, XdpMapError},
     },
 };
 pub use conntrack::{CtDirection, CtFlow};
-pub use frontend::{BackendId, Frontend, FrontendEntry, FrontendId, FrontendOptions, Masquerade};
+pub use frontend::{
+    BackendId, Frontend, FrontendEntry, FrontendId, FrontendOptions, Masquerade, SourceRange,
+};
 use kproxy_common::{
-    AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RevNat, ServiceKey,
-    ServiceValue, SlotKey, lb::MAX_BACKENDS_PER_SERVICE, map_names as names,
+    AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FlowCounters, NodeAddr, RateBucket, RevNat,
+    ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SourceRangeValue, lb::MAX_BACKENDS_PER_SERVICE,
+    map_names as names,
 };
 pub use node::SnatSettings;
 
@@ -188,6 +193,8 @@ pub struct DatapathMaps {
     backend_stats: PerCpuHashMap<MapData, u32, FlowCounters>,
     events: PerCpuArray<MapData, u64>,
     xdp_targets: DevMapHash<MapData>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, SourceRangeValue>,
+    reject_rate: PerCpuArray<MapData, RateBucket>,
     /// Frontend ids in use (rebuilt from the services map when adopted).
     used_ids: BTreeSet<u32>,
 }
@@ -235,6 +242,8 @@ impl DatapathMaps {
             backend_stats: typed!(get, names::BACKEND_STATS),
             events: typed!(get, names::EVENTS),
             xdp_targets: typed!(get, names::XDP_TARGETS),
+            source_ranges: typed!(get, names::SOURCE_RANGES),
+            reject_rate: typed!(get, names::REJECT_RATE),
             used_ids: BTreeSet::new(),
         };
         for item in &maps.services {

@@ -1,11 +1,12 @@
 //! Node-wide maps: the addresses NodePorts answer on, the masquerade (hairpin) source,
-//! the SNAT settings and the interfaces XDP may redirect to.
+//! the SNAT settings, the interfaces XDP may redirect to, and the reject replies'
+//! rate-limit buckets.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, ops::RangeInclusive};
 
-use aya::maps::xdp::XdpMapError;
+use aya::maps::{MapError, PerCpuValues, xdp::XdpMapError};
 use kproxy_common::{
-    Config, NodeAddr,
+    Config, NodeAddr, RateBucket,
     byteorder::{addr_octets, be_addr},
     map_names as names,
     node::{SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT},
@@ -36,6 +37,17 @@ impl Default for SnatSettings {
 }
 
 impl DatapathMaps {
+    /// Sets every CPU's reject-reply token bucket to `bucket` (tests: an empty bucket
+    /// whose last refill lies in the future suppresses every reply).
+    pub fn set_reject_buckets(&mut self, bucket: RateBucket) -> Result<(), MapsError> {
+        let io = |e| MapOp::Insert.on(names::REJECT_RATE)(MapError::IoError(e));
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+        let values = PerCpuValues::try_from(vec![bucket; cpus]).map_err(io)?;
+        self.reject_rate
+            .set(0, values, 0)
+            .map_err(MapOp::Insert.on(names::REJECT_RATE))
+    }
+
     /// Sets the addresses NodePort frontends answer on (adds new ones before removing
     /// stale ones).
     pub fn set_node_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<(), MapsError> {
