@@ -2,7 +2,8 @@
 //! the model behind the live maps while the agent runs and after it stopped.
 //!
 //! bpffs holds only BPF objects, so the record lives in a regular directory derived
-//! from the pin path: `/run/kproxy/<pin path, '/' → '_'>/` holding `applied.json`
+//! from the pin path: `/run/kproxy/<pin path, '/' → '_'>/` (a symlink to the current
+//! version, swapped atomically on every record) holding `applied.json`
 //! (mode, node facts, sync number), `config.yaml` (when one was given) and `model/`
 //! (a copy of every model file as it was when applied).
 
@@ -10,6 +11,7 @@ use std::{
     fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -118,16 +120,22 @@ fn model_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Records `applied` with copies of its model files and configuration, replacing the
-/// previous record (written aside, then renamed into place).
+/// previous record atomically: each record is written to a directory of its own, then
+/// the record path (a symlink) is renamed onto it, so a reader never finds it missing or
+/// half written. The previous version stays until the next record (a reader may still be
+/// inside it); older ones are removed.
 pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Result<(), RecordError> {
-    let dir = record_dir(pin_path);
-    let staging = dir.with_extension("new");
+    let link = record_dir(pin_path);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let version = version_path(&link, &format!("{stamp}-{}", applied.sync));
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RecordError::Write { path, source }
     };
-    let _ = fs::remove_dir_all(&staging);
-    let model_dir = staging.join("model");
+    let model_dir = version.join("model");
     fs::create_dir_all(&model_dir).map_err(write_err(&model_dir))?;
     let files = model_files(&applied.model_paths).map_err(write_err(&model_dir))?;
     for (i, file) in files.iter().enumerate() {
@@ -145,19 +153,62 @@ pub fn record(pin_path: &Path, applied: &Applied, config: Option<&Path>) -> Resu
         fs::copy(file, &copy).map_err(write_err(file))?;
     }
     if let Some(config) = config {
-        let copy = staging.join("config.yaml");
+        let copy = version.join("config.yaml");
         fs::copy(config, &copy).map_err(write_err(config))?;
     }
     let json = serde_json::to_vec_pretty(applied).expect("Applied serializes");
-    let applied_path = staging.join("applied.json");
+    let applied_path = version.join("applied.json");
     fs::write(&applied_path, json).map_err(write_err(&applied_path))?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&staging, &dir).map_err(write_err(&dir))
+
+    let previous = fs::read_link(&link).ok();
+    let new_link = link.with_extension("link-new");
+    let _ = fs::remove_file(&new_link);
+    let target = version.file_name().map(PathBuf::from).unwrap_or_default();
+    std::os::unix::fs::symlink(&target, &new_link).map_err(write_err(&new_link))?;
+    if link.is_dir() && !link.is_symlink() {
+        // A record of an agent from before versioned records.
+        let _ = fs::remove_dir_all(&link);
+    }
+    fs::rename(&new_link, &link).map_err(write_err(&link))?;
+    remove_versions(
+        &link,
+        &[Some(target), previous].into_iter().flatten().collect::<Vec<_>>(),
+    );
+    Ok(())
 }
 
-/// The record of the agent pinning under `pin_path`.
+/// The directory of one version of the record at `link`.
+fn version_path(link: &Path, version: &str) -> PathBuf {
+    let mut name = link.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".v{version}"));
+    link.with_file_name(name)
+}
+
+/// Removes the versions of the record at `link` other than `keep` (file names).
+fn remove_versions(link: &Path, keep: &[PathBuf]) {
+    let (Some(parent), Some(base)) = (link.parent(), link.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.v", base.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = PathBuf::from(entry.file_name());
+        if name.to_string_lossy().starts_with(&prefix) && !keep.contains(&name) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The record of the agent pinning under `pin_path`, read from one version even if the
+/// agent replaces it meanwhile.
 pub fn load(pin_path: &Path) -> Result<Recorded, RecordError> {
-    let dir = record_dir(pin_path);
+    let link = record_dir(pin_path);
+    let dir = fs::canonicalize(&link).map_err(|source| RecordError::Read {
+        path: link.join("applied.json"),
+        source,
+    })?;
     let applied_path = dir.join("applied.json");
     let text = fs::read(&applied_path).map_err(|source| RecordError::Read {
         path: applied_path.clone(),
@@ -175,11 +226,20 @@ pub fn load(pin_path: &Path) -> Result<Recorded, RecordError> {
     })
 }
 
-/// Removes the record (cleanup).
+/// Removes the record and every version of it (cleanup).
 pub fn remove(pin_path: &Path) -> Result<(), RecordError> {
-    let dir = record_dir(pin_path);
-    match fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RecordError::Write { path: dir, source: e }),
+    let link = record_dir(pin_path);
+    remove_versions(&link, &[]);
+    let removed = if link.is_symlink() || !link.is_dir() {
+        fs::remove_file(&link)
+    } else {
+        fs::remove_dir_all(&link)
+    };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RecordError::Write {
+            path: link,
+            source: e,
+        }),
         _ => Ok(()),
     }
 }
@@ -229,6 +289,42 @@ mod tests {
         );
         remove(&pin).unwrap();
         assert!(load(&pin).is_err());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_new_record_replaces_the_old_one_atomically() {
+        let tmp = std::env::temp_dir().join(format!("kproxy-record-swap-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(tmp.join("m.yaml"), "a: 1\n").unwrap();
+        let pin = tmp.join("pins");
+        let versions = || {
+            fs::read_dir(RECORD_ROOT)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let link = record_dir(&pin);
+                    name.starts_with(&format!("{}.v", link.file_name().unwrap().to_string_lossy()))
+                })
+                .count()
+        };
+        for sync in 1..=3 {
+            let applied = Applied {
+                model_paths: vec![tmp.join("m.yaml")],
+                sync,
+                ..Applied::default()
+            };
+            record(&pin, &applied, None).unwrap();
+            assert_eq!(load(&pin).unwrap().applied.sync, sync);
+            assert!(record_dir(&pin).is_symlink());
+            // The current version and the one before it (a reader may still be inside).
+            assert!(versions() <= 2, "{} versions", versions());
+        }
+        remove(&pin).unwrap();
+        assert_eq!(versions(), 0);
+        assert!(!record_dir(&pin).exists() && !record_dir(&pin).is_symlink());
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

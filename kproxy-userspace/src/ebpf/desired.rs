@@ -268,11 +268,10 @@ mod tests {
     use crate::{config::ProxyConfig, manifests, model::NodeInfo};
 
     fn model(yaml: &str) -> Model {
-        let dir = std::env::temp_dir().join(format!(
-            "kproxy-desired-test-{}-{}",
-            std::process::id(),
-            yaml.len()
-        ));
+        // Unit tests run in parallel: one directory per call.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kproxy-desired-test-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.yaml");
         std::fs::write(&path, yaml).unwrap();
