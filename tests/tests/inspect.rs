@@ -485,7 +485,9 @@ fn verify_is_clean_with_source_ranges_and_drop_flags() {
     assert_eq!(lb.len(), 2, "TCP and UDP on the LoadBalancer IP: {frontends:#?}");
     for f in &lb {
         let ranges: Vec<String> = f.options.source_ranges.iter().map(ToString::to_string).collect();
-        assert_eq!(ranges, ["192.168.77.0/24"], "{f:#?}");
+        // The node's IP (192.168.77.10) is inside the range, so the LoadBalancer IP itself
+        // is an allowed source too (kube-proxy's firewall chain lets the node reach it).
+        assert_eq!(ranges, ["192.0.2.50/32", "192.168.77.0/24"], "{f:#?}");
         assert!(f.backends.is_empty() && f.options.drop_without_backends, "{f:#?}");
     }
     let cluster = frontends
