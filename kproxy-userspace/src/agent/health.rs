@@ -399,9 +399,23 @@ impl HealthServers {
                 let (code, body) = proxy_health_answer(&health.report(SystemTime::now()), path);
                 json_response(code, body)
             };
+            // The first bind happens here, before the agent's first sync, so the server
+            // is listening by the time anyone is told the agent synced; a failure is
+            // retried in the background.
+            let first = {
+                let _runtime = runtime.enter();
+                std::net::TcpListener::bind(address)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(tokio::net::TcpListener::from_std)
+            };
             runtime.spawn(async move {
+                let mut attempt = Some(first);
                 loop {
-                    match tokio::net::TcpListener::bind(address).await {
+                    let bound = match attempt.take() {
+                        Some(first) => first,
+                        None => tokio::net::TcpListener::bind(address).await,
+                    };
+                    match bound {
                         Ok(listener) => {
                             info!("proxy health: /healthz and /livez on http://{address}");
                             serve(listener, answer.clone()).await;

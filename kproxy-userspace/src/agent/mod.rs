@@ -183,6 +183,9 @@ fn sync_once(
     match synced {
         Ok(summary) => {
             *syncs += 1;
+            // Health checks open before the sync is reported: whoever waits for the
+            // "sync #N" line finds them listening.
+            health.synced(&model, &node, &config);
             let ports = model.service_ports.len();
             let services: std::collections::BTreeSet<String> =
                 model.service_ports.iter().map(|p| p.name.service()).collect();
@@ -193,7 +196,6 @@ fn sync_once(
                 started.elapsed().as_secs_f64() * 1000.0
             );
             record_state(opts, proxier, &node, *syncs);
-            health.synced(&model, &node, &config);
             true
         }
         Err(err) => {
