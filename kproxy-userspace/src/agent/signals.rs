@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM set a flag the agent loop checks: it then exits and leaves the
+//! SIGINT, SIGTERM and SIGHUP (a closed terminal) set a flag the agent loop checks: it then exits and leaves the
 //! datapath in place. The test bed's demo and bench stop on the same flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,7 @@ pub fn install() -> Result<&'static AtomicBool, nix::Error> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(signal, &action) }?;
     }

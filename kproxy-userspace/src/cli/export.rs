@@ -72,7 +72,8 @@ pub struct IptablesArgs {
     /// net.netfilter.nf_conntrack_tcp_be_liberal is set.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     tcp_be_liberal: bool,
-    /// nfacct counters that exist: ct_state_invalid_dropped_pkts, localhost_nps_accepted_pkts.
+    /// nfacct counters that exist: ct_state_invalid_dropped_pkts, localhost_nps_accepted_pkts
+    /// (`""`: none, the default).
     #[arg(long, value_delimiter = ',')]
     nfacct_counters: Vec<String>,
     /// How `list` prints the prot column.
@@ -124,8 +125,14 @@ impl IptablesArgs {
             tcp_be_liberal: self.tcp_be_liberal,
             ..Runtime::default()
         };
-        for name in &self.nfacct_counters {
-            match name.trim() {
+        // `--nfacct-counters ""` says "none": empty names are skipped.
+        for name in self
+            .nfacct_counters
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+        {
+            match name {
                 iptables::NFACCT_INVALID_DROPPED => runtime.nfacct_invalid_dropped = true,
                 iptables::NFACCT_LOCALHOST_NODEPORTS => runtime.nfacct_localhost_nodeports = true,
                 other => bail!("--nfacct-counters: unknown counter {other:?}"),
@@ -167,5 +174,38 @@ impl Export {
         };
         print!("{text}");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IptablesArgs,
+    }
+
+    fn runtime(extra: &[&str]) -> anyhow::Result<Runtime> {
+        let argv = ["export", "--model", "m.yaml"].iter().chain(extra);
+        Cli::try_parse_from(argv)?.args.runtime()
+    }
+
+    #[test]
+    fn nfacct_counters_empty_means_none_and_unknown_names_are_refused() {
+        let none = runtime(&["--nfacct-counters", ""]).unwrap();
+        assert!(!none.nfacct_invalid_dropped && !none.nfacct_localhost_nodeports);
+        assert_eq!(none, runtime(&[]).unwrap());
+        let both = runtime(&[
+            "--nfacct-counters",
+            "ct_state_invalid_dropped_pkts,localhost_nps_accepted_pkts",
+        ])
+        .unwrap();
+        assert!(both.nfacct_invalid_dropped && both.nfacct_localhost_nodeports);
+        let err = runtime(&["--nfacct-counters", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("unknown counter \"nope\""), "{err}");
     }
 }
