@@ -29,6 +29,7 @@ const _: () = assert!(size_of::<CounterKey>() == 8);
 /// `KPROXY_SERVICE_STATS_V2` and `KPROXY_BACKEND_STATS_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct FlowCounters {
     pub packets: u64,
     pub bytes: u64,
@@ -44,6 +45,18 @@ pub struct FlowCounters {
     pub source_range_drops: u64,
 }
 const _: () = assert!(size_of::<FlowCounters>() == 48);
+
+impl core::ops::AddAssign for FlowCounters {
+    /// Sums counters (over CPUs, or over a service's frontends).
+    fn add_assign(&mut self, other: Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+        self.no_backend_drops += other.no_backend_drops;
+        self.rejects += other.rejects;
+        self.source_range_drops += other.source_range_drops;
+    }
+}
 
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);

@@ -214,3 +214,17 @@ pub fn udp_backends(ns: &NetNs, local: Ipv4Addr, target: SocketAddr) -> BTreeSet
 pub fn both() -> BTreeSet<String> {
     ["hello-a", "hello-b"].map(String::from).into()
 }
+
+/// One `#[test]` per scenario and mode, eBPF and iptables, with the same assertions: each
+/// scenario is a `fn(Mode)` beside the macro call (`super::` of the generated modules).
+#[macro_export]
+macro_rules! every_mode {
+    ($($scenario:ident),* $(,)?) => {
+        mod ebpf {
+            $(#[test] fn $scenario() { super::$scenario($crate::cluster::Mode::Ebpf) })*
+        }
+        mod iptables {
+            $(#[test] fn $scenario() { super::$scenario($crate::cluster::Mode::Iptables) })*
+        }
+    };
+}

@@ -217,19 +217,7 @@ fn late_change_makes_the_proxy_unhealthy(mode: Mode) {
     get_until(&c, HEALTH_CHECK_PORT, "/", 200);
 }
 
-/// One `#[test]` per scenario and mode.
-macro_rules! every_mode {
-    ($($scenario:ident),* $(,)?) => {
-        mod ebpf {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Ebpf) })*
-        }
-        mod iptables {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Iptables) })*
-        }
-    };
-}
-
-every_mode!(
+kproxy_testbed::every_mode!(
     proxy_health_answers_after_the_first_sync,
     health_check_port_reports_local_endpoints,
     late_change_makes_the_proxy_unhealthy,

@@ -304,19 +304,7 @@ fn snat_ports_never_collide(mode: Mode) {
     assert!(failures.is_empty(), "after {took:?}: {failures:#?}");
 }
 
-/// One `#[test]` per scenario and mode.
-macro_rules! every_mode {
-    ($($scenario:ident),* $(,)?) => {
-        mod ebpf {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Ebpf) })*
-        }
-        mod iptables {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Iptables) })*
-        }
-    };
-}
-
-every_mode!(
+kproxy_testbed::every_mode!(
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
     health_check_node_ports_answer_per_node,

@@ -25,44 +25,9 @@ use crate::{
     record::Mode,
 };
 
-/// Packets and bytes the datapath translated, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
-    /// Flows (conntrack entries) created.
-    pub new_flows: u64,
-    /// Packets dropped because the frontend had no backend (no reply due).
-    pub no_backend_drops: u64,
-    /// ICMP port unreachable replies sent: the service has no endpoints.
-    pub rejects: u64,
-    /// New flows dropped: their source is outside `loadBalancerSourceRanges`.
-    pub source_range_drops: u64,
-}
-
-impl From<kproxy_common::FlowCounters> for Counters {
-    fn from(c: kproxy_common::FlowCounters) -> Self {
-        Counters {
-            packets: c.packets,
-            bytes: c.bytes,
-            new_flows: c.new_flows,
-            no_backend_drops: c.no_backend_drops,
-            rejects: c.rejects,
-            source_range_drops: c.source_range_drops,
-        }
-    }
-}
-
-impl std::ops::AddAssign for Counters {
-    fn add_assign(&mut self, other: Self) {
-        self.packets += other.packets;
-        self.bytes += other.bytes;
-        self.new_flows += other.new_flows;
-        self.no_backend_drops += other.no_backend_drops;
-        self.rejects += other.rejects;
-        self.source_range_drops += other.source_range_drops;
-    }
-}
+/// Packets and bytes the datapath translated, summed over CPUs (the maps' own counters,
+/// printed as they are).
+pub type Counters = kproxy_common::FlowCounters;
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
@@ -373,10 +338,10 @@ impl Inspection {
                             backend_id: id.0,
                             address: address.map(ToString::to_string),
                             chain: address.map(sep_of),
-                            counters: maps.backend_counters(*id)?.into(),
+                            counters: maps.backend_counters(*id)?,
                         });
                     }
-                    let counters: Counters = maps.frontend_counters(svc.id)?.into();
+                    let counters: Counters = maps.frontend_counters(svc.id)?;
                     let conntrack_flows = flows.get(&svc.id).copied().unwrap_or(0);
                     total += counters;
                     total_flows += conntrack_flows;
