@@ -38,7 +38,7 @@ pub const SLOT_BASE_ALT: u32 = 1 << 16;
 /// At most this many backends per service (the slot count is a u16).
 pub const MAX_BACKENDS_PER_SERVICE: u32 = 0xffff;
 
-/// Frontend a client addresses: address, port, protocol and scope (key of `KPROXY_SERVICES_V1`).
+/// Frontend a client addresses: address, port, protocol and scope (key of `KPROXY_SERVICES_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -54,7 +54,7 @@ pub struct ServiceKey {
 const _: () = assert!(size_of::<ServiceKey>() == 8);
 
 /// What a frontend leads to: its reverse-NAT id, how many backend slots it has and where
-/// (value of `KPROXY_SERVICES_V1`).
+/// (value of `KPROXY_SERVICES_V2`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -71,8 +71,15 @@ pub struct ServiceValue {
     pub slot_base: u32,
     /// ClientIP affinity timeout in seconds (with [`SVC_F_AFFINITY`]).
     pub affinity_timeout_s: u32,
+    /// The ClusterIP frontend (address, port; network order) whose backends serve pods
+    /// and the node's own processes instead of this frontend's: kube-proxy's
+    /// `externalTrafficPolicy: Local` short-circuit ("pod traffic for … external
+    /// destinations", "route LOCAL traffic … to cluster endpoints"). 0: none.
+    pub cluster_addr: u32,
+    pub cluster_port: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 24);
 
 /// One backend slot of a service (key of `KPROXY_SLOTS_V1`, value: backend id).
 #[repr(C)]

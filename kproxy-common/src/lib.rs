@@ -46,7 +46,7 @@ pub use stats::{CounterKey, FlowCounters, IfaceCounters};
 /// Names of the maps in the eBPF object (versioned: a layout change gets a new name, so a
 /// new agent never adopts an old pinned map of another layout).
 pub mod map_names {
-    pub const SERVICES: &str = "KPROXY_SERVICES_V1";
+    pub const SERVICES: &str = "KPROXY_SERVICES_V2";
     pub const SLOTS: &str = "KPROXY_SLOTS_V1";
     pub const BACKENDS: &str = "KPROXY_BACKENDS_V1";
     pub const REVNAT: &str = "KPROXY_REVNAT_V1";

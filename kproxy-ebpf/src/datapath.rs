@@ -5,7 +5,7 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
 use kproxy_common::{
-    Backend, CtEntry, ServiceValue,
+    Backend, Config, CtEntry, ServiceValue,
     conntrack::{CT_F_MASQ, CT_ST_CLOSING},
     stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_REWRITE, EV_DROP_SNAT_PORT_EXHAUSTED,
@@ -63,10 +63,13 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A packet to a frontend: follow its flow's conntrack entry, or start a flow.
+/// A packet to the frontend `frontend`: follow its flow's conntrack entry, or start a
+/// flow (with the backends of the service serving its source, `lb::serving`).
 #[inline(always)]
-fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue) -> Verdict {
+fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, frontend: &ServiceValue) -> Verdict {
     let bytes = ctx.packet_len() as u64;
+    let cfg = snat::config().unwrap_or_default();
+    let svc = &lb::serving(frontend, flow.saddr, flow.proto, &cfg);
     if svc.count == 0 {
         let v = reject::without_backends(flow, svc, bytes);
         if v == Verdict::Drop {
@@ -102,21 +105,22 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceValue)
     let (e, new_flow) = match existing {
         Some(e) => (e, false),
         None => {
-            // Source ranges gate new flows only, as kube-proxy's nat rules do.
-            if !lb::source_allowed(svc, flow.saddr) {
+            // Source ranges gate new flows only, as kube-proxy's nat rules do, and before
+            // its short-circuit for pods (KUBE-FW precedes KUBE-EXT).
+            if !lb::source_allowed(frontend, flow.saddr) {
                 event(EV_DROP_SOURCE_RANGE);
                 let denied = Delta {
                     source_range_drop: true,
                     ..Delta::packet(bytes)
                 };
-                stats::count_service(svc.rev_nat_id, denied);
+                stats::count_service(frontend.rev_nat_id, denied);
                 return Verdict::Drop;
             }
             let Some((backend_id, b)) = lb::select_backend(svc, flow.saddr, now) else {
                 event(EV_DROP_INCONSISTENT);
                 return Verdict::Drop;
             };
-            let Some(e) = start_flow(flow, svc, backend_id, &b, now) else {
+            let Some(e) = start_flow(flow, svc, backend_id, &b, &cfg, now) else {
                 return Verdict::Drop;
             };
             event(EV_NEW_FLOW);
@@ -155,8 +159,14 @@ fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
 /// `svc`, masqueraded if it hairpins, else SNATed if its frontend asks for it; None
 /// (counted) when the entries could not be created.
 #[inline(always)]
-fn start_flow(flow: &Flow, svc: &ServiceValue, backend_id: u32, b: &Backend, now: u64) -> Option<CtEntry> {
-    let cfg = snat::config().unwrap_or_default();
+fn start_flow(
+    flow: &Flow,
+    svc: &ServiceValue,
+    backend_id: u32,
+    b: &Backend,
+    cfg: &Config,
+    now: u64,
+) -> Option<CtEntry> {
     let mut e = ct::entry(flow, svc.rev_nat_id, backend_id, b, now);
     // Hairpin: the client is its own backend. Its reply would go straight back to
     // itself, so the source becomes the masquerade address (the port is kept).
@@ -164,8 +174,8 @@ fn start_flow(flow: &Flow, svc: &ServiceValue, backend_id: u32, b: &Backend, now
     if hairpin {
         e.masq_addr = cfg.masq_addr;
         e.flags |= CT_F_MASQ;
-    } else if snat::wanted(svc, flow, &cfg) {
-        return match snat::create(flow, &mut e, &cfg, now) {
+    } else if snat::wanted(svc, flow, cfg) {
+        return match snat::create(flow, &mut e, cfg, now) {
             Ok(()) => {
                 event(EV_SNAT);
                 Some(e)

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::maps::lpm_trie::Key;
 use kproxy_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, Config, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
     lb::{SCOPE_EXACT, SCOPE_NODE_PORT, SOURCE_RANGE_ID_BITS, SVC_F_AFFINITY, SVC_F_SOURCE_RANGES},
 };
 
@@ -38,6 +38,36 @@ pub fn lookup_service(flow: &Flow) -> Option<ServiceValue> {
     };
     // SAFETY: as above.
     SERVICES.get_ptr(node_port).map(|v| unsafe { *v })
+}
+
+/// The service whose backends serve a flow from `saddr` to the frontend `svc`: for a
+/// pod (a source in the cluster CIDR of `cfg`), the ClusterIP frontend `svc` names, as
+/// kube-proxy's `externalTrafficPolicy: Local` short-circuit sends pod traffic to all
+/// endpoints; else `svc` itself.
+#[inline(always)]
+pub fn serving(svc: &ServiceValue, saddr: u32, proto: u8, cfg: &Config) -> ServiceValue {
+    let from_pod = cfg.cluster_mask != 0 && saddr & cfg.cluster_mask == cfg.cluster_net;
+    if from_pod && let Some(cluster) = cluster_frontend(svc, proto) {
+        return cluster;
+    }
+    *svc
+}
+
+/// The ClusterIP frontend that serves pods and the node's own processes in place of
+/// `svc` (protocol `proto`), if `svc` names one and it exists.
+#[inline(always)]
+pub fn cluster_frontend(svc: &ServiceValue, proto: u8) -> Option<ServiceValue> {
+    if svc.cluster_addr == 0 {
+        return None;
+    }
+    let key = ServiceKey {
+        addr: svc.cluster_addr,
+        port: svc.cluster_port,
+        proto,
+        scope: SCOPE_EXACT,
+    };
+    // SAFETY: a map value pointer, valid for this program run; copied at once.
+    SERVICES.get_ptr(key).map(|v| unsafe { *v })
 }
 
 /// Whether `svc` serves new flows from `saddr`: always, unless its

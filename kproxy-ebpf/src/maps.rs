@@ -22,7 +22,7 @@ const NO_PREALLOC: u32 = 1;
 pub static IFACE_STATS: PerCpuHashMap<CounterKey, IfaceCounters> = PerCpuHashMap::with_max_entries(1024, 0);
 
 /// Frontends (address, port, protocol, scope) → rev-NAT id, backend count, slot base, flags.
-#[map(name = "KPROXY_SERVICES_V1")]
+#[map(name = "KPROXY_SERVICES_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65_536, NO_PREALLOC);
 
 /// (rev-NAT id, slot) → backend id: the service's usable backends, chosen at random.

@@ -399,6 +399,36 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
+            name: "externalTrafficPolicy Local: a pod reaches the NodePort through the ClusterIP's backends (kube-proxy's short-circuit), an external client is dropped",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                m.set_snat(&snat_settings(61000..=65535)).unwrap();
+                seed_service(m, cluster_tcp(), &[ID2]);
+                let local_only = FrontendOptions {
+                    drop_without_backends: true,
+                    cluster_frontend: Some(sa(CLUSTER_IP, 80)),
+                    ..FrontendOptions::default()
+                };
+                m.upsert_frontend(node_port(), &[], local_only).unwrap();
+            }),
+            steps: {
+                let pod = Flow::new(sa(CLIENT, 40000), sa(NODE_IP, 30080), sa(B2, 8080));
+                vec![
+                    pod.request(SYN, b""),
+                    pod.reply(SYN_ACK, b""),
+                    step(tcp(ext, sa(NODE_IP, 30080), SYN, b""), DROP, Expect::Unchanged),
+                ]
+            },
+            check: Box::new(|m, _| {
+                let cluster = m.frontend_id(cluster_tcp()).unwrap().unwrap();
+                let node_port = m.frontend_id(node_port()).unwrap().unwrap();
+                assert_eq!(m.frontend_counters(cluster).unwrap().new_flows, 1);
+                let c = m.frontend_counters(node_port).unwrap();
+                assert_eq!((c.new_flows, c.no_backend_drops), (0, 1));
+            }),
+        },
+        Case {
             name: "loadBalancerSourceRanges: a source inside is translated, one outside dropped and counted",
             seed: Box::new(|m| {
                 seed_backends(m);

@@ -122,6 +122,20 @@ fn external_policy_local_serves_local_pods_with_the_client_address(mode: Mode) {
         node_addr(1, LOCAL_A_PORT),
         "eTP=Local on host2, which has no local endpoint",
     );
+    // kube-proxy's short-circuit: a pod reaches an eTP=Local frontend through every
+    // endpoint, so a pod on host2 is served there by host1's pod.
+    let pod = PODS.iter().find(|p| p.0 == "client-2").expect("client pod").2;
+    let target = node_addr(1, LOCAL_A_PORT);
+    assert_eq!(
+        http_backends(c.pod("client-2"), target),
+        one("hello-a"),
+        "TCP from a pod on host2 via {target}"
+    );
+    assert_eq!(
+        udp_backends(c.pod("client-2"), pod, target),
+        one("hello-a"),
+        "UDP from a pod on host2 via {target}"
+    );
 }
 
 /// External clients reach both pods through either node's NodePort (the remote one

@@ -176,7 +176,14 @@ pub fn port_frontends(
     };
     // Without usable backends: kube-proxy REJECTs when the service has no endpoints at
     // all, and DROPs when a policy Local leaves this node none ("no local endpoints").
-    let state = |backends: &Vec<SocketAddrV4>, masquerade: Masquerade, source_ranges: Vec<SourceRange>| {
+    let cluster_frontend = SocketAddrV4::new(cluster_ip, port.port);
+    // kube-proxy's short-circuit for eTP=Local: pods and the node's own processes reach
+    // external frontends through the cluster's endpoints, not only the node's.
+    let short_circuit = port.external_policy_local.then_some(cluster_frontend);
+    let state = |backends: &Vec<SocketAddrV4>,
+                 masquerade: Masquerade,
+                 source_ranges: Vec<SourceRange>,
+                 cluster_frontend: Option<SocketAddrV4>| {
         FrontendState {
             backends: backends.clone(),
             options: FrontendOptions {
@@ -184,6 +191,7 @@ pub fn port_frontends(
                 masquerade,
                 drop_without_backends: backends.is_empty() && sets.has_any,
                 source_ranges,
+                cluster_frontend,
             },
             service: service.clone(),
         }
@@ -191,10 +199,10 @@ pub fn port_frontends(
 
     out.frontends.insert(
         Frontend::Address {
-            addr: SocketAddrV4::new(cluster_ip, port.port),
+            addr: cluster_frontend,
             proto,
         },
-        state(&internal, policy.cluster_ip(), vec![]),
+        state(&internal, policy.cluster_ip(), vec![], None),
     );
     if port.node_port != 0 {
         out.frontends.insert(
@@ -202,7 +210,7 @@ pub fn port_frontends(
                 port: port.node_port,
                 proto,
             },
-            state(&external, external_masquerade, vec![]),
+            state(&external, external_masquerade, vec![], short_circuit),
         );
     }
     for ip in port.external_ips.iter().filter_map(|ip| v4(*ip)) {
@@ -211,7 +219,7 @@ pub fn port_frontends(
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external, external_masquerade, vec![]),
+            state(&external, external_masquerade, vec![], short_circuit),
         );
     }
     let ranges = source_ranges(port, node_ip);
@@ -221,7 +229,7 @@ pub fn port_frontends(
                 addr: SocketAddrV4::new(ip, port.port),
                 proto,
             },
-            state(&external, external_masquerade, ranges.clone()),
+            state(&external, external_masquerade, ranges.clone(), short_circuit),
         );
     }
 }
@@ -331,6 +339,29 @@ endpoints:
         );
         assert_eq!(cluster.options.client_ip_affinity, Some(Duration::from_hours(3)));
         assert_eq!(cluster.service, "shop/web:http");
+        assert_eq!(cluster.options.cluster_frontend, None);
+        // eTP=Local: pods and the node's processes reach every external frontend through
+        // the ClusterIP's backends (kube-proxy's short-circuit).
+        for external in [
+            Frontend::NodePort {
+                port: 30080,
+                proto: tcp,
+            },
+            Frontend::Address {
+                addr: sock("192.0.2.7:80"),
+                proto: tcp,
+            },
+            Frontend::Address {
+                addr: sock("198.51.100.9:80"),
+                proto: tcp,
+            },
+        ] {
+            assert_eq!(
+                get(external).options.cluster_frontend,
+                Some(sock("10.96.0.10:80")),
+                "{external}"
+            );
+        }
         let local_only = vec![sock("10.1.0.2:8080")];
         assert_eq!(
             get(Frontend::NodePort {

@@ -117,6 +117,9 @@ fn options(o: &FrontendOptions) -> String {
         let ranges: Vec<String> = o.source_ranges.iter().map(ToString::to_string).collect();
         let _ = write!(out, ", sources [{}]", ranges.join(", "));
     }
+    if let Some(cluster) = o.cluster_frontend {
+        let _ = write!(out, ", pods and the node via {cluster}");
+    }
     out
 }
 

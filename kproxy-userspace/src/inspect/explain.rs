@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{InspectError, Inspection};
 pub use crate::iptables::simulate::{IptablesPath, Probe, RuleChoice, Verdict};
 use crate::{
-    ebpf::{CtDirection, DatapathMaps, Frontend, Masquerade},
+    ebpf::{CtDirection, DatapathMaps, Frontend, Masquerade, SourceRange},
     iptables::{chain_name::endpoint_chain, simulate::simulate},
     model::Protocol,
 };
@@ -170,6 +170,24 @@ impl Inspection {
         };
         path.frontend = Some(svc.frontend.to_string());
         path.service_id = Some(svc.id.0);
+        // Source ranges gate first (kube-proxy's KUBE-FW precedes KUBE-EXT).
+        let (ranges, ranged_id) = (svc.options.source_ranges.clone(), svc.id.0);
+        let from_pod = maps
+            .snat()?
+            .cluster_cidr
+            .is_some_and(|(net, prefix)| SourceRange::new(net, prefix).contains(*probe.src.ip()));
+        let svc = match svc.options.cluster_frontend {
+            Some(cluster) if from_pod => {
+                let switched = find(Frontend::Address { addr: cluster, proto });
+                trace.push(format!(
+                    "a pod's flow to an externalTrafficPolicy Local frontend: served by the ClusterIP \
+                     {cluster}'s backends ({})",
+                    switched.map_or("missing".to_string(), |s| format!("service id {}", s.id.0))
+                ));
+                switched.unwrap_or(svc)
+            }
+            _ => svc,
+        };
         if svc.slot_count == 0 {
             trace.push(if svc.options.drop_without_backends {
                 "0 backend slots, drop flag: the datapath drops the packet (kube-proxy DROPs: no \
@@ -184,12 +202,12 @@ impl Inspection {
             path.trace = trace;
             return Ok(path);
         }
-        if !svc.options.source_ranges.is_empty() {
+        if !ranges.is_empty() {
             let src = *probe.src.ip();
-            let allowed = svc.options.source_ranges.iter().any(|r| r.contains(src));
+            let allowed = ranges.iter().any(|r| r.contains(src));
             trace.push(format!(
                 "{SOURCE_RANGES}[{}, {src}] -> {}",
-                svc.id.0,
+                ranged_id,
                 if allowed {
                     "inside loadBalancerSourceRanges"
                 } else {

@@ -154,6 +154,10 @@ pub struct FrontendOptions {
     /// The sources new flows are accepted from (`loadBalancerSourceRanges`, sorted);
     /// empty = every source.
     pub source_ranges: Vec<SourceRange>,
+    /// The ClusterIP frontend (same protocol) whose backends serve pods and the node's
+    /// own processes here instead: kube-proxy's `externalTrafficPolicy: Local`
+    /// short-circuit. Set on external frontends of such services only.
+    pub cluster_frontend: Option<SocketAddrV4>,
 }
 
 /// An IPv4 source prefix a frontend accepts (host bits clear).

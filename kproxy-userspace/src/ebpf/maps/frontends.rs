@@ -5,6 +5,7 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use kproxy_common::{
     ServiceValue, SlotKey,
+    byteorder::{be_addr, be_port},
     lb::{
         MAX_BACKENDS_PER_SERVICE, SLOT_BASE_ALT, SVC_F_AFFINITY, SVC_F_DROP_NO_BACKEND, SVC_F_SOURCE_RANGES,
     },
@@ -45,6 +46,9 @@ impl DatapathMaps {
         let key = frontend.key();
         let current = found(self.services.get(&key, 0), names::SERVICES)?;
         let (flags, affinity_timeout_s) = service_flags(&options);
+        let (cluster_addr, cluster_port) = options
+            .cluster_frontend
+            .map_or((0, 0), |a| (be_addr(a.ip().octets()), be_port(a.port())));
         // The trie is read and written only where ranges are or were enforced (entries
         // count only under SVC_F_SOURCE_RANGES, which is set only with the wanted ones).
         let ranges_involved =
@@ -52,6 +56,7 @@ impl DatapathMaps {
         let (id, base) = if let Some(cur) = current {
             if cur.flags == flags
                 && cur.affinity_timeout_s == affinity_timeout_s
+                && (cur.cluster_addr, cur.cluster_port) == (cluster_addr, cluster_port)
                 && self.slot_backends(&cur)? == backends
                 && (!ranges_involved || self.source_ranges_of(cur.rev_nat_id)? == options.source_ranges)
             {
@@ -85,6 +90,9 @@ impl DatapathMaps {
             flags,
             slot_base: base,
             affinity_timeout_s,
+            cluster_addr,
+            cluster_port,
+            _pad: 0,
         };
         self.services
             .insert(key, value, 0)
@@ -145,6 +153,7 @@ impl DatapathMaps {
                     } else {
                         Vec::new()
                     },
+                    cluster_frontend: (v.cluster_addr != 0).then(|| sock(v.cluster_addr, v.cluster_port)),
                 },
             });
         }
