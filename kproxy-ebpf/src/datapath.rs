@@ -7,6 +7,7 @@ use aya_log_ebpf::debug;
 use kproxy_common::{
     Backend, Config, CtEntry, ServiceValue,
     conntrack::{CT_F_MASQ, CT_ST_CLOSING},
+    lb::PROTO_TCP,
     stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_REWRITE, EV_DROP_SNAT_PORT_EXHAUSTED,
         EV_DROP_SOURCE_RANGE, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT, EV_SNAT,
@@ -151,6 +152,14 @@ fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
     }
     if !ct::flow_alive(e, flow.proto, now, ct::reply_key_of(e, flow.proto)) {
         return false;
+    }
+    // A live TCP connection stays with its backend even after it left the service
+    // (terminating, or gone): another backend could only reset it, and netfilter's
+    // conntrack keeps it too. A UDP flow moves on once its backend is no longer a serving
+    // endpoint anywhere (the agent also removes flows of endpoints that left their own
+    // service, as kube-proxy's conntrack cleanup does).
+    if flow.proto == PROTO_TCP {
+        return true;
     }
     matches!(lb::backend(e.backend_id), Some(b) if b.addr == e.backend_addr && b.port == e.backend_port)
 }

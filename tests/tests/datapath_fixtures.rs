@@ -457,28 +457,55 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
-            name: "removed backend: its flow reselects a live backend (old reply entry removed)",
+            name: "removed backend: an established TCP flow keeps it (graceful termination, as netfilter's conntrack does)",
             seed: Box::new(move |m| {
                 flow_on_b2(m, client);
                 seed_service(m, cluster_tcp(), &[ID1]);
                 m.remove_backend(ID2).unwrap();
             }),
-            steps: vec![to_b1.request(ACK, payload)],
+            steps: {
+                let to_b2 = Flow::new(client, vip, b2);
+                vec![to_b2.request(ACK, payload), to_b2.reply(ACK, b"ok")]
+            },
             check: Box::new(move |m, _| {
                 let fwd = m
                     .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
                     .unwrap()
                     .unwrap();
+                assert_eq!(fwd.backend_id, 2);
+                assert_eq!(event(m, "reselect"), 0);
+            }),
+        },
+        Case {
+            name: "removed backend: its UDP flow reselects a live backend (old reply entry removed)",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                m.upsert_backend(ID2, sa(B2, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1, ID2]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID2, sa(B2, 5353)),
+                    PROTO_UDP,
+                    Duration::ZERO,
+                );
+                seed_service(m, cluster_udp(), &[ID1]);
+                m.remove_backend(ID2).unwrap();
+            }),
+            steps: vec![dns.udp_request(b"again")],
+            check: Box::new(move |m, _| {
+                let dns_vip = sa(CLUSTER_IP, 53);
+                let fwd = m
+                    .conntrack_get(&ct_key(client, dns_vip, PROTO_UDP, CT_DIR_SERVICE))
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(fwd.backend_id, 1);
                 assert!(
-                    m.conntrack_get(&ct_key(b2, client, PROTO_TCP, CT_DIR_REPLY))
+                    m.conntrack_get(&ct_key(sa(B2, 5353), client, PROTO_UDP, CT_DIR_REPLY))
                         .unwrap()
                         .is_none()
-                );
-                assert!(
-                    m.conntrack_get(&ct_key(b1, client, PROTO_TCP, CT_DIR_REPLY))
-                        .unwrap()
-                        .is_some()
                 );
                 assert_eq!(event(m, "reselect"), 1);
             }),
@@ -643,6 +670,108 @@ fn client_ip_affinity_sticks() {
         }
         assert_eq!(dp.maps.affinity_len(), 1);
     }
+}
+
+/// After a sync, UDP flows to an endpoint that left their service are removed even
+/// while the address still serves another service (kube-proxy's conntrack cleanup),
+/// TCP flows are kept, and affinity entries that lead to a former endpoint go.
+#[test]
+fn stale_udp_flows_and_affinity_are_removed_after_their_endpoint_left() {
+    use kproxy::model::{Endpoint, Model, ServicePort, ServicePortName, UdpServing};
+
+    let pins = PinDir::new("stl");
+    let mut dp = pins.load();
+    let m = &mut dp.maps;
+    m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+    m.upsert_backend(ID2, sa(B2, 5353)).unwrap();
+    let affinity = FrontendOptions {
+        client_ip_affinity: Some(Duration::from_hours(3)),
+        ..FrontendOptions::default()
+    };
+    let dns = m
+        .upsert_frontend(cluster_udp(), &[ID2], affinity.clone())
+        .unwrap();
+    let web = m
+        .upsert_frontend(cluster_tcp(), &[ID2], affinity.clone())
+        .unwrap();
+    let (client, dns_vip, web_vip) = (sa(CLIENT, 40000), sa(CLUSTER_IP, 53), sa(CLUSTER_IP, 80));
+    seed_flow(
+        m,
+        dns,
+        client,
+        dns_vip,
+        (ID2, sa(B2, 5353)),
+        PROTO_UDP,
+        Duration::ZERO,
+    );
+    seed_flow(
+        m,
+        web,
+        client,
+        web_vip,
+        (ID2, sa(B2, 5353)),
+        PROTO_TCP,
+        Duration::ZERO,
+    );
+    // A datagram and a SYN through the program: each frontend's affinity entry for the
+    // client leads to backend 2 (the only one), and the datagram starts a second UDP flow.
+    let program = dp.ebpf.program(HOOKS[0].program()).unwrap();
+    test_run(program, &udp(sa(CLIENT, 41000), dns_vip, b"q"), None).unwrap();
+    test_run(program, &tcp(sa(CLIENT, 41001), web_vip, SYN, b""), None).unwrap();
+    assert_eq!(dp.maps.affinity_len(), 2);
+    let m = &mut dp.maps;
+    // Backend 2 leaves the DNS service; it still serves the TCP one.
+    m.upsert_frontend(cluster_udp(), &[ID1], affinity).unwrap();
+    let endpoint = |ip: [u8; 4]| Endpoint {
+        ip: Ipv4Addr::from(ip).into(),
+        port: 5353,
+        ready: true,
+        serving: true,
+        terminating: false,
+        is_local: false,
+    };
+    let model = Model {
+        service_ports: vec![ServicePort {
+            name: ServicePortName {
+                namespace: "kube-system".into(),
+                name: "dns".into(),
+                port: "dns".into(),
+                protocol: Protocol::Udp,
+            },
+            cluster_ip: Ipv4Addr::from(CLUSTER_IP).into(),
+            port: 53,
+            node_port: 0,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            session_affinity: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: 0,
+            endpoints: vec![endpoint(B1)],
+        }],
+        ..Model::default()
+    };
+    let before = m.conntrack().unwrap().len();
+    let removed = m.remove_stale_udp_flows(&UdpServing::new(&model)).unwrap();
+    assert_eq!(removed, 4, "both entries of both UDP flows to backend 2");
+    assert_eq!(m.conntrack().unwrap().len(), before - 4);
+    assert!(
+        m.conntrack_get(&ct_key(client, web_vip, PROTO_TCP, CT_DIR_SERVICE))
+            .unwrap()
+            .is_some(),
+        "the TCP flow stays"
+    );
+    assert_eq!(
+        m.remove_stale_affinity().unwrap(),
+        1,
+        "the DNS entry, to backend 2"
+    );
+    assert_eq!(
+        m.affinity_len(),
+        1,
+        "the TCP frontend's entry leads to a current backend"
+    );
 }
 
 /// Make before break: replacing a service's backends never leaves a lookup window with

@@ -92,6 +92,39 @@ fn flows_stay_on_their_backend(mode: Mode) {
     }
 }
 
+/// When an endpoint leaves its service (a rolling update), a TCP connection to it keeps
+/// going (netfilter's conntrack keeps it; another backend could only reset it), and a
+/// UDP flow (one client socket) moves to a current endpoint at its next datagram
+/// (kube-proxy deletes the stale conntrack entries after the sync).
+fn flows_when_their_endpoint_leaves(mode: Mode) {
+    let mut c = Cluster::start(mode, &[POD_A, POD_B]);
+    let socket = udp_socket(c.client(), at(CLIENT, 0));
+    let (leaving, _) = udp_ask(&socket, cluster_ip()).expect("first UDP answer");
+    let (staying_ip, staying) = if leaving == "hello-a" {
+        (POD_B, "hello-b")
+    } else {
+        (POD_A, "hello-a")
+    };
+    // A TCP connection on the leaving endpoint too (each has p = 1/2; 2^-30 to miss).
+    let mut conn = (0..TRIES)
+        .map(|_| LineClient::connect(c.client(), cluster_ip()).expect("TCP connection"))
+        .find_map(|mut conn| (conn.ask().ok()? == leaving).then_some(conn))
+        .expect("a TCP connection to the endpoint that will leave");
+    c.set_endpoints(&[staying_ip]);
+    for _ in 0..10 {
+        assert_eq!(
+            conn.ask().as_deref(),
+            Ok(leaving.as_str()),
+            "the TCP connection must stay on its endpoint"
+        );
+        assert_eq!(
+            udp_ask(&socket, cluster_ip()),
+            Ok((staying.to_string(), cluster_ip())),
+            "the UDP flow must move to the remaining endpoint"
+        );
+    }
+}
+
 fn endpoints_follow_the_model_file(mode: Mode) {
     let mut c = Cluster::start(mode, &[POD_A, POD_B]);
     c.set_endpoints(&[POD_A]);
@@ -394,6 +427,7 @@ every_mode!(
     clusterip_and_nodeport_reach_both_backends,
     flows_stay_on_their_backend,
     endpoints_follow_the_model_file,
+    flows_when_their_endpoint_leaves,
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
     nodeport_reaches_a_remote_backend_through_snat,

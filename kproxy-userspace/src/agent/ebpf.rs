@@ -27,7 +27,7 @@ use crate::{
         desired_state, node_port_addresses, verify,
     },
     error_chain,
-    model::{Model, NodeInfo},
+    model::{Model, NodeInfo, UdpServing},
     record::{Applied, Mode},
 };
 
@@ -223,6 +223,17 @@ impl Proxier for EbpfProxier {
                 "drift check (kproxy inspect --verify) failed: {}",
                 error_chain(&err)
             ),
+        }
+        // kube-proxy's conntrack cleanup, and affinity that would lead to a former endpoint.
+        let stale_udp = maps
+            .remove_stale_udp_flows(&UdpServing::new(model))
+            .map_err(EbpfProxierError::from)?;
+        let stale_affinity = maps.remove_stale_affinity().map_err(EbpfProxierError::from)?;
+        if stale_udp + stale_affinity > 0 {
+            info!(
+                "removed {stale_udp} conntrack entries of UDP flows to former endpoints, \
+                 {stale_affinity} affinity entries"
+            );
         }
         Ok(format!(
             "maps: {} frontends (+{} ~{} -{}), {} backends (+{} -{}), {} NodePort addresses",

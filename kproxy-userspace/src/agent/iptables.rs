@@ -1,12 +1,16 @@
 //! The iptables datapath under the agent: what kube-proxy in iptables mode does on a
 //! full sync — the renderer's restore payload through `iptables-restore --noflush`,
-//! then the jump rules from the built-in chains ensured one by one.
+//! then the jump rules from the built-in chains ensured one by one, then the conntrack
+//! entries of UDP flows to former endpoints deleted.
+
+use log::{info, warn};
 
 use super::{AgentError, AgentOptions, Proxier};
 use crate::{
     config::{ConfigError, ProxyConfig},
-    iptables::{self, Flavor, NetfilterError, RenderOptions, Runtime, jumps, netfilter, restore},
-    model::{Model, NodeInfo},
+    error_chain,
+    iptables::{self, Flavor, NetfilterError, RenderOptions, Runtime, conntrack, jumps, netfilter, restore},
+    model::{Model, NodeInfo, UdpServing},
     record::{Applied, Mode},
 };
 
@@ -43,6 +47,12 @@ impl Proxier for IptablesProxier {
             let args = restore::rule_args(&jump.rule);
             netfilter::ensure_rule(self.flavor, jump.table.name(), &jump.rule.chain, &args)
                 .map_err(IptablesProxierError::from)?;
+        }
+        // kube-proxy's conntrack cleanup: failing it leaves stale UDP flows, not the rules.
+        match conntrack::remove_stale_udp(&UdpServing::new(model)) {
+            Ok(0) => {}
+            Ok(n) => info!("removed {n} conntrack entries of UDP flows to former endpoints"),
+            Err(err) => warn!("conntrack cleanup of stale UDP flows: {}", error_chain(&err)),
         }
         Ok(format!(
             "iptables ({:?}): {} filter + {} nat rules restored, {} jumps ensured",

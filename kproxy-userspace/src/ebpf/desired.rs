@@ -90,16 +90,21 @@ pub struct FrontendState {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendState>,
+    /// Serving endpoints, in slots or not (a terminating one new flows skip): kept in
+    /// the backends map so their UDP flows go on, as kube-proxy keeps the conntrack
+    /// entries of serving endpoints (TCP flows keep their backend regardless).
+    pub serving: BTreeSet<SocketAddrV4>,
     /// What the model asks for that the eBPF datapath does not do, one line each.
     pub unsupported: Vec<String>,
 }
 
 impl DesiredState {
-    /// Every backend some frontend uses.
+    /// Every backend the maps hold: those some frontend uses, and serving endpoints.
     pub fn backends(&self) -> BTreeSet<SocketAddrV4> {
         self.frontends
             .values()
             .flat_map(|f| f.backends.iter().copied())
+            .chain(self.serving.iter().copied())
             .collect()
     }
 }
@@ -156,6 +161,8 @@ pub fn port_frontends(
         return;
     };
     let sets = port.categorize();
+    let serving: Vec<&Endpoint> = port.endpoints.iter().filter(|e| e.serving).collect();
+    out.serving.extend(backends_of(&serving));
     let internal = backends_of(if port.internal_policy_local {
         &sets.local
     } else {

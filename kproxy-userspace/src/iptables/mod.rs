@@ -23,6 +23,7 @@
 //! ```
 
 pub mod chain_name;
+pub mod conntrack;
 pub mod jumps;
 pub mod kernel;
 pub mod list;

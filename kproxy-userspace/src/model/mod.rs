@@ -14,6 +14,7 @@
 mod categorize;
 mod ip;
 mod node;
+mod stale;
 mod synthetic;
 
 use std::{fmt, net::IpAddr};
@@ -21,6 +22,7 @@ use std::{fmt, net::IpAddr};
 pub use categorize::EndpointSets;
 pub use ip::{Cidr, IpFamily, join_host_port, parse_ip_sloppy};
 pub use node::NodeInfo;
+pub use stale::UdpServing;
 pub use synthetic::synthetic;
 
 /// The services and endpoints one kube-proxy instance (one IP family) proxies.

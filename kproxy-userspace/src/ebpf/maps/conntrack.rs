@@ -1,15 +1,20 @@
 //! The conntrack map: both entries of every translated flow, decoded for inspection and
 //! written raw by tests; and the ClientIP affinity map.
 
-use std::net::SocketAddrV4;
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddrV4,
+};
 
 use kproxy_common::{
     CtEntry, CtKey,
     conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED},
+    lb::PROTO_UDP,
     map_names as names,
 };
 
 use super::{BackendId, DatapathMaps, FrontendId, MapOp, MapsError, found, frontend::sock, removed};
+use crate::model::UdpServing;
 
 /// Direction of a conntrack entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,5 +106,54 @@ impl DatapathMaps {
     /// Number of ClientIP affinity entries (for inspection).
     pub fn affinity_len(&self) -> usize {
         self.affinity.keys().count()
+    }
+
+    /// Deletes both entries of every UDP flow whose backend no longer serves the
+    /// service the client sent it to (`rule`, kube-proxy's conntrack cleanup): its next
+    /// datagram chooses a current endpoint. Returns the entries deleted.
+    pub fn remove_stale_udp_flows(&mut self, rule: &UdpServing) -> Result<usize, MapsError> {
+        if rule.is_empty() {
+            return Ok(0);
+        }
+        let stale: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .filter(|(k, e)| {
+                let frontend = sock(e.frontend_addr, e.frontend_port);
+                let backend = sock(e.backend_addr, e.backend_port);
+                k.proto == PROTO_UDP && rule.is_stale(frontend.into(), (*backend.ip()).into())
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in &stale {
+            self.conntrack_remove(key)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Deletes the ClientIP affinity entries that no longer lead to a backend of their
+    /// frontend's current set (the endpoint left, or the frontend is gone and its id may
+    /// be handed to another): a client is never sent back to a former endpoint. Returns
+    /// the entries deleted.
+    pub fn remove_stale_affinity(&mut self) -> Result<usize, MapsError> {
+        let current: HashMap<u32, HashSet<u32>> = self
+            .frontends()?
+            .into_iter()
+            .map(|f| (f.id.0, f.backends.iter().map(|b| b.0).collect()))
+            .collect();
+        let mut stale = Vec::new();
+        for item in &self.affinity {
+            let (key, value) = item.map_err(MapOp::Iterate.on(names::AFFINITY))?;
+            let live = current
+                .get(&key.rev_nat_id)
+                .is_some_and(|ids| ids.contains(&value.backend_id));
+            if !live {
+                stale.push(key);
+            }
+        }
+        for key in &stale {
+            removed(self.affinity.remove(key), names::AFFINITY)?;
+        }
+        Ok(stale.len())
     }
 }
