@@ -83,6 +83,50 @@ pub struct ProxyConfig {
     /// `iptables.syncPeriod`: kube-proxy resyncs this often, and calls itself unhealthy
     /// when a queued update waits twice as long.
     pub sync_period: Duration,
+    /// `conntrack`: the kernel conntrack table's size and timeouts.
+    pub conntrack: ConntrackConfig,
+}
+
+/// The `conntrack` section: what kube-proxy sets on the kernel's conntrack at startup
+/// (a zero leaves the kernel's value), and what sizes and times kproxy's own table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// `maxPerCore`: flows per CPU (0: leave `nf_conntrack_max` alone).
+    pub max_per_core: u32,
+    /// `min`: the table holds at least this many flows.
+    pub min: u32,
+    /// `tcpEstablishedTimeout`: idle lifetime of an established TCP flow.
+    pub tcp_established_timeout: Duration,
+    /// `tcpCloseWaitTimeout`: idle lifetime of a TCP flow in CLOSE_WAIT.
+    pub tcp_close_wait_timeout: Duration,
+    /// `tcpBeLiberal`: accept out-of-window TCP packets instead of marking them INVALID.
+    pub tcp_be_liberal: bool,
+    /// `udpTimeout`: idle lifetime of a UDP flow seen in one direction (0: the kernel's).
+    pub udp_timeout: Duration,
+    /// `udpStreamTimeout`: idle lifetime of a UDP flow seen in both (0: the kernel's).
+    pub udp_stream_timeout: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            max_per_core: 32_768,
+            min: 131_072,
+            tcp_established_timeout: Duration::from_hours(24),
+            tcp_close_wait_timeout: Duration::from_hours(1),
+            tcp_be_liberal: false,
+            udp_timeout: Duration::ZERO,
+            udp_stream_timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl ConntrackConfig {
+    /// kube-proxy's `nf_conntrack_max` for a node with `cpus` CPUs: `maxPerCore` per
+    /// CPU, at least `min`; None when `maxPerCore` is 0 (leave it).
+    pub fn max_flows(&self, cpus: u32) -> Option<u32> {
+        (self.max_per_core > 0).then(|| self.max_per_core.saturating_mul(cpus).max(self.min))
+    }
 }
 
 impl Default for ProxyConfig {
@@ -99,6 +143,7 @@ impl Default for ProxyConfig {
             node_port_addresses: Vec::new(),
             healthz_bind_address: Some(DEFAULT_HEALTHZ_BIND_ADDRESS),
             sync_period: DEFAULT_SYNC_PERIOD,
+            conntrack: ConntrackConfig::default(),
         }
     }
 }
@@ -148,6 +193,19 @@ struct RawConfig {
     iptables: Option<RawIptables>,
     node_port_addresses: Option<Vec<String>>,
     healthz_bind_address: Option<String>,
+    conntrack: Option<RawConntrack>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConntrack {
+    max_per_core: Option<i64>,
+    min: Option<i64>,
+    tcp_established_timeout: Option<String>,
+    tcp_close_wait_timeout: Option<String>,
+    tcp_be_liberal: Option<bool>,
+    udp_timeout: Option<String>,
+    udp_stream_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +328,40 @@ impl ProxyConfig {
             };
             config.node_port_addresses.push(entry);
         }
+        let ct = raw.conntrack.unwrap_or_default();
+        let count = |field: &'static str, value: Option<i64>, default: u32| {
+            value.map_or(Ok(default), |v| {
+                u32::try_from(v).map_err(|_| field_error(field, format!("{v} is not a count >= 0")))
+            })
+        };
+        let duration = |field: &'static str, value: Option<String>, default: Duration| {
+            value.map_or(Ok(default), |text| {
+                parse_duration(&text)
+                    .ok_or_else(|| field_error(field, format!("{text:?} is not a duration >= 0")))
+            })
+        };
+        let defaults = ConntrackConfig::default();
+        config.conntrack = ConntrackConfig {
+            max_per_core: count("conntrack.maxPerCore", ct.max_per_core, defaults.max_per_core)?,
+            min: count("conntrack.min", ct.min, defaults.min)?,
+            tcp_established_timeout: duration(
+                "conntrack.tcpEstablishedTimeout",
+                ct.tcp_established_timeout,
+                defaults.tcp_established_timeout,
+            )?,
+            tcp_close_wait_timeout: duration(
+                "conntrack.tcpCloseWaitTimeout",
+                ct.tcp_close_wait_timeout,
+                defaults.tcp_close_wait_timeout,
+            )?,
+            tcp_be_liberal: ct.tcp_be_liberal.unwrap_or(defaults.tcp_be_liberal),
+            udp_timeout: duration("conntrack.udpTimeout", ct.udp_timeout, defaults.udp_timeout)?,
+            udp_stream_timeout: duration(
+                "conntrack.udpStreamTimeout",
+                ct.udp_stream_timeout,
+                defaults.udp_stream_timeout,
+            )?,
+        };
         Ok(config)
     }
 
@@ -392,8 +484,13 @@ fn parse_bind_address(text: &str) -> Result<SocketAddr, String> {
 
 /// A Go duration (`30s`, `1m30s`, `500ms`) greater than zero.
 fn parse_positive_duration(text: &str) -> Option<Duration> {
+    parse_duration(text).filter(|d| !d.is_zero())
+}
+
+/// A Go-style duration (`24h0m0s`, `90s`) of zero or more.
+fn parse_duration(text: &str) -> Option<Duration> {
     let signed: jiff::SignedDuration = text.trim().parse().ok()?;
-    Duration::try_from(signed).ok().filter(|d| !d.is_zero())
+    Duration::try_from(signed).ok()
 }
 
 #[cfg(test)]
@@ -415,6 +512,30 @@ mod tests {
             Some("0.0.0.0:10256".parse().unwrap())
         );
         assert_eq!(config.health_timeout(), Duration::from_mins(1));
+    }
+
+    #[test]
+    fn conntrack_section_as_kube_proxy_reads_it() {
+        let defaults = ProxyConfig::default().conntrack;
+        assert_eq!(defaults.max_flows(2), Some(131_072), "min wins on 2 CPUs");
+        assert_eq!(defaults.max_flows(8), Some(262_144));
+        let config = ProxyConfig::parse(
+            "conntrack:\n  maxPerCore: 0\n  tcpEstablishedTimeout: 2h0m0s\n  tcpCloseWaitTimeout: 0s\n  \
+             tcpBeLiberal: true\n  udpTimeout: 30s\n  udpStreamTimeout: 2m\n",
+            "t",
+        )
+        .unwrap()
+        .conntrack;
+        assert_eq!(config.max_flows(2), None);
+        assert_eq!(config.tcp_established_timeout, Duration::from_hours(2));
+        assert_eq!(config.tcp_close_wait_timeout, Duration::ZERO);
+        assert!(config.tcp_be_liberal);
+        assert_eq!(config.udp_timeout, Duration::from_secs(30));
+        assert_eq!(config.udp_stream_timeout, Duration::from_mins(2));
+        let err = ProxyConfig::parse("conntrack: {udpTimeout: soon}\n", "f.yaml").unwrap_err();
+        assert!(err.to_string().contains("conntrack.udpTimeout"), "{err}");
+        let err = ProxyConfig::parse("conntrack: {min: -1}\n", "f.yaml").unwrap_err();
+        assert!(err.to_string().contains("conntrack.min"), "{err}");
     }
 
     #[test]

@@ -125,6 +125,23 @@ fn flows_when_their_endpoint_leaves(mode: Mode) {
     }
 }
 
+/// kube-proxy's conntrack setup: the node's conntrack timeouts are the configuration's
+/// defaults (established TCP 24 h, CLOSE_WAIT 1 h) in every mode.
+fn conntrack_timeouts_as_kube_proxy_sets_them(mode: Mode) {
+    let c = Cluster::start(mode, &[POD_A]);
+    let read = |name: &str| {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        c.topo
+            .node
+            .run(|| std::fs::read_to_string(&path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("nf_conntrack_tcp_timeout_established"), "86400");
+    assert_eq!(read("nf_conntrack_tcp_timeout_close_wait"), "3600");
+}
+
 fn endpoints_follow_the_model_file(mode: Mode) {
     let mut c = Cluster::start(mode, &[POD_A, POD_B]);
     c.set_endpoints(&[POD_A]);
@@ -428,6 +445,7 @@ every_mode!(
     flows_stay_on_their_backend,
     endpoints_follow_the_model_file,
     flows_when_their_endpoint_leaves,
+    conntrack_timeouts_as_kube_proxy_sets_them,
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
     nodeport_reaches_a_remote_backend_through_snat,

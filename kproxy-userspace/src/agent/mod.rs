@@ -7,6 +7,7 @@
 //! cleanup` removes it. A model that fails to load is reported and the last good
 //! state stays in force.
 
+mod conntrack;
 mod ebpf;
 mod health;
 mod iptables;
@@ -107,6 +108,12 @@ trait Proxier {
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let stop = signals::install().map_err(AgentError::Signals)?;
     let mut health = start_health_servers(opts)?;
+    // As kube-proxy, once at start (a broken file is reported by the first sync).
+    conntrack::apply(
+        &ProxyConfig::load(opts.config.as_deref())
+            .unwrap_or_default()
+            .conntrack,
+    );
     let mut proxier: Box<dyn Proxier> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
