@@ -1,5 +1,6 @@
 //! Conntrack of translated flows: keys of both directions, freshness, TCP state.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use kproxy_common::{
     Backend, CtEntry, CtKey,
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, ct_timeout_ns},
@@ -14,6 +15,19 @@ use crate::{
 
 /// The conntrack map refused an entry (an LRU map evicts, so this is rare).
 pub struct CtFull;
+
+/// Why a new flow's entries were not created.
+pub enum CreateError {
+    /// The map refused an entry.
+    Full,
+    /// Another live flow holds the reply tuple: the same client address and port
+    /// reaching the same backend through another frontend. Its source port must be
+    /// remapped (netfilter does the same), or the replies would be told apart by nobody.
+    Clash,
+}
+
+/// `-EEXIST` from a map update with `BPF_NOEXIST`: the key is taken.
+const EEXIST: i32 = -17;
 
 /// The service-direction key of `flow` (client → frontend, before DNAT).
 #[inline(always)]
@@ -172,14 +186,35 @@ pub fn entry(flow: &Flow, rev_nat_id: u32, backend_id: u32, b: &Backend, now: u6
     }
 }
 
-/// Inserts both entries of the new flow `e` of `flow`.
+/// Inserts both entries of the new flow `e` of `flow`, unless another live flow holds
+/// its reply tuple (a dead one's entries are reclaimed, a stale one of this very client
+/// tuple is replaced).
 #[inline(always)]
-pub fn create(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
+pub fn create(flow: &Flow, e: &CtEntry, now: u64) -> Result<(), CreateError> {
     // Reply entry first: a reply can only follow the forwarded packet.
-    CONNTRACK
-        .insert(reply_key_of(e, flow.proto), *e, 0)
-        .map_err(|_| CtFull)?;
-    insert_service(flow, e)
+    let key = reply_key_of(e, flow.proto);
+    match CONNTRACK.insert(key, *e, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            if !held_by(key, flow) && !reclaim(key, flow.proto, now) {
+                return Err(CreateError::Clash);
+            }
+            CONNTRACK.insert(key, *e, 0).map_err(|_| CreateError::Full)?;
+        }
+        Err(_) => return Err(CreateError::Full),
+    }
+    insert_service(flow, e).map_err(|CtFull| CreateError::Full)
+}
+
+/// Whether the reply entry `key` belongs to a flow of `flow`'s own client tuple (left
+/// by an earlier flow of the same tuple: replaced, not a clash).
+#[inline(always)]
+fn held_by(key: CtKey, flow: &Flow) -> bool {
+    match CONNTRACK.get_ptr(key) {
+        // SAFETY: map value pointer, read at once.
+        Some(p) => service_key_of(unsafe { &*p }, flow.proto) == service_key(flow),
+        None => true,
+    }
 }
 
 /// Inserts the service-direction entry of the new flow `e` (its reply entry is in).

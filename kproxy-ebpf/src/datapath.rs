@@ -15,7 +15,7 @@ use kproxy_common::{
 };
 
 use crate::{
-    conntrack as ct,
+    conntrack::{self as ct, CreateError},
     ctx::Packet,
     lb,
     maps::CONNTRACK,
@@ -165,8 +165,9 @@ fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
 }
 
 /// Creates the conntrack entries of a new flow of `flow` to backend `backend_id` (`b`) of
-/// `svc`, masqueraded if it hairpins, else SNATed if its frontend asks for it; None
-/// (counted) when the entries could not be created.
+/// `svc`, masqueraded if it hairpins, else SNATed if its frontend asks for it, and with
+/// a new source port if another flow holds its reply tuple; None (counted) when the
+/// entries could not be created.
 #[inline(always)]
 fn start_flow(
     flow: &Flow,
@@ -183,30 +184,51 @@ fn start_flow(
     if hairpin {
         e.masq_addr = cfg.masq_addr;
         e.flags |= CT_F_MASQ;
-    } else if snat::wanted(svc, flow, cfg) {
-        return match snat::create(flow, &mut e, cfg, now) {
+    }
+    if !hairpin && snat::wanted(svc, flow, cfg) {
+        e.masq_addr = cfg.snat_addr;
+    } else {
+        match ct::create(flow, &e, now) {
             Ok(()) => {
-                event(EV_SNAT);
-                Some(e)
+                if hairpin {
+                    event(EV_MASQ);
+                }
+                return Some(e);
             }
-            Err(SnatError::PortExhausted) => {
-                event(EV_DROP_SNAT_PORT_EXHAUSTED);
-                None
-            }
-            Err(SnatError::CtFull) => {
+            Err(CreateError::Full) => {
                 event(EV_DROP_CT_FULL);
-                None
+                return None;
             }
-        };
+            // Same client address and port, same backend, another frontend: a new
+            // source port (the address kept) keeps the two flows' replies apart.
+            Err(CreateError::Clash) => {
+                if !hairpin {
+                    e.masq_addr = flow.saddr;
+                }
+            }
+        }
     }
-    if ct::create(flow, &e).is_err() {
-        event(EV_DROP_CT_FULL);
-        return None;
+    // One call site: the port allocation loop is the program's largest part.
+    snat_outcome(snat::create(flow, &mut e, cfg, now), e)
+}
+
+/// The new flow `e` if its SNAT (or port remap) got entries; None, counted, if not.
+#[inline(always)]
+fn snat_outcome(result: Result<(), SnatError>, e: CtEntry) -> Option<CtEntry> {
+    match result {
+        Ok(()) => {
+            event(EV_SNAT);
+            Some(e)
+        }
+        Err(SnatError::PortExhausted) => {
+            event(EV_DROP_SNAT_PORT_EXHAUSTED);
+            None
+        }
+        Err(SnatError::CtFull) => {
+            event(EV_DROP_CT_FULL);
+            None
+        }
     }
-    if hairpin {
-        event(EV_MASQ);
-    }
-    Some(e)
 }
 
 /// A packet that is not to a frontend: a reply of a translated flow gets its frontend

@@ -48,11 +48,12 @@ pub fn wanted(svc: &ServiceValue, flow: &Flow, cfg: &Config) -> bool {
     svc.flags & SVC_F_SNAT_OFF_CLUSTER != 0 && flow.saddr & cfg.cluster_mask != cfg.cluster_net
 }
 
-/// Inserts both entries of the new flow `e` of `flow`, SNATed: claims a port (the reply
-/// entry), then the service entry.
+/// Inserts both entries of the new flow `e` of `flow` with its source rewritten to
+/// `e.masq_addr` (set by the caller: the node's address for SNAT; the client's own, or
+/// the hairpin masquerade address, to remap a clashing port) and a port allocated from
+/// the range: claims the port (the reply entry), then the service entry.
 #[inline(always)]
 pub fn create(flow: &Flow, e: &mut CtEntry, cfg: &Config, now: u64) -> Result<(), SnatError> {
-    e.masq_addr = cfg.snat_addr;
     e.flags |= CT_F_MASQ | CT_F_SNAT;
     claim_port(e, flow.proto, cfg, now)?;
     if ct::insert_service(flow, e).is_err() {

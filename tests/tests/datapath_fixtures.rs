@@ -530,6 +530,29 @@ fn cases() -> Vec<Case> {
             check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 1)),
         },
         Case {
+            name: "reply tuples that clash: one client port to two frontends on one backend; the second flow's source port is remapped, replies come from each one's frontend",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                m.set_snat(&snat_settings(61000..=61000)).unwrap();
+                seed_service(m, cluster_tcp(), &[ID1]);
+                seed_service(m, lb_tcp(), &[ID1]);
+            }),
+            steps: {
+                let first = Flow::new(client, vip, b1);
+                let second = Flow::new(client, sa(LB_IP, 443), b1).masqueraded(sa(CLIENT, 61000));
+                vec![
+                    first.request(SYN, b""),
+                    second.request(SYN, b""),
+                    first.reply(SYN_ACK, b""),
+                    second.reply(SYN_ACK, b""),
+                ]
+            },
+            check: Box::new(|m, _| {
+                assert_eq!(m.conntrack().unwrap().len(), 4, "two flows, two entries each");
+                assert_eq!(event(m, "snat"), 1, "the second flow's port remapped");
+            }),
+        },
+        Case {
             name: "hairpin: a pod reaching itself is masqueraded; the reply is un-masqueraded",
             seed: Box::new(|m| {
                 seed_backends(m);
