@@ -33,8 +33,8 @@ use kproxy_testbed::{
     fixture::{
         Case, Expect, Flow, HOOKS, Hook, Seed, Verdict,
         Verdict::{Drop as DROP, Pass as PASS, Reject as REJECT},
-        ct_key, handshake, no_conntrack, none, run_steps, run_table, sa, seed_flow, seed_service, step,
-        test_run, untouched,
+        ct_key, handshake, no_conntrack, none, run_steps, run_table, run_table_on, sa, seed_flow,
+        seed_service, step, test_run, untouched,
     },
     forwarding::{FibNs, event},
     packet::{
@@ -924,6 +924,125 @@ fn snat_cases() -> Vec<Case> {
 #[test]
 fn snat_fixtures() {
     run_table(&snat_cases());
+}
+
+/// TC egress (`kproxy_tc_egress`): the reply path alone. A reply that reached no ingress
+/// hook as a reply (generated on the node, or de-masqueraded by netfilter) is
+/// reverse-translated; a packet to a frontend is never DNATed; a reply ingress already
+/// translated, and anything unrelated, passes untouched.
+fn egress_cases() -> Vec<Case> {
+    let client = sa(CLIENT, 40000);
+    let vip = sa(CLUSTER_IP, 80);
+    let b1 = sa(B1, 8080);
+    let to_b1 = Flow::new(client, vip, b1);
+    let dns = Flow::new(client, sa(CLUSTER_IP, 53), sa(B1, 5353));
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let node_port_addr = sa(NODE_IP, 30080);
+    let host_backend = sa(NODE_IP, 8080);
+    let host_flow = Flow::new(ext, node_port_addr, host_backend);
+    vec![
+        Case {
+            name: "egress: a reply of a translated TCP flow is reverse-NATed (SYN-ACK, data, FIN)",
+            seed: Box::new(move |m| {
+                seed_backends(m);
+                let svc = seed_service(m, cluster_tcp(), &[ID1]);
+                seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::ZERO);
+            }),
+            steps: vec![
+                to_b1.reply(SYN_ACK, b""),
+                to_b1.reply(ACK, b"hello"),
+                to_b1.reply(FIN_ACK, b""),
+            ],
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "reply_nat"), 3);
+                assert_eq!(event(m, "new_flow"), 0);
+                let e = m
+                    .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
+                    .unwrap()
+                    .expect("service entry");
+                assert_ne!(e.state & CT_ST_CLOSING, 0, "a FIN on egress closes the flow too");
+            }),
+        },
+        Case {
+            name: "egress: a UDP reply is reverse-NATed with a valid checksum",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID1, sa(B1, 5353)),
+                    PROTO_UDP,
+                    Duration::ZERO,
+                );
+            }),
+            steps: vec![dns.udp_reply(b"answer")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 1)),
+        },
+        Case {
+            name: "egress: a host-network backend's NodePort reply (generated on the node) leaves from the NodePort",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, host_backend).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                let svc = seed_service(m, node_port(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    ext,
+                    node_port_addr,
+                    (ID1, host_backend),
+                    PROTO_TCP,
+                    Duration::ZERO,
+                );
+            }),
+            steps: vec![host_flow.reply(SYN_ACK, b""), host_flow.reply(ACK, b"page")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 2)),
+        },
+        Case {
+            name: "egress: a packet to a frontend is not DNATed, and starts no flow",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                seed_service(m, cluster_tcp(), &[ID1]);
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                seed_service(m, node_port(), &[ID1]);
+            }),
+            steps: vec![
+                untouched(tcp(client, vip, SYN, b"")),
+                untouched(udp(client, sa(CLUSTER_IP, 53), b"q")),
+                untouched(tcp(ext, node_port_addr, SYN, b"")),
+            ],
+            check: Box::new(|m, _| {
+                assert!(m.conntrack().unwrap().is_empty(), "conntrack must stay empty");
+                assert_eq!(event(m, "new_flow"), 0);
+            }),
+        },
+        Case {
+            name: "egress: a reply ingress already translated, and unrelated packets, pass untouched",
+            seed: Box::new(move |m| {
+                seed_backends(m);
+                let svc = seed_service(m, cluster_tcp(), &[ID1]);
+                seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::ZERO);
+            }),
+            steps: vec![
+                untouched(tcp(vip, client, SYN_ACK, b"")),
+                untouched(tcp(b1, sa(CLIENT, 40001), ACK, b"")),
+                untouched(tcp(sa(B2, 8080), client, ACK, b"")),
+                untouched(udp(b1, client, b"x")),
+                untouched(arp(CLIENT, B1)),
+            ],
+            check: Box::new(|m, _| {
+                assert_eq!(event(m, "reply_nat"), 0);
+                assert_eq!(m.conntrack().unwrap().len(), 2);
+            }),
+        },
+    ]
+}
+
+#[test]
+fn egress_fixtures() {
+    run_table_on(&egress_cases(), &[Hook::TcEgress]);
 }
 
 /// With the default range, 128 flows of one client (distinct source ports) to one
