@@ -304,7 +304,83 @@ fn snat_ports_never_collide(mode: Mode) {
     assert!(failures.is_empty(), "after {took:?}: {failures:#?}");
 }
 
+const HOST1_NET_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 245);
+const HOST2_NET_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 246);
+const HOST1_NET_PORT: u16 = 30816;
+const HOST2_NET_PORT: u16 = 30817;
+
+/// Services whose only endpoint is a node's host-network server (the API server's
+/// case): `host1-net` on host1's, `host2-net` on host2's.
+fn host_network() -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec::hello("host1-net", HOST1_NET_IP, HOST1_NET_PORT, &["host1"]),
+        ServiceSpec::hello("host2-net", HOST2_NET_IP, HOST2_NET_PORT, &["host2"]),
+    ]
+}
+
+/// A pod reaches a ClusterIP whose endpoint is a host-network server: on its own node
+/// (the reply is generated on the node) and on the other node (the request leaves
+/// through the CNI's MASQUERADE, the reply is de-masqueraded by netfilter), over TCP and
+/// UDP, with replies from the ClusterIP.
+fn pods_reach_host_network_endpoints_through_clusterip(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    let client = PODS.iter().find(|p| p.0 == "client-1").expect("client pod").2;
+    for (ip, node) in [(HOST1_NET_IP, "host1"), (HOST2_NET_IP, "host2")] {
+        let service = at(ip, 80);
+        assert_eq!(
+            http_backends(c.pod("client-1"), service),
+            one(node),
+            "TCP via ClusterIP {service} to {node}'s host network"
+        );
+        assert_eq!(
+            udp_backends(c.pod("client-1"), client, service),
+            one(node),
+            "UDP via ClusterIP {service} to {node}'s host network"
+        );
+    }
+}
+
+/// An external client reaches host1's NodePort of a service whose endpoint is host1's
+/// host-network server: the reply is generated on host1 and leaves through its LAN link.
+fn nodeport_to_a_local_host_network_endpoint_answers(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    let target = node_addr(0, HOST1_NET_PORT);
+    assert_eq!(
+        http_backends(c.external(0), target),
+        one("host1"),
+        "TCP via {target}"
+    );
+    assert_eq!(
+        udp_backends(c.external(0), EXTERNAL_CLIENTS[0], target),
+        one("host1"),
+        "UDP via {target}"
+    );
+}
+
+/// From a process in host1's namespace, host1's NodePort on 127.0.0.1 reaches the pods
+/// (kube-proxy's localhostNodePorts: its rules and `route_localnet=1`).
+fn localhost_nodeport_reaches_the_pods(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, vec![hello()]);
+    let target = at(Ipv4Addr::LOCALHOST, HELLO_PORT);
+    assert_eq!(
+        http_backends(&c.node(0).ns, target),
+        both(),
+        "TCP via {target} from host1"
+    );
+}
+
+/// Scenarios kube-proxy's iptables mode passes and the eBPF mode does not yet: host
+/// traffic to a NodePort on 127.0.0.1 needs the socket-LB programs.
+mod iptables_only {
+    #[test]
+    fn localhost_nodeport_reaches_the_pods() {
+        super::localhost_nodeport_reaches_the_pods(kproxy_testbed::cluster::Mode::Iptables);
+    }
+}
+
 kproxy_testbed::every_mode!(
+    pods_reach_host_network_endpoints_through_clusterip,
+    nodeport_to_a_local_host_network_endpoint_answers,
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
     health_check_node_ports_answer_per_node,
