@@ -318,26 +318,35 @@ fn host_network() -> Vec<ServiceSpec> {
     ]
 }
 
-/// A pod reaches a ClusterIP whose endpoint is a host-network server: on its own node
-/// (the reply is generated on the node) and on the other node (the request leaves
-/// through the CNI's MASQUERADE, the reply is de-masqueraded by netfilter), over TCP and
-/// UDP, with replies from the ClusterIP.
-fn pods_reach_host_network_endpoints_through_clusterip(mode: Mode) {
-    let c = TwoNodeCluster::start(mode, host_network());
+/// From client-1 on host1, the ClusterIP of `service` (whose endpoint is `node`'s
+/// host-network server) answers over TCP and UDP, with replies from the ClusterIP.
+fn assert_host_network_clusterip(c: &TwoNodeCluster, service: Ipv4Addr, node: &str) {
     let client = PODS.iter().find(|p| p.0 == "client-1").expect("client pod").2;
-    for (ip, node) in [(HOST1_NET_IP, "host1"), (HOST2_NET_IP, "host2")] {
-        let service = at(ip, 80);
-        assert_eq!(
-            http_backends(c.pod("client-1"), service),
-            one(node),
-            "TCP via ClusterIP {service} to {node}'s host network"
-        );
-        assert_eq!(
-            udp_backends(c.pod("client-1"), client, service),
-            one(node),
-            "UDP via ClusterIP {service} to {node}'s host network"
-        );
-    }
+    let service = at(service, 80);
+    assert_eq!(
+        http_backends(c.pod("client-1"), service),
+        one(node),
+        "TCP via ClusterIP {service} to {node}'s host network"
+    );
+    assert_eq!(
+        udp_backends(c.pod("client-1"), client, service),
+        one(node),
+        "UDP via ClusterIP {service} to {node}'s host network"
+    );
+}
+
+/// A pod reaches a ClusterIP whose endpoint is its own node's host-network server: the
+/// reply is generated on the node and leaves through the pod's veth.
+fn pod_reaches_its_own_nodes_host_network_through_clusterip(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    assert_host_network_clusterip(&c, HOST1_NET_IP, "host1");
+}
+
+/// A pod reaches a ClusterIP whose endpoint is the other node's host-network server: the
+/// request leaves through the CNI's MASQUERADE, the reply is de-masqueraded by netfilter.
+fn pod_reaches_the_other_nodes_host_network_through_clusterip(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    assert_host_network_clusterip(&c, HOST2_NET_IP, "host2");
 }
 
 /// An external client reaches host1's NodePort of a service whose endpoint is host1's
@@ -379,7 +388,8 @@ mod iptables_only {
 }
 
 kproxy_testbed::every_mode!(
-    pods_reach_host_network_endpoints_through_clusterip,
+    pod_reaches_its_own_nodes_host_network_through_clusterip,
+    pod_reaches_the_other_nodes_host_network_through_clusterip,
     nodeport_to_a_local_host_network_endpoint_answers,
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
