@@ -10,7 +10,8 @@
 //! by hand), so every case must give the same bytes and side effects; verdicts are each
 //! hook's own codes for the same outcome. With no XDP redirect targets seeded, XDP hands
 //! what it translated to the stack (XDP_PASS); the redirect path has its own cases at the
-//! end, in a namespace with a route and a neighbour to the backend.
+//! end, in a namespace with a route and a neighbour to the backend. `kproxy_tc_egress`
+//! (the reply path alone) has its own table, `egress_cases`.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -772,7 +773,27 @@ fn snat_cases() -> Vec<Case> {
     let snated =
         |client, frontend, backend, port| Flow::new(client, frontend, backend).masqueraded(sa(NODE_IP, port));
     let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let host_backend = sa(NODE_IP, 8080);
     vec![
+        Case {
+            name: "NodePort eTP=Cluster to a backend at the node's own address (host network): DNAT only, no SNAT",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, host_backend).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                m.set_snat(&snat_settings(NAT_PORT..=NAT_PORT)).unwrap();
+                m.upsert_frontend(node_port(), &[ID1], snat_options(Masquerade::Always))
+                    .unwrap();
+            }),
+            steps: handshake(&Flow::new(ext, np, host_backend)),
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "snat"), 0);
+                assert_eq!(event(m, "new_flow"), 1);
+                assert!(
+                    m.conntrack().unwrap().iter().all(|f| f.masquerade.is_none()),
+                    "the host-network backend sees the client's own address"
+                );
+            }),
+        },
         Case {
             name: "NodePort eTP=Cluster: SNAT to the node address and a port of the range; replies un-SNATed and un-DNATed",
             seed: snat_on(node_port(), Masquerade::Always, one_port.clone()),
