@@ -335,10 +335,19 @@ fn assert_host_network_clusterip(c: &TwoNodeCluster, service: Ipv4Addr, node: &s
     );
 }
 
+/// Checksum offload off on host1's side of `iface`: what leaves through it gets its
+/// checksum completed in software after TC egress, and the receiver verifies it. (With
+/// offload on, a CHECKSUM_PARTIAL packet crosses the veth unverified, so a wrong
+/// rewrite of a locally generated packet's checksum would go unnoticed.)
+fn complete_checksums_on(c: &TwoNodeCluster, iface: &str) {
+    c.node(0).ns.ethtool(&["-K", iface, "tx", "off"]);
+}
+
 /// A pod reaches a ClusterIP whose endpoint is its own node's host-network server: the
 /// reply is generated on the node and leaves through the pod's veth.
 fn pod_reaches_its_own_nodes_host_network_through_clusterip(mode: Mode) {
     let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.bed.pod("client-1").host_iface);
     assert_host_network_clusterip(&c, HOST1_NET_IP, "host1");
 }
 
@@ -346,6 +355,7 @@ fn pod_reaches_its_own_nodes_host_network_through_clusterip(mode: Mode) {
 /// request leaves through the CNI's MASQUERADE, the reply is de-masqueraded by netfilter.
 fn pod_reaches_the_other_nodes_host_network_through_clusterip(mode: Mode) {
     let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.bed.pod("client-1").host_iface);
     assert_host_network_clusterip(&c, HOST2_NET_IP, "host2");
 }
 
@@ -353,6 +363,7 @@ fn pod_reaches_the_other_nodes_host_network_through_clusterip(mode: Mode) {
 /// host-network server: the reply is generated on host1 and leaves through its LAN link.
 fn nodeport_to_a_local_host_network_endpoint_answers(mode: Mode) {
     let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.node(0).lan_iface);
     let target = node_addr(0, HOST1_NET_PORT);
     assert_eq!(
         http_backends(c.external(0), target),
