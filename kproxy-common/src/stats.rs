@@ -15,6 +15,10 @@ const _: () = assert!(size_of::<IfaceCounters>() == 16);
 pub const HOOK_XDP: u32 = 0;
 /// Index of the TC ingress program's counters in a [`CounterKey`].
 pub const HOOK_TC_INGRESS: u32 = 1;
+/// Index of the TC egress program's counters in a [`CounterKey`].
+pub const HOOK_TC_EGRESS: u32 = 2;
+/// Names of the hooks, by index.
+pub const HOOK_NAMES: [&str; 3] = ["xdp", "tc_ingress", "tc_egress"];
 
 /// Which hook, on which interface (key of `KPROXY_IFACE_STATS_V1`).
 #[repr(C)]

@@ -1,6 +1,7 @@
 //! The packet walk shared by every hook: parse, frontend lookup, conntrack, backend
 //! choice (and SNAT of the flows kube-proxy masquerades, `snat`), translation; replies
-//! are reverse-translated. Anything not ours passes untouched.
+//! are reverse-translated (`handle` at ingress; `handle_reply`, the same reply path
+//! alone, at TC egress). Anything not ours passes untouched.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
@@ -55,6 +56,21 @@ pub fn handle<C: Packet + EbpfContext>(ctx: &C) -> Verdict {
     match lb::lookup_service(&flow) {
         Some(svc) => to_service(ctx, &flow, &svc),
         None => reply(ctx, &flow),
+    }
+}
+
+/// Runs only the reply path on the packet in `ctx` (TC egress: no service lookup, no
+/// DNAT). A reply the ingress hooks already translated misses the reply key, so every
+/// reply is translated exactly once, wherever it is first seen.
+#[inline(always)]
+pub fn handle_reply<C: Packet + EbpfContext>(ctx: &C) -> Verdict {
+    match parse_ipv4(ctx) {
+        Ok(flow) => reply(ctx, &flow),
+        Err(NotHandled::Unsupported) => {
+            event(EV_PASS_UNHANDLED);
+            Verdict::Pass
+        }
+        Err(NotHandled::Other) => Verdict::Pass,
     }
 }
 
@@ -185,7 +201,7 @@ fn start_flow(
         e.masq_addr = cfg.masq_addr;
         e.flags |= CT_F_MASQ;
     }
-    if !hairpin && snat::wanted(svc, flow, cfg) {
+    if !hairpin && snat::wanted(svc, flow, b, cfg) {
         e.masq_addr = cfg.snat_addr;
     } else {
         match ct::create(flow, &e, now) {
@@ -231,9 +247,9 @@ fn snat_outcome(result: Result<(), SnatError>, e: CtEntry) -> Option<CtEntry> {
     }
 }
 
-/// A packet that is not to a frontend: a reply of a translated flow gets its frontend
-/// (and client address and port, if masqueraded or SNATed) back; anything else passes
-/// untouched.
+/// A packet that is not to a frontend (ingress hooks) or any packet (TC egress): a reply
+/// of a translated flow gets its frontend (and client address and port, if masqueraded
+/// or SNATed) back; anything else passes untouched.
 #[inline(always)]
 fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
     let Some(p) = CONNTRACK.get_ptr_mut(ct::reply_key(flow)) else {

@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use kproxy_common::stats::{HOOK_TC_INGRESS, HOOK_XDP};
+use kproxy_common::stats::{HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
-    datapath::{Verdict, handle},
+    datapath::{Verdict, handle, handle_reply},
     fib, reject,
     stats::count_packet,
 };
@@ -41,6 +41,20 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
         Verdict::Pass | Verdict::Translated => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Reject { rev_nat_id } => reject::answer(&ctx, rev_nat_id),
+    }
+}
+
+/// TC egress on the same interfaces: counts the packet, then reverse-translates replies
+/// that reached no ingress hook as replies (generated on the node, or de-masqueraded by
+/// netfilter after routing); never DNATs. Replies already translated at ingress miss.
+#[classifier]
+pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    count_packet(ifindex, HOOK_TC_EGRESS, len as u64);
+    match handle_reply(&ctx) {
+        Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 

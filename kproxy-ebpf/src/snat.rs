@@ -6,7 +6,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use kproxy_common::{
-    Config, CtEntry, ServiceValue,
+    Backend, Config, CtEntry, ServiceValue,
     conntrack::{CT_F_MASQ, CT_F_SNAT},
     lb::{SVC_F_SNAT, SVC_F_SNAT_OFF_CLUSTER},
     node::SNAT_RETRIES,
@@ -35,17 +35,19 @@ pub fn config() -> Option<Config> {
     CONFIG.get(0).copied()
 }
 
-/// Whether a new flow of `flow` to the frontend `svc` is SNATed: its frontend says so
-/// always, or for sources outside the cluster CIDR; never without a SNAT address.
+/// Whether a new flow of `flow` to backend `b` of the frontend `svc` is SNATed: its
+/// frontend says so always, or for sources outside the cluster CIDR; never without a
+/// SNAT address, nor to a backend at the node's own address (a host-network endpoint:
+/// delivered locally, its packets never reach kube-proxy's POSTROUTING masquerade, and
+/// a reply to the node's own address would leave through `lo`, which has no program).
 #[inline(always)]
-pub fn wanted(svc: &ServiceValue, flow: &Flow, cfg: &Config) -> bool {
+pub fn wanted(svc: &ServiceValue, flow: &Flow, b: &Backend, cfg: &Config) -> bool {
     if cfg.snat_addr == 0 {
         return false;
     }
-    if svc.flags & SVC_F_SNAT != 0 {
-        return true;
-    }
-    svc.flags & SVC_F_SNAT_OFF_CLUSTER != 0 && flow.saddr & cfg.cluster_mask != cfg.cluster_net
+    let masquerade = svc.flags & SVC_F_SNAT != 0
+        || (svc.flags & SVC_F_SNAT_OFF_CLUSTER != 0 && flow.saddr & cfg.cluster_mask != cfg.cluster_net);
+    masquerade && b.addr != cfg.snat_addr
 }
 
 /// Inserts both entries of the new flow `e` of `flow` with its source rewritten to

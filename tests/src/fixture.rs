@@ -32,9 +32,11 @@ use crate::{
 pub enum Hook {
     Tc,
     Xdp,
+    /// TC egress: the reply path only (its own table, `egress_fixtures`).
+    TcEgress,
 }
 
-/// Every entry point: the tables run against each.
+/// The ingress entry points: the full-datapath tables run against each.
 pub const HOOKS: [Hook; 2] = [Hook::Tc, Hook::Xdp];
 
 /// What the program decides, independent of the hook's return codes.
@@ -56,6 +58,7 @@ impl Hook {
         match self {
             Hook::Tc => ebpf::TC_INGRESS_PROGRAM,
             Hook::Xdp => ebpf::XDP_PROGRAM,
+            Hook::TcEgress => ebpf::TC_EGRESS_PROGRAM,
         }
     }
 
@@ -68,10 +71,13 @@ impl Hook {
         const XDP_PASS: u32 = 2;
         const XDP_REDIRECT: u32 = 4;
         match (self, v) {
-            (Hook::Tc, Verdict::Pass) => TC_ACT_OK,
-            (Hook::Tc, Verdict::Drop) => TC_ACT_SHOT,
-            (Hook::Tc, Verdict::Redirect) => unreachable!("TC never redirects a translated packet"),
+            (Hook::Tc | Hook::TcEgress, Verdict::Pass) => TC_ACT_OK,
+            (Hook::Tc | Hook::TcEgress, Verdict::Drop) => TC_ACT_SHOT,
+            (Hook::Tc | Hook::TcEgress, Verdict::Redirect) => {
+                unreachable!("TC never redirects a translated packet")
+            }
             (Hook::Tc, Verdict::Reject) => TC_ACT_REDIRECT,
+            (Hook::TcEgress, Verdict::Reject) => unreachable!("TC egress never answers"),
             (Hook::Xdp, Verdict::Pass | Verdict::Reject) => XDP_PASS,
             (Hook::Xdp, Verdict::Drop) => XDP_DROP,
             (Hook::Xdp, Verdict::Redirect) => XDP_REDIRECT,
@@ -338,10 +344,15 @@ pub fn run_case(case: &Case, hook: Hook) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs every case of `table` through every hook; panics listing the failures.
+/// Runs every case of `table` through every ingress hook; panics listing the failures.
 pub fn run_table(table: &[Case]) {
+    run_table_on(table, &HOOKS);
+}
+
+/// Runs every case of `table` through each of `hooks`; panics listing the failures.
+pub fn run_table_on(table: &[Case], hooks: &[Hook]) {
     let mut failures = Vec::new();
-    for hook in HOOKS {
+    for &hook in hooks {
         for case in table {
             match run_case(case, hook) {
                 Ok(()) => println!("ok   [{hook:?}] {}", case.name),
@@ -356,7 +367,7 @@ pub fn run_table(table: &[Case]) {
         failures.is_empty(),
         "{} of {} fixture runs failed:\n{}",
         failures.len(),
-        table.len() * HOOKS.len(),
+        table.len() * hooks.len(),
         failures.join("\n")
     );
 }

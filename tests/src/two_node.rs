@@ -223,7 +223,8 @@ fn lan_port(lan: &NetNs, member: &NetNs, member_if: &str, ip: Ipv4Addr) {
     member.ip(&["link", "set", member_if, "up"]);
 }
 
-/// A Service of the two-node model, its endpoints named by pod (each on its pod's node).
+/// A Service of the two-node model, its endpoints named by pod (each on its pod's node)
+/// or by node (`host1`, `host2`: that node's host-network server, `nodeName` that node).
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     pub name: &'static str,
@@ -383,18 +384,7 @@ impl TwoNodeCluster {
         let resolved: Vec<(Vec<Ipv4Addr>, Vec<&str>)> = self
             .services
             .iter()
-            .map(|s| {
-                s.endpoints
-                    .iter()
-                    .map(|name| {
-                        let (_, node, ip) = PODS
-                            .iter()
-                            .find(|(pod, ..)| pod == name)
-                            .unwrap_or_else(|| panic!("no pod {name}"));
-                        (*ip, NODE_NAMES[*node])
-                    })
-                    .unzip()
-            })
+            .map(|s| s.endpoints.iter().map(|name| endpoint(name)).unzip())
             .collect();
         let services: Vec<Service> = self
             .services
@@ -423,6 +413,18 @@ impl Drop for TwoNodeCluster {
             let _ = run_kproxy(&self.bed.nodes[i].ns, &["cleanup", "--pin-path", &pin_path]);
         }
     }
+}
+
+/// The address and node of the endpoint `name`: a pod, or a node's host-network server.
+fn endpoint(name: &str) -> (Ipv4Addr, &'static str) {
+    if let Some(i) = NODE_NAMES.iter().position(|n| *n == name) {
+        return (HOST_IPS[i], NODE_NAMES[i]);
+    }
+    let (_, node, ip) = PODS
+        .iter()
+        .find(|(pod, ..)| *pod == name)
+        .unwrap_or_else(|| panic!("no pod or node {name}"));
+    (*ip, NODE_NAMES[*node])
 }
 
 /// `ip:port` of node `i`.

@@ -123,3 +123,56 @@ fn sweep_drops_pins_of_vanished_interfaces() {
         );
     });
 }
+
+/// IDs of the programs on TC egress of `iface` (current namespace).
+fn tc_egress_programs(iface: &str) -> Vec<u32> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).expect("query_tcx");
+    progs.iter().map(aya::programs::ProgramInfo::id).collect()
+}
+
+/// Loads a fresh copy of the programs and attaches TC egress to `iface` through `pins`.
+fn agent_attach_egress(pin_dir: &PinDir, pins: &LinkPins, iface: &Iface) -> (Loaded, Attached, u32) {
+    let mut datapath = pin_dir.load();
+    let tc: &mut SchedClassifier = datapath
+        .ebpf
+        .program_mut(ebpf::TC_EGRESS_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let outcome = pins.attach_tc_egress(tc, iface).expect("attach egress");
+    let id = tc.info().expect("info").id();
+    (datapath, outcome, id)
+}
+
+#[test]
+fn pinned_tc_egress_link_is_adopted_beside_ingress_then_cleaned_up() {
+    let t = veth_nodes("egr", "10.204.0");
+    let (b, b_if, pin_dir) = (&t.b, &t.b_if, &t.pin_dir);
+    b.run(|| {
+        let (iface, pins) = veth_and_pins(&t);
+        let (ingress, outcome, ingress_id) = agent_attach(pin_dir, &pins, &iface);
+        assert_eq!(outcome, Attached::New);
+        let (first, outcome, first_id) = agent_attach_egress(pin_dir, &pins, &iface);
+        assert_eq!(outcome, Attached::New);
+        assert!(pins.is_pinned(Hook::TcEgress, &iface));
+        drop((ingress, first));
+        assert_eq!(tc_egress_programs(b_if), vec![first_id], "egress keeps serving");
+        assert_eq!(tc_programs(b_if), vec![ingress_id], "ingress untouched by egress");
+
+        let (second, outcome, second_id) = agent_attach_egress(pin_dir, &pins, &iface);
+        assert_eq!(outcome, Attached::Adopted);
+        assert_ne!(first_id, second_id);
+        assert_eq!(tc_egress_programs(b_if), vec![second_id], "swapped in place");
+        drop(second);
+
+        assert!(
+            pins.sweep(std::slice::from_ref(&iface), false)
+                .expect("sweep")
+                .is_empty(),
+            "live pins kept"
+        );
+        assert_eq!(pins.sweep(&[], true).expect("sweep all").len(), 2);
+        assert!(tc_egress_programs(b_if).is_empty(), "cleanup detaches egress");
+        assert!(tc_programs(b_if).is_empty(), "cleanup detaches ingress");
+    });
+}

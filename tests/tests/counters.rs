@@ -1,5 +1,5 @@
 //! The first program pair: XDP and TC ingress programs that count packets per
-//! interface. Proves the whole pipeline: build, verifier, BPF_PROG_TEST_RUN, attach.
+//! interface (and TC egress, under its own hook id). Proves the whole pipeline: build, verifier, BPF_PROG_TEST_RUN, attach.
 
 use std::{net::UdpSocket, time::Duration};
 
@@ -10,7 +10,7 @@ use aya::{
 use kproxy::ebpf::{self, maps::counters::iface_counters};
 use kproxy_common::{
     IfaceCounters,
-    stats::{HOOK_TC_INGRESS, HOOK_XDP},
+    stats::{HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP},
 };
 use kproxy_testbed::{
     netns::{NetNs, unique_name, veth_pair},
@@ -121,6 +121,41 @@ fn tc_test_run_passes_and_counts() {
         );
         assert_eq!(
             read_counters(&ebpf, LO_IFINDEX, HOOK_XDP),
+            IfaceCounters::default()
+        );
+    });
+}
+
+#[test]
+fn tc_egress_test_run_passes_and_counts_under_its_own_hook() {
+    let ns = NetNs::new("etr");
+    let pins = PinDir::new("ecnt");
+    ns.run(|| {
+        let ebpf = load_all(&pins);
+        let frame = udp4(([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 53), b"kproxy");
+        let mut out = vec![0u8; frame.len() + 256];
+        let tc: &SchedClassifier = ebpf.program(ebpf::TC_EGRESS_PROGRAM).unwrap().try_into().unwrap();
+        for _ in 0..2 {
+            let result = tc
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(result.return_value, TC_ACT_OK);
+            assert_eq!(&out[..result.data_size_out as usize], &frame[..], "unchanged");
+        }
+        let c = read_counters(&ebpf, LO_IFINDEX, HOOK_TC_EGRESS);
+        assert_eq!(
+            c,
+            IfaceCounters {
+                packets: 2,
+                bytes: 2 * frame.len() as u64
+            }
+        );
+        assert_eq!(
+            read_counters(&ebpf, LO_IFINDEX, HOOK_TC_INGRESS),
             IfaceCounters::default()
         );
     });

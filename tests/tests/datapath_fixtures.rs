@@ -10,7 +10,8 @@
 //! by hand), so every case must give the same bytes and side effects; verdicts are each
 //! hook's own codes for the same outcome. With no XDP redirect targets seeded, XDP hands
 //! what it translated to the stack (XDP_PASS); the redirect path has its own cases at the
-//! end, in a namespace with a route and a neighbour to the backend.
+//! end, in a namespace with a route and a neighbour to the backend. `kproxy_tc_egress`
+//! (the reply path alone) has its own table, `egress_cases`.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -33,8 +34,8 @@ use kproxy_testbed::{
     fixture::{
         Case, Expect, Flow, HOOKS, Hook, Seed, Verdict,
         Verdict::{Drop as DROP, Pass as PASS, Reject as REJECT},
-        ct_key, handshake, no_conntrack, none, run_steps, run_table, sa, seed_flow, seed_service, step,
-        test_run, untouched,
+        ct_key, handshake, no_conntrack, none, run_steps, run_table, run_table_on, sa, seed_flow,
+        seed_service, step, test_run, untouched,
     },
     forwarding::{FibNs, event},
     packet::{
@@ -954,7 +955,27 @@ fn snat_cases() -> Vec<Case> {
     let snated =
         |client, frontend, backend, port| Flow::new(client, frontend, backend).masqueraded(sa(NODE_IP, port));
     let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let host_backend = sa(NODE_IP, 8080);
     vec![
+        Case {
+            name: "NodePort eTP=Cluster to a backend at the node's own address (host network): DNAT only, no SNAT",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, host_backend).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                m.set_snat(&snat_settings(NAT_PORT..=NAT_PORT)).unwrap();
+                m.upsert_frontend(node_port(), &[ID1], snat_options(Masquerade::Always))
+                    .unwrap();
+            }),
+            steps: handshake(&Flow::new(ext, np, host_backend)),
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "snat"), 0);
+                assert_eq!(event(m, "new_flow"), 1);
+                assert!(
+                    m.conntrack().unwrap().iter().all(|f| f.masquerade.is_none()),
+                    "the host-network backend sees the client's own address"
+                );
+            }),
+        },
         Case {
             name: "NodePort eTP=Cluster: SNAT to the node address and a port of the range; replies un-SNATed and un-DNATed",
             seed: snat_on(node_port(), Masquerade::Always, one_port.clone()),
@@ -1106,6 +1127,125 @@ fn snat_cases() -> Vec<Case> {
 #[test]
 fn snat_fixtures() {
     run_table(&snat_cases());
+}
+
+/// TC egress (`kproxy_tc_egress`): the reply path alone. A reply that reached no ingress
+/// hook as a reply (generated on the node, or de-masqueraded by netfilter) is
+/// reverse-translated; a packet to a frontend is never DNATed; a reply ingress already
+/// translated, and anything unrelated, passes untouched.
+fn egress_cases() -> Vec<Case> {
+    let client = sa(CLIENT, 40000);
+    let vip = sa(CLUSTER_IP, 80);
+    let b1 = sa(B1, 8080);
+    let to_b1 = Flow::new(client, vip, b1);
+    let dns = Flow::new(client, sa(CLUSTER_IP, 53), sa(B1, 5353));
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let node_port_addr = sa(NODE_IP, 30080);
+    let host_backend = sa(NODE_IP, 8080);
+    let host_flow = Flow::new(ext, node_port_addr, host_backend);
+    vec![
+        Case {
+            name: "egress: a reply of a translated TCP flow is reverse-NATed (SYN-ACK, data, FIN)",
+            seed: Box::new(move |m| {
+                seed_backends(m);
+                let svc = seed_service(m, cluster_tcp(), &[ID1]);
+                seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::ZERO);
+            }),
+            steps: vec![
+                to_b1.reply(SYN_ACK, b""),
+                to_b1.reply(ACK, b"hello"),
+                to_b1.reply(FIN_ACK, b""),
+            ],
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "reply_nat"), 3);
+                assert_eq!(event(m, "new_flow"), 0);
+                let e = m
+                    .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
+                    .unwrap()
+                    .expect("service entry");
+                assert_ne!(e.state & CT_ST_CLOSING, 0, "a FIN on egress closes the flow too");
+            }),
+        },
+        Case {
+            name: "egress: a UDP reply is reverse-NATed with a valid checksum",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID1, sa(B1, 5353)),
+                    PROTO_UDP,
+                    Duration::ZERO,
+                );
+            }),
+            steps: vec![dns.udp_reply(b"answer")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 1)),
+        },
+        Case {
+            name: "egress: a host-network backend's NodePort reply (generated on the node) leaves from the NodePort",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, host_backend).unwrap();
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                let svc = seed_service(m, node_port(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    ext,
+                    node_port_addr,
+                    (ID1, host_backend),
+                    PROTO_TCP,
+                    Duration::ZERO,
+                );
+            }),
+            steps: vec![host_flow.reply(SYN_ACK, b""), host_flow.reply(ACK, b"page")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 2)),
+        },
+        Case {
+            name: "egress: a packet to a frontend is not DNATed, and starts no flow",
+            seed: Box::new(|m| {
+                seed_backends(m);
+                seed_service(m, cluster_tcp(), &[ID1]);
+                m.set_node_addresses(&[Ipv4Addr::from(NODE_IP)]).unwrap();
+                seed_service(m, node_port(), &[ID1]);
+            }),
+            steps: vec![
+                untouched(tcp(client, vip, SYN, b"")),
+                untouched(udp(client, sa(CLUSTER_IP, 53), b"q")),
+                untouched(tcp(ext, node_port_addr, SYN, b"")),
+            ],
+            check: Box::new(|m, _| {
+                assert!(m.conntrack().unwrap().is_empty(), "conntrack must stay empty");
+                assert_eq!(event(m, "new_flow"), 0);
+            }),
+        },
+        Case {
+            name: "egress: a reply ingress already translated, and unrelated packets, pass untouched",
+            seed: Box::new(move |m| {
+                seed_backends(m);
+                let svc = seed_service(m, cluster_tcp(), &[ID1]);
+                seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::ZERO);
+            }),
+            steps: vec![
+                untouched(tcp(vip, client, SYN_ACK, b"")),
+                untouched(tcp(b1, sa(CLIENT, 40001), ACK, b"")),
+                untouched(tcp(sa(B2, 8080), client, ACK, b"")),
+                untouched(udp(b1, client, b"x")),
+                untouched(arp(CLIENT, B1)),
+            ],
+            check: Box::new(|m, _| {
+                assert_eq!(event(m, "reply_nat"), 0);
+                assert_eq!(m.conntrack().unwrap().len(), 2);
+            }),
+        },
+    ]
+}
+
+#[test]
+fn egress_fixtures() {
+    run_table_on(&egress_cases(), &[Hook::TcEgress]);
 }
 
 /// With the default range, 128 flows of one client (distinct source ports) to one

@@ -318,7 +318,104 @@ fn snat_ports_never_collide(mode: Mode) {
     assert!(failures.is_empty(), "after {took:?}: {failures:#?}");
 }
 
+const HOST1_NET_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 245);
+const HOST2_NET_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 246);
+const HOST1_NET_PORT: u16 = 30816;
+const HOST2_NET_PORT: u16 = 30817;
+
+/// Services whose only endpoint is a node's host-network server (the API server's
+/// case): `host1-net` on host1's, `host2-net` on host2's.
+fn host_network() -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec::hello("host1-net", HOST1_NET_IP, HOST1_NET_PORT, &["host1"]),
+        ServiceSpec::hello("host2-net", HOST2_NET_IP, HOST2_NET_PORT, &["host2"]),
+    ]
+}
+
+/// From client-1 on host1, the ClusterIP of `service` (whose endpoint is `node`'s
+/// host-network server) answers over TCP and UDP, with replies from the ClusterIP.
+fn assert_host_network_clusterip(c: &TwoNodeCluster, service: Ipv4Addr, node: &str) {
+    let client = PODS.iter().find(|p| p.0 == "client-1").expect("client pod").2;
+    let service = at(service, 80);
+    assert_eq!(
+        http_backends(c.pod("client-1"), service),
+        one(node),
+        "TCP via ClusterIP {service} to {node}'s host network"
+    );
+    assert_eq!(
+        udp_backends(c.pod("client-1"), client, service),
+        one(node),
+        "UDP via ClusterIP {service} to {node}'s host network"
+    );
+}
+
+/// Checksum offload off on host1's side of `iface`: what leaves through it gets its
+/// checksum completed in software after TC egress, and the receiver verifies it. (With
+/// offload on, a CHECKSUM_PARTIAL packet crosses the veth unverified, so a wrong
+/// rewrite of a locally generated packet's checksum would go unnoticed.)
+fn complete_checksums_on(c: &TwoNodeCluster, iface: &str) {
+    c.node(0).ns.ethtool(&["-K", iface, "tx", "off"]);
+}
+
+/// A pod reaches a ClusterIP whose endpoint is its own node's host-network server: the
+/// reply is generated on the node and leaves through the pod's veth.
+fn pod_reaches_its_own_nodes_host_network_through_clusterip(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.bed.pod("client-1").host_iface);
+    assert_host_network_clusterip(&c, HOST1_NET_IP, "host1");
+}
+
+/// A pod reaches a ClusterIP whose endpoint is the other node's host-network server: the
+/// request leaves through the CNI's MASQUERADE, the reply is de-masqueraded by netfilter.
+fn pod_reaches_the_other_nodes_host_network_through_clusterip(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.bed.pod("client-1").host_iface);
+    assert_host_network_clusterip(&c, HOST2_NET_IP, "host2");
+}
+
+/// An external client reaches host1's NodePort of a service whose endpoint is host1's
+/// host-network server: the reply is generated on host1 and leaves through its LAN link.
+fn nodeport_to_a_local_host_network_endpoint_answers(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, host_network());
+    complete_checksums_on(&c, &c.node(0).lan_iface);
+    let target = node_addr(0, HOST1_NET_PORT);
+    assert_eq!(
+        http_backends(c.external(0), target),
+        one("host1"),
+        "TCP via {target}"
+    );
+    assert_eq!(
+        udp_backends(c.external(0), EXTERNAL_CLIENTS[0], target),
+        one("host1"),
+        "UDP via {target}"
+    );
+}
+
+/// From a process in host1's namespace, host1's NodePort on 127.0.0.1 reaches the pods
+/// (kube-proxy's localhostNodePorts: its rules and `route_localnet=1`).
+fn localhost_nodeport_reaches_the_pods(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, vec![hello()]);
+    let target = at(Ipv4Addr::LOCALHOST, HELLO_PORT);
+    assert_eq!(
+        http_backends(&c.node(0).ns, target),
+        both(),
+        "TCP via {target} from host1"
+    );
+}
+
+/// Scenarios kube-proxy's iptables mode passes and the eBPF mode does not yet: host
+/// traffic to a NodePort on 127.0.0.1 needs the socket-LB programs.
+mod iptables_only {
+    #[test]
+    fn localhost_nodeport_reaches_the_pods() {
+        super::localhost_nodeport_reaches_the_pods(kproxy_testbed::cluster::Mode::Iptables);
+    }
+}
+
 kproxy_testbed::every_mode!(
+    pod_reaches_its_own_nodes_host_network_through_clusterip,
+    pod_reaches_the_other_nodes_host_network_through_clusterip,
+    nodeport_to_a_local_host_network_endpoint_answers,
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
     health_check_node_ports_answer_per_node,

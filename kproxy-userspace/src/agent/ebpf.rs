@@ -1,5 +1,5 @@
 //! The eBPF datapath under the agent: programs loaded with their maps pinned under the
-//! pin path, TC ingress attached to every interface matching `--iface` and XDP to every
+//! pin path, TC ingress and egress attached to every interface matching `--iface` and XDP to every
 //! one matching `--xdp-iface` (rescanned as pods come and go), and the maps kept in step
 //! with the model by [`MapSync`].
 //!
@@ -263,6 +263,11 @@ impl Proxier for EbpfProxier {
             if self.attached.contains(found) {
                 continue;
             }
+            // Egress first: a flow DNATed at ingress finds its reverse NAT in place.
+            let program = self.loaded.tc_egress_program().map_err(EbpfProxierError::from)?;
+            let how =
+                attach::tc::attach_egress(&self.pins, program, found).map_err(EbpfProxierError::from)?;
+            info!("tc egress on {} (ifindex {}): {how:?}", found.name, found.index);
             let program = self.loaded.tc_program().map_err(EbpfProxierError::from)?;
             let how = attach::tc::attach(&self.pins, program, found).map_err(EbpfProxierError::from)?;
             info!("tc ingress on {} (ifindex {}): {how:?}", found.name, found.index);

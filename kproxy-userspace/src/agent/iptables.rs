@@ -1,9 +1,10 @@
 //! The iptables datapath under the agent: what kube-proxy in iptables mode does on a
 //! full sync — the renderer's restore payload through `iptables-restore --noflush`,
 //! then the jump rules from the built-in chains ensured one by one, then the conntrack
-//! entries of UDP flows to former endpoints deleted.
+//! entries of UDP flows to former endpoints deleted; and, once, the `route_localnet`
+//! sysctl localhost NodePorts need (kube-proxy's `NewProxier`).
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use super::{AgentError, AgentOptions, Proxier};
 use crate::{
@@ -25,12 +26,15 @@ pub enum IptablesProxierError {
 /// kube-proxy's iptables mode.
 pub struct IptablesProxier {
     flavor: Flavor,
+    /// `route_localnet` was ensured (kube-proxy does it once, when the proxier starts).
+    route_localnet_ensured: bool,
 }
 
 impl IptablesProxier {
     pub fn new(opts: &AgentOptions) -> Self {
         IptablesProxier {
             flavor: opts.iptables_backend,
+            route_localnet_ensured: false,
         }
     }
 }
@@ -39,6 +43,17 @@ impl Proxier for IptablesProxier {
     fn sync(&mut self, model: &Model, node: &NodeInfo, config: &ProxyConfig) -> Result<String, AgentError> {
         let options =
             RenderOptions::new(config, node, Runtime::default()).map_err(IptablesProxierError::from)?;
+        if options.localhost_node_ports && !self.route_localnet_ensured {
+            info!(
+                "Setting route_localnet=1 to allow node-ports on localhost; to change this either disable \
+                 iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses \
+                 (--nodeport-addresses) to filter loopback addresses (ipFamily IPv4)"
+            );
+            if netfilter::ensure_route_localnet().map_err(IptablesProxierError::from)? {
+                debug!("Set sysctl {} to 1", netfilter::ROUTE_LOCALNET);
+            }
+            self.route_localnet_ensured = true;
+        }
         let ruleset = iptables::render(model, &options);
         let payload = restore::payload(&ruleset, None);
         netfilter::restore(self.flavor, &payload).map_err(IptablesProxierError::from)?;

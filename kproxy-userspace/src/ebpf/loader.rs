@@ -19,8 +19,10 @@ use super::maps::{DatapathMaps, MapsError, counters};
 pub const XDP_PROGRAM: &str = "kproxy_xdp";
 /// TC ingress entry point, for pod-facing and external interfaces.
 pub const TC_INGRESS_PROGRAM: &str = "kproxy_tc_ingress";
+/// TC egress entry point (reverse NAT only), on the same interfaces as TC ingress.
+pub const TC_EGRESS_PROGRAM: &str = "kproxy_tc_egress";
 /// Every entry point of the object, in the order `kproxy check` reports them.
-pub const ALL_PROGRAMS: [&str; 2] = [XDP_PROGRAM, TC_INGRESS_PROGRAM];
+pub const ALL_PROGRAMS: [&str; 3] = [XDP_PROGRAM, TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM];
 
 /// Parses the embedded object and creates its maps (nothing is loaded into the kernel
 /// yet beyond the maps). `configure` can set pin paths, globals and map sizes.
@@ -151,6 +153,14 @@ impl Loaded {
             .program_mut(TC_INGRESS_PROGRAM)
             .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
             .ok_or(LoaderError::ProgramType(TC_INGRESS_PROGRAM))
+    }
+
+    /// The TC egress program, to attach.
+    pub fn tc_egress_program(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
+        self.ebpf
+            .program_mut(TC_EGRESS_PROGRAM)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(LoaderError::ProgramType(TC_EGRESS_PROGRAM))
     }
 
     /// The XDP program, to attach.

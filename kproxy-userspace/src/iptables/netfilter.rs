@@ -45,6 +45,31 @@ pub enum NetfilterError {
     },
     #[error("{command} failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("set sysctl {path}: `write` failed")]
+    Sysctl {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The sysctl that lets packets to 127.0.0.0/8 be DNATed and routed off the host
+/// (kube-proxy's `sysctlRouteLocalnet`).
+pub const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// Sets `net.ipv4.conf.all.route_localnet=1` unless it is already 1, as kube-proxy's
+/// iptables proxier does (`EnsureSysctl`) when localhost NodePorts are on; true if it
+/// was changed. Like kube-proxy, nothing ever sets it back.
+pub fn ensure_route_localnet() -> Result<bool, NetfilterError> {
+    let sysctl = |source| NetfilterError::Sysctl {
+        path: ROUTE_LOCALNET,
+        source,
+    };
+    if std::fs::read_to_string(ROUTE_LOCALNET).map_err(sysctl)?.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(ROUTE_LOCALNET, "1").map_err(sysctl)?;
+    Ok(true)
 }
 
 fn run(flavor: Flavor, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {

@@ -27,13 +27,20 @@ use super::iface::Iface;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     TcIngress,
+    TcEgress,
     Xdp,
+}
+
+impl Hook {
+    /// Every hook whose links are pinned (all swept the same way).
+    pub const ALL: [Hook; 3] = [Hook::TcIngress, Hook::TcEgress, Hook::Xdp];
 }
 
 impl Hook {
     fn prefix(self) -> &'static str {
         match self {
             Hook::TcIngress => "tc_ingress",
+            Hook::TcEgress => "tc_egress",
             Hook::Xdp => "xdp",
         }
     }
@@ -160,6 +167,16 @@ impl LinkPins {
         self.attach(&mut TcIngress(program), iface)
     }
 
+    /// Attaches `program` to TC egress of `iface` (TCX), or swaps it into the link a
+    /// previous agent pinned there.
+    pub fn attach_tc_egress(
+        &self,
+        program: &mut SchedClassifier,
+        iface: &Iface,
+    ) -> Result<Attached, AttachError> {
+        self.attach(&mut TcEgress(program), iface)
+    }
+
     /// Attaches `program` to XDP of `iface` in `mode`, or swaps it into the pinned link.
     pub fn attach_xdp(
         &self,
@@ -221,7 +238,7 @@ impl LinkPins {
             let entry = entry.map_err(sweep_err)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let alive = present.iter().any(|iface| {
-                [Hook::TcIngress, Hook::Xdp]
+                Hook::ALL
                     .iter()
                     .any(|&hook| self.path(hook, iface) == entry.path())
             });
@@ -238,7 +255,7 @@ impl LinkPins {
     }
 }
 
-/// A program on a hook whose links can be pinned and adopted (TC ingress, XDP).
+/// A program on a hook whose links can be pinned and adopted (TC ingress and egress, XDP).
 trait LinkHook {
     type Link: TryFrom<FdLink, Error = LinkError> + TryInto<FdLink, Error = LinkError>;
     type Id;
@@ -256,6 +273,23 @@ impl LinkHook for TcIngress<'_> {
     const HOOK: Hook = Hook::TcIngress;
     fn attach_fresh(&mut self, iface: &str) -> Result<Self::Id, ProgramError> {
         self.0.attach(iface, TcAttachType::Ingress)
+    }
+    fn swap_into(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
+        self.0.attach_to_link(link)
+    }
+    fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError> {
+        self.0.take_link(id)
+    }
+}
+
+struct TcEgress<'a>(&'a mut SchedClassifier);
+
+impl LinkHook for TcEgress<'_> {
+    type Link = SchedClassifierLink;
+    type Id = SchedClassifierLinkId;
+    const HOOK: Hook = Hook::TcEgress;
+    fn attach_fresh(&mut self, iface: &str) -> Result<Self::Id, ProgramError> {
+        self.0.attach(iface, TcAttachType::Egress)
     }
     fn swap_into(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError> {
         self.0.attach_to_link(link)

@@ -1,4 +1,5 @@
-//! TC ingress on an interface: the link, and the sysctl its reverse translation needs.
+//! TC on an interface: the ingress link and the sysctl its reverse translation needs,
+//! and the egress link (reverse NAT of replies that reach no ingress hook as replies).
 
 use aya::programs::SchedClassifier;
 
@@ -14,6 +15,16 @@ pub fn attach(
     let how = pins.attach_tc(program, iface)?;
     accept_local_source(&iface.name)?;
     Ok(how)
+}
+
+/// Attaches (or adopts) TC egress on `iface`: replies generated on the node or
+/// de-masqueraded by netfilter are reverse-translated where they leave toward the client.
+pub fn attach_egress(
+    pins: &LinkPins,
+    program: &mut SchedClassifier,
+    iface: &Iface,
+) -> Result<Attached, AttachError> {
+    pins.attach_tc_egress(program, iface)
 }
 
 /// Lets `iface` accept packets whose source is a node address. The TC program
