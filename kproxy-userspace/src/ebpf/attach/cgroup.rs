@@ -4,9 +4,9 @@
 //! cgroup is never without them.
 //!
 //! Pins live beside the interface links: `<pin dir>/links/cgroup_<attach>_<cgroup
-//! inode>` (the inode tells a cgroup recreated under the same path apart). Links are
-//! attached with `BPF_F_ALLOW_MULTI`, so several agents (tests) and other programs can
-//! share a cgroup. Pins of another cgroup are detached and removed
+//! inode>` (the inode tells a cgroup recreated under the same path apart). A cgroup
+//! bpf_link always has `BPF_F_ALLOW_MULTI` semantics (the kernel refuses the flag itself
+//! on `BPF_LINK_CREATE`), so several agents (tests) and other programs share a cgroup. Pins of another cgroup are detached and removed
 //! ([`CgroupLinks::sweep_others`]); `kproxy cleanup` removes every pin
 //! ([`super::LinkPins::sweep`]).
 
@@ -235,8 +235,10 @@ impl CgroupLinks {
             path: self.cgroup.clone(),
             source,
         })?;
+        // A cgroup bpf_link always shares the hook (BPF_F_ALLOW_MULTI semantics); the
+        // kernel refuses explicit flags on link creation (EINVAL), so none are passed.
         let id = program
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|source| CgroupError::Attach {
                 attach: attach.to_string(),
                 cgroup: self.cgroup.clone(),
