@@ -139,7 +139,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         rev_nat_id: svc.rev_nat_id,
     };
     // Best effort: without it, replies and getpeername show the backend.
-    let _ = SOCK_REVNAT.insert(&key, &value, 0);
+    let _ = SOCK_REVNAT.insert(key, value, 0);
     // SAFETY: the context pointer is valid for the program's run; the verifier lets
     // connect4 and sendmsg4 write these fields.
     unsafe {
@@ -172,7 +172,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
         port,
         _pad: 0,
     };
-    let Some(front) = SOCK_REVNAT.get_ptr(&key) else {
+    let Some(front) = SOCK_REVNAT.get_ptr(key) else {
         return SOCK_PASS;
     };
     // SAFETY: map value pointer, copied at once.

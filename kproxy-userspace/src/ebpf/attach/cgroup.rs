@@ -57,20 +57,20 @@ pub enum CgroupError {
     },
     #[error("attach {attach} to cgroup {}: `bpf_link_create` failed", cgroup.display())]
     Attach {
-        attach: String,
+        attach: &'static str,
         cgroup: PathBuf,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("take the {attach} link")]
     Take {
-        attach: String,
+        attach: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("the {attach} link is not an fd link")]
     NotFdLink {
-        attach: String,
+        attach: &'static str,
         #[source]
         source: aya::programs::links::LinkError,
     },
@@ -82,9 +82,9 @@ pub enum CgroupError {
     },
     #[error("program of {attach}: not loaded")]
     ProgramFd {
-        attach: String,
+        attach: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("open pinned link {}: `BPF_OBJ_GET` failed", path.display())]
     OpenPin {
@@ -217,11 +217,15 @@ impl CgroupLinks {
 
     /// Attaches `program` (its attach type, named `attach` in the pin) to the cgroup,
     /// or swaps it into the link a previous agent pinned there.
-    pub fn attach(&self, program: &mut CgroupSockAddr, attach: &str) -> Result<Attached, CgroupError> {
+    pub fn attach(
+        &self,
+        program: &mut CgroupSockAddr,
+        attach: &'static str,
+    ) -> Result<Attached, CgroupError> {
         let path = self.path(attach);
         let prog_fd = program.fd().map_err(|source| CgroupError::ProgramFd {
-            attach: attach.to_string(),
-            source,
+            attach,
+            source: Box::new(source),
         })?;
         if path.exists() {
             let link = obj_get(&path).map_err(|source| CgroupError::OpenPin {
@@ -240,18 +244,17 @@ impl CgroupLinks {
         let id = program
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|source| CgroupError::Attach {
-                attach: attach.to_string(),
+                attach,
                 cgroup: self.cgroup.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let link = program.take_link(id).map_err(|source| CgroupError::Take {
-            attach: attach.to_string(),
-            source,
+            attach,
+            source: Box::new(source),
         })?;
-        let fd_link: FdLink = link.try_into().map_err(|source| CgroupError::NotFdLink {
-            attach: attach.to_string(),
-            source,
-        })?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|source| CgroupError::NotFdLink { attach, source })?;
         fd_link
             .pin(&path)
             .map_err(|source| CgroupError::Pin { path, source })?;
