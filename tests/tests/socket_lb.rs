@@ -8,10 +8,10 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use kproxy::ebpf::{DatapathMaps, SOCK_PROGRAMS};
 use kproxy_testbed::{
-    agent::run_kproxy,
+    agent::{Agent, run_kproxy},
     cgroup::{TestCgroup, probe_outside},
-    cluster::{Cluster, Mode, POD_A, POD_B, TRIES, at, both, cluster_ip},
-    manifests::{CLUSTER_IP, NODE_PORT},
+    cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, run_args},
+    manifests::NODE_PORT,
     pins::PinDir,
     topology::NODE_IP,
 };
@@ -223,5 +223,58 @@ fn restart_adopts_the_cgroup_links_and_cleanup_removes_them() {
         !out.starts_with("ok"),
         "after cleanup, connect was still translated: {out}"
     );
-    let _ = CLUSTER_IP;
+}
+
+/// Moving the agent to another `--cgroup` detaches and removes the first cgroup's links
+/// (the rewrite stops there and starts in the new one); `--cgroup ""` turns socket-LB
+/// off: no cgroup links, no netns cookie in the config.
+#[test]
+fn another_cgroup_replaces_the_links_and_an_empty_one_turns_socket_lb_off() {
+    let mut c = Cluster::start(Mode::Ebpf, &[POD_A, POD_B]);
+    let service = cluster_ip().to_string();
+    let first = cgroup_pins(&c);
+    assert!(c.agent.stop(), "the agent must exit cleanly");
+    let second = TestCgroup::new("snd");
+    let dir = c.model.parent().expect("model dir").to_path_buf();
+    let args = run_args(
+        Mode::Ebpf,
+        &c.model,
+        &dir.join("config.yaml"),
+        c.pins.path(),
+        second.path(),
+    );
+    c.agent = Agent::start(&c.topo.node, &args);
+    c.agent.wait_for_log("sync #", 1, SYNC_TIMEOUT);
+    let moved = cgroup_pins(&c);
+    assert_eq!(moved.len(), SOCK_PROGRAMS.len(), "{moved:?}");
+    assert!(
+        moved.iter().all(|p| !first.contains(p)),
+        "old pins left: {moved:?}"
+    );
+    let out = second.probe(&c.topo.node, &["connect", &service]).expect("probe");
+    assert_eq!(out.trim(), format!("ok peer={service}"), "in the new cgroup");
+    let out = c
+        .cgroup
+        .probe(&c.topo.node, &["connect", &service])
+        .expect("probe");
+    assert!(
+        !out.starts_with("ok"),
+        "the old cgroup is still translated: {out}"
+    );
+
+    assert!(c.agent.stop(), "the agent must exit cleanly");
+    let mut args = args;
+    let at_cgroup = args.iter().position(|a| a == "--cgroup").expect("--cgroup");
+    args[at_cgroup + 1] = String::new();
+    c.agent = Agent::start(&c.topo.node, &args);
+    c.agent.wait_for_log("sync #", 1, SYNC_TIMEOUT);
+    assert!(cgroup_pins(&c).is_empty(), "socket-LB off left cgroup links");
+    let maps = DatapathMaps::open_pinned(c.pins.path()).expect("maps");
+    assert_eq!(
+        maps.socket_lb().expect("config").0,
+        None,
+        "netns cookie with socket-LB off"
+    );
+    let out = second.probe(&c.topo.node, &["connect", &service]).expect("probe");
+    assert!(!out.starts_with("ok"), "socket-LB off, still translated: {out}");
 }

@@ -68,8 +68,9 @@ pub struct Run {
     /// Socket-level load balancing in eBPF mode: the cgroup v2 directory whose processes'
     /// connect()/sendmsg() to services are translated to a backend (default: the root of
     /// the cgroup2 mount, i.e. every process of the node; "" turns socket-LB off).
-    #[arg(long, value_name = "PATH")]
-    cgroup: Option<PathBuf>,
+    // An OsString: clap's path parser refuses the empty value.
+    #[arg(long, value_name = "PATH", value_parser = clap::builder::OsStringValueParser::new())]
+    cgroup: Option<std::ffi::OsString>,
 }
 
 impl Run {
@@ -97,8 +98,8 @@ impl Run {
             healthz_bind_address: self.healthz_bind_address,
             cgroup: match self.cgroup {
                 None => SocketLbCgroup::Root,
-                Some(p) if p.as_os_str().is_empty() => SocketLbCgroup::Off,
-                Some(p) => SocketLbCgroup::Path(p),
+                Some(p) if p.is_empty() => SocketLbCgroup::Off,
+                Some(p) => SocketLbCgroup::Path(PathBuf::from(p)),
             },
         };
         Ok(agent::run(&opts)?)
