@@ -123,6 +123,11 @@ fn host_processes_in_the_cgroup_reach_services() {
     assert!(revnat >= 2 * TRIES as u64, "sock_revnat {revnat}");
     // One flow per translated connect/sendmsg on the service's counters.
     let maps = DatapathMaps::open_pinned(c.pins.path()).expect("maps");
+    let (cookie, localhost) = maps.socket_lb().expect("config");
+    assert!(
+        cookie.is_some() && localhost,
+        "config: cookie {cookie:?}, localhost {localhost}"
+    );
     let flows: u64 = maps
         .frontends()
         .expect("frontends")
