@@ -135,6 +135,18 @@ fn host_processes_in_the_cgroup_reach_services() {
         .map(|f| maps.frontend_counters(f.id).expect("counters").new_flows)
         .sum();
     assert!(flows >= 4 * TRIES as u64, "new flows {flows}");
+    // `kproxy inspect` names the socket events.
+    let out = c.kproxy(&["inspect", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    for name in ["sock_xlate", "sock_refused", "sock_revnat"] {
+        assert!(
+            report["events"][name].is_u64(),
+            "inspect has no event {name}: {}",
+            report["events"]
+        );
+    }
+    assert_eq!(report["events"]["sock_xlate"].as_u64(), Some(xlate));
 }
 
 /// A service without endpoints: connect() and sendto() fail with ECONNREFUSED at once.
