@@ -11,7 +11,7 @@ use kproxy_testbed::{
     agent::{Agent, run_kproxy},
     cgroup::{TestCgroup, probe_outside},
     cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, run_args},
-    manifests::NODE_PORT,
+    manifests::{NODE_PORT, Service, write_documents},
     pins::PinDir,
     topology::NODE_IP,
 };
@@ -294,4 +294,34 @@ fn another_cgroup_replaces_the_links_and_an_empty_one_turns_socket_lb_off() {
     );
     let out = second.probe(&c.topo.node, &["connect", &service]).expect("probe");
     assert!(!out.starts_with("ok"), "socket-LB off, still translated: {out}");
+}
+
+/// `sessionAffinity: ClientIP`: the socket programs choose through the TC path's own
+/// selection, with the node's address as the client, so every connect of the node's
+/// processes lands on one pod.
+#[test]
+fn client_ip_affinity_keeps_host_processes_on_one_pod() {
+    let mut c = Cluster::start(Mode::Ebpf, &[POD_A, POD_B]);
+    let yaml = Service::hello_app(&[POD_A, POD_B]).yaml();
+    let with_affinity = yaml.replacen(
+        "  type: NodePort\n",
+        "  type: NodePort\n  sessionAffinity: ClientIP\n",
+        1,
+    );
+    assert_ne!(yaml, with_affinity, "the Service YAML changed shape");
+    write_documents(&c.model, &with_affinity).expect("write the model");
+    c.wait_sync();
+    let out = c
+        .cgroup
+        .probe(
+            &c.topo.node,
+            &["tcp-get", &cluster_ip().to_string(), &TRIES.to_string()],
+        )
+        .unwrap_or_else(|e| panic!("TCP via the ClusterIP: {e}"));
+    assert_eq!(field(&out, "name").len(), TRIES, "{out}");
+    assert_eq!(
+        names(&out).len(),
+        1,
+        "ClientIP affinity must keep one pod:\n{out}"
+    );
 }
