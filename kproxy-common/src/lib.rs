@@ -8,6 +8,7 @@
 //! - [`conntrack`]: entries of translated flows and their timeouts;
 //! - [`icmp`]: the port-unreachable replies to frontends without endpoints, rate-limited;
 //! - [`node`]: the node's addresses and node-wide settings;
+//! - [`sock`]: socket-level load balancing (cgroup programs): the sockets' reverse translation;
 //! - [`stats`]: interface, service and backend counters, global events;
 //! - [`byteorder`]: the maps' network-order addresses and ports;
 //! - [`csum`]: incremental checksum updates (XDP rewrites);
@@ -32,6 +33,7 @@ pub mod csum;
 pub mod icmp;
 pub mod lb;
 pub mod node;
+pub mod sock;
 pub mod stats;
 
 pub use conntrack::{CtEntry, CtKey};
@@ -41,6 +43,7 @@ pub use lb::{
     SourceRangeValue,
 };
 pub use node::{Config, NodeAddr};
+pub use sock::{SockRevNat, SockRevNatKey};
 pub use stats::{CounterKey, FlowCounters, IfaceCounters};
 
 /// Names of the maps in the eBPF object (versioned: a layout change gets a new name, so a
@@ -53,21 +56,24 @@ pub mod map_names {
     pub const CONNTRACK: &str = "KPROXY_CT_V1";
     pub const AFFINITY: &str = "KPROXY_AFFINITY_V1";
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
-    /// V2: SNAT address, cluster CIDR and port range added.
-    pub const CONFIG: &str = "KPROXY_CONFIG_V2";
+    /// V2: SNAT address, cluster CIDR and port range added. V3: the socket-LB netns
+    /// cookie and the localhost NodePort flag.
+    pub const CONFIG: &str = "KPROXY_CONFIG_V3";
     /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.
     pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V2";
     /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.
     pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V2";
     /// V3: SNAT, reject and source-range events added (an array's size is part of its
     /// layout).
-    pub const EVENTS: &str = "KPROXY_EVENTS_V3";
+    /// V4: socket-LB events added.
+    pub const EVENTS: &str = "KPROXY_EVENTS_V4";
     pub const SOURCE_RANGES: &str = "KPROXY_SOURCE_RANGES_V1";
     pub const REJECT_RATE: &str = "KPROXY_REJECT_RATE_V1";
     pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
+    pub const SOCK_REVNAT: &str = "KPROXY_SOCK_REVNAT_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -82,5 +88,6 @@ pub mod map_names {
         XDP_TARGETS,
         SOURCE_RANGES,
         REJECT_RATE,
+        SOCK_REVNAT,
     ];
 }

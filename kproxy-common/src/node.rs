@@ -1,5 +1,5 @@
 //! Node-wide state the agent writes: the node's addresses (NodePort frontends answer on
-//! them) and the settings of the single `KPROXY_CONFIG_V2` entry.
+//! them) and the settings of the single `KPROXY_CONFIG_V3` entry.
 
 /// Value of `KPROXY_NODE_ADDRS_V1`, keyed by a node address (network order): NodePort
 /// frontends match packets to these addresses.
@@ -21,7 +21,11 @@ pub const SNAT_PORT_MAX_DEFAULT: u16 = 65_535;
 /// `snat_port_exhausted` (Cilium's `SNAT_COLLISION_RETRIES`).
 pub const SNAT_RETRIES: u32 = 32;
 
-/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V2`).
+/// Config flag: the socket programs also serve NodePorts on 127.0.0.1 (kube-proxy's
+/// `localhostNodePorts`).
+pub const CFG_F_LOCALHOST_NODE_PORTS: u32 = 1 << 0;
+
+/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V3`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -30,7 +34,7 @@ pub struct Config {
     /// martian), e.g. a link-local 169.254.x.y routed nowhere: replies come back to the
     /// node by the pod's default route and are translated before routing.
     pub masq_addr: u32,
-    /// Reserved (0).
+    /// `CFG_F_*` bits.
     pub flags: u32,
     /// SNAT source (the node's IP), network order; 0 = no SNAT.
     pub snat_addr: u32,
@@ -42,8 +46,12 @@ pub struct Config {
     /// SNAT ports, inclusive, host order (no port when `min` is 0 or above `max`).
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// Socket-LB: the network namespace cookie (`SO_NETNS_COOKIE`) of the agent; the
+    /// socket programs translate sockets of that namespace only. 0 = socket-LB off.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<Config>() == 32);
+const _: () = assert!(core::mem::offset_of!(Config, netns_cookie) == 24);
 
-// SAFETY: repr(C), u32 fields only, no padding, sizes asserted above.
+// SAFETY: repr(C), u32, u16 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(NodeAddr, Config);

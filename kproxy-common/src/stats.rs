@@ -65,7 +65,7 @@ impl core::ops::AddAssign for FlowCounters {
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
 
-// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V3`).
+// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V4`).
 
 /// A new flow got a backend and conntrack entries.
 pub const EV_NEW_FLOW: u32 = 0;
@@ -105,8 +105,15 @@ pub const EV_REJECT: u32 = 14;
 pub const EV_REJECT_RATE_LIMITED: u32 = 15;
 /// Dropped: a new flow to a LoadBalancer IP from outside its `loadBalancerSourceRanges`.
 pub const EV_DROP_SOURCE_RANGE: u32 = 16;
+/// Socket-LB: a connect or sendmsg to a frontend was sent to a backend instead.
+pub const EV_SOCK_XLATE: u32 = 17;
+/// Socket-LB: a connect or sendmsg to a frontend without endpoints failed with
+/// ECONNREFUSED.
+pub const EV_SOCK_REFUSED: u32 = 18;
+/// Socket-LB: a recvmsg or getpeername showed the frontend instead of the backend.
+pub const EV_SOCK_REVNAT: u32 = 19;
 /// Number of event counters.
-pub const EV_MAX: u32 = 17;
+pub const EV_MAX: u32 = 20;
 
 /// Names of the event counters, by index.
 pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
@@ -127,4 +134,7 @@ pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
     "reject",
     "reject_rate_limited",
     "drop_source_range",
+    "sock_xlate",
+    "sock_refused",
+    "sock_revnat",
 ];

@@ -144,3 +144,17 @@ fn remember(key: AffinityKey, backend_id: u32, now: u64) {
     };
     let _ = AFFINITY.insert(key, value, 0);
 }
+
+/// The NodePort frontend of `port`/`proto`, whatever the address (socket-LB: a NodePort
+/// dialled on 127.0.0.1, kube-proxy's `localhostNodePorts`).
+#[inline(always)]
+pub fn lookup_node_port(port: u16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey {
+        addr: 0,
+        port,
+        proto,
+        scope: SCOPE_NODE_PORT,
+    };
+    // SAFETY: a map value pointer, valid for this program run; copied at once.
+    SERVICES.get_ptr(key).map(|v| unsafe { *v })
+}

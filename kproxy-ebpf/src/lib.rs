@@ -12,6 +12,7 @@
 //! - [`icmp`]: TC only: the ICMP port unreachable built in place from the packet;
 //! - [`datapath`]: the packet walk every hook runs;
 //! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
+//! - [`sock`]: socket-LB: cgroup connect4/sendmsg4/recvmsg4/getpeername4 translation;
 //! - [`maps`], [`stats`].
 #![no_std]
 
@@ -27,4 +28,5 @@ pub mod nat;
 pub mod parse;
 pub mod reject;
 pub mod snat;
+pub mod sock;
 pub mod stats;

@@ -4,13 +4,13 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use kproxy_common::stats::{HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
     datapath::{Verdict, handle, handle_reply},
-    fib, reject,
+    fib, reject, sock,
     stats::count_packet,
 };
 
@@ -56,6 +56,33 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
         Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
+}
+
+/// Socket-LB, cgroup connect4: a host process connecting to a frontend is connected to
+/// a backend instead (or refused when there is none; see `sock`).
+#[cgroup_sock_addr(connect4)]
+pub fn kproxy_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// Socket-LB, cgroup sendmsg4: an unconnected UDP datagram to a frontend goes to a
+/// backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn kproxy_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// Socket-LB, cgroup recvmsg4: a UDP reply from a backend appears to come from the
+/// frontend the socket sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn kproxy_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+/// Socket-LB, cgroup getpeername4: a translated socket's peer is the frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn kproxy_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

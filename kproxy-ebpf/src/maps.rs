@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
-    NodeAddr, RateBucket, RevNat, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SourceRangeValue,
-    stats::EV_MAX,
+    NodeAddr, RateBucket, RevNat, ServiceKey, ServiceValue, SlotKey, SockRevNat, SockRevNatKey,
+    SourceRangeKey, SourceRangeValue, stats::EV_MAX,
 };
 
 /// Hash maps the agent writes: not preallocated, so an update replaces an element
@@ -51,8 +51,8 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC);
 
 /// Node-wide settings written by the agent (one entry: masquerade address, SNAT address,
-/// cluster CIDR, SNAT port range).
-#[map(name = "KPROXY_CONFIG_V2")]
+/// cluster CIDR, SNAT port range, socket-LB netns cookie and flags).
+#[map(name = "KPROXY_CONFIG_V3")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 /// Per-service packets, bytes, new flows, no-backend drops, rejects and source-range
@@ -65,7 +65,7 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
-#[map(name = "KPROXY_EVENTS_V3")]
+#[map(name = "KPROXY_EVENTS_V4")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 
 /// Interfaces XDP may redirect translated packets to (ifindex → itself), written by the
@@ -81,3 +81,8 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, SourceRangeValue> = LpmTrie::p
 /// Each CPU's token bucket for ICMP port-unreachable replies (one entry).
 #[map(name = "KPROXY_REJECT_RATE_V1")]
 pub static REJECT_RATE: PerCpuArray<RateBucket> = PerCpuArray::pinned(1, 0);
+
+/// Socket-LB reverse translation: (socket cookie, backend) → the frontend the socket
+/// dialled, written by connect4/sendmsg4, read by recvmsg4/getpeername4 (LRU).
+#[map(name = "KPROXY_SOCK_REVNAT_V1")]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pinned(65_536, 0);

@@ -13,6 +13,7 @@ use std::{
 
 use crate::{
     agent::{Agent, run_kproxy},
+    cgroup::TestCgroup,
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
     manifests::{
         CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model,
@@ -51,9 +52,13 @@ pub enum Mode {
 }
 
 /// One node with hello-a, hello-b and a client pod, their servers, the model files and a
-/// running agent. Field order is drop order: agent first, then pins, servers, namespaces.
+/// running agent. Field order is drop order: agent first, then its cgroup, pins, servers,
+/// namespaces.
 pub struct Cluster {
     pub agent: Agent,
+    /// The agent's `--cgroup` (socket-LB): the test's own, empty unless a test puts a
+    /// probe there.
+    pub cgroup: TestCgroup,
     mode: Mode,
     pub pins: PinDir,
     pub model: PathBuf,
@@ -79,9 +84,11 @@ impl Cluster {
         )
         .expect("config");
         let pins = PinDir::new("hac");
-        let agent = start_agent(&topo, mode, dir.path(), &pins);
+        let cgroup = TestCgroup::new("hac");
+        let agent = start_agent(&topo, mode, dir.path(), &pins, &cgroup);
         let mut cluster = Cluster {
             agent,
+            cgroup,
             mode,
             pins,
             model,
@@ -102,7 +109,7 @@ impl Cluster {
     /// Starts a new agent on the same pins and model (the old one must have stopped)
     /// and waits for its first sync.
     pub fn restart_agent(&mut self) {
-        self.agent = start_agent(&self.topo, self.mode, self.dir.path(), &self.pins);
+        self.agent = start_agent(&self.topo, self.mode, self.dir.path(), &self.pins, &self.cgroup);
         self.syncs = 0;
         self.wait_sync();
     }
@@ -145,20 +152,23 @@ impl Drop for Cluster {
     }
 }
 
-fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir) -> Agent {
+fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir, cgroup: &TestCgroup) -> Agent {
     let args = run_args(
         mode,
         &dir.join("hello-app.yaml"),
         &dir.join("config.yaml"),
         pins.path(),
+        cgroup.path(),
     );
     Agent::start(&topo.node, &args)
 }
 
 /// `kproxy run` on a [`Topology`]'s node: `mode`'s datapath, TC on the pod veths and the
 /// external link (XDP in front of the latter with [`Mode::EbpfXdp`]), from the model
-/// and configuration files given, with its maps and links pinned under `pins`.
-pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path) -> Vec<String> {
+/// and configuration files given, with its maps and links pinned under `pins` and the
+/// socket-LB programs on `cgroup` (a cgroup the caller created: never one holding other
+/// processes, see [`crate::cgroup::TestCgroup`]).
+pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &Path) -> Vec<String> {
     let mode_arg = match mode {
         Mode::Ebpf | Mode::EbpfXdp => "ebpf",
         Mode::Iptables => "iptables",
@@ -174,6 +184,8 @@ pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path) -> Vec<Str
         mode_arg.into(),
         "--pin-path".into(),
         path(pins),
+        "--cgroup".into(),
+        path(cgroup),
     ];
     for pattern in Topology::iface_patterns() {
         args.extend(["--iface".into(), pattern]);

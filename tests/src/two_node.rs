@@ -31,6 +31,7 @@ use std::{
 
 use crate::{
     agent::{Agent, run_kproxy},
+    cgroup::TestCgroup,
     cluster::{CLIENT, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args},
     hello::HelloServer,
     manifests::{
@@ -179,14 +180,22 @@ impl Node {
     }
 
     /// `kproxy run` on this node (`--node-ip` its LAN address): [`run_args`] of `mode`
-    /// with the model and configuration files, pinning under `pins`.
-    pub fn start_agent(&self, mode: Mode, model: &Path, config: &Path, pins: &Path) -> Agent {
-        Agent::start(&self.ns, &self.agent_args(mode, model, config, pins))
+    /// with the model and configuration files, pinning under `pins`, socket-LB on
+    /// `cgroup`.
+    pub fn start_agent(&self, mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &Path) -> Agent {
+        Agent::start(&self.ns, &self.agent_args(mode, model, config, pins, cgroup))
     }
 
     /// The arguments of [`Node::start_agent`]'s `kproxy`.
-    pub fn agent_args(&self, mode: Mode, model: &Path, config: &Path, pins: &Path) -> Vec<String> {
-        let mut args = run_args(mode, model, config, pins);
+    pub fn agent_args(
+        &self,
+        mode: Mode,
+        model: &Path,
+        config: &Path,
+        pins: &Path,
+        cgroup: &Path,
+    ) -> Vec<String> {
+        let mut args = run_args(mode, model, config, pins, cgroup);
         args.extend(["--node-ip".into(), self.ip.to_string()]);
         args
     }
@@ -265,9 +274,12 @@ impl ServiceSpec {
 }
 
 /// The bed with hello servers, the model and a `kproxy run` per node. Field order is
-/// drop order: agents first, then pins, the files, the servers, the namespaces.
+/// drop order: agents first, then their cgroups, pins, the files, the servers, the
+/// namespaces.
 pub struct TwoNodeCluster {
     agents: Vec<Agent>,
+    /// Each node's agent's `--cgroup` (socket-LB), one per node.
+    cgroups: Vec<TestCgroup>,
     pub mode: Mode,
     pins: Vec<PinDir>,
     model: PathBuf,
@@ -298,6 +310,7 @@ impl TwoNodeCluster {
         let model = dir.path().join("model.yaml");
         let mut cluster = TwoNodeCluster {
             agents: Vec::new(),
+            cgroups: Vec::new(),
             mode,
             pins: Vec::new(),
             model,
@@ -311,10 +324,12 @@ impl TwoNodeCluster {
             let config = cluster.dir.path().join(format!("config-{}.yaml", node.name));
             fs::write(&config, proxy_config(node.name, CLUSTER_CIDR)).expect("write proxy config");
             let pins = PinDir::new("2n");
+            let cgroup = TestCgroup::new("2n");
             cluster
                 .agents
-                .push(node.start_agent(mode, &cluster.model, &config, pins.path()));
+                .push(node.start_agent(mode, &cluster.model, &config, pins.path(), cgroup.path()));
             cluster.pins.push(pins);
+            cluster.cgroups.push(cgroup);
         }
         for agent in &mut cluster.agents {
             agent.wait_for_log("sync #", 1, SYNC_TIMEOUT);
@@ -340,6 +355,16 @@ impl TwoNodeCluster {
     /// The agent of node `i`.
     pub fn agent(&self, i: usize) -> &Agent {
         &self.agents[i]
+    }
+
+    /// The `--cgroup` of node `i`'s agent: host processes there get socket-LB.
+    pub fn cgroup(&self, i: usize) -> &TestCgroup {
+        &self.cgroups[i]
+    }
+
+    /// Node `i`'s pin directory.
+    pub fn pin_dir(&self, i: usize) -> &Path {
+        self.pins[i].path()
     }
 
     /// Serves `service` with the pods named, and waits for both agents to apply it.

@@ -182,7 +182,10 @@ fn late_change_makes_the_proxy_unhealthy(mode: Mode) {
     let config = dir.path().join("config.yaml");
     let text = proxy_config(NODE_NAME, CLUSTER_CIDR) + "iptables: {syncPeriod: 1s}\n";
     std::fs::write(&config, text).expect("write the configuration");
-    c.agent = Agent::start(&c.topo.node, &run_args(mode, &c.model, &config, c.pins.path()));
+    c.agent = Agent::start(
+        &c.topo.node,
+        &run_args(mode, &c.model, &config, c.pins.path(), c.cgroup.path()),
+    );
     c.agent.wait_for_log("sync #1", 1, SYNC_TIMEOUT);
     assert_eq!(
         get_until(&c, HEALTHZ_PORT, "/healthz", 200).json()["healthy"],

@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kproxy::ebpf::DatapathMaps;
 use kproxy_testbed::{
+    cgroup::TestCgroup,
     cluster::{Mode, TRIES, at, both, http_backends, udp_backends},
     hello::{http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
     netns::NetNs,
@@ -135,6 +137,13 @@ fn external_policy_local_serves_local_pods_with_the_client_address(mode: Mode) {
         udp_backends(c.pod("client-2"), pod, target),
         one("hello-a"),
         "UDP from a pod on host2 via {target}"
+    );
+    // And node-local traffic: a process on host2 itself ("route LOCAL traffic ... to
+    // cluster endpoints"; the socket programs in eBPF mode).
+    assert_eq!(
+        host_http_backends(&c, 1, target),
+        one("hello-a"),
+        "TCP from a process on host2 via {target}"
     );
 }
 
@@ -391,24 +400,130 @@ fn nodeport_to_a_local_host_network_endpoint_answers(mode: Mode) {
     );
 }
 
-/// From a process in host1's namespace, host1's NodePort on 127.0.0.1 reaches the pods
-/// (kube-proxy's localhostNodePorts: its rules and `route_localnet=1`).
-fn localhost_nodeport_reaches_the_pods(mode: Mode) {
-    let c = TwoNodeCluster::start(mode, vec![hello()]);
-    let target = at(Ipv4Addr::LOCALHOST, HELLO_PORT);
-    assert_eq!(
-        http_backends(&c.node(0).ns, target),
-        both(),
-        "TCP via {target} from host1"
-    );
+/// The value of `key=` in each line of a `kproxy-probe` output.
+fn probe_field(out: &str, key: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .map(String::from)
+        })
+        .collect()
 }
 
-/// Scenarios kube-proxy's iptables mode passes and the eBPF mode does not yet: host
-/// traffic to a NodePort on 127.0.0.1 needs the socket-LB programs.
-mod iptables_only {
-    #[test]
-    fn localhost_nodeport_reaches_the_pods() {
-        super::localhost_nodeport_reaches_the_pods(kproxy_testbed::cluster::Mode::Iptables);
+/// The pods (or nodes) that answered `TRIES` HTTP GETs to `target` from a host process
+/// of node `i` in its agent's `--cgroup`; every peer getpeername showed must be `target`.
+fn host_http_backends(c: &TwoNodeCluster, i: usize, target: SocketAddr) -> BTreeSet<String> {
+    let out = c
+        .cgroup(i)
+        .probe(
+            &c.node(i).ns,
+            &["tcp-get", &target.to_string(), &TRIES.to_string()],
+        )
+        .unwrap_or_else(|e| panic!("TCP to {target} from host{}: {e}", i + 1));
+    for peer in probe_field(&out, "peer") {
+        assert_eq!(peer, target.to_string(), "getpeername on host{}", i + 1);
+    }
+    probe_field(&out, "name").into_iter().collect()
+}
+
+/// The socket-LB event counters of node `i`'s agent: (translated, refused, reversed).
+fn sock_events(c: &TwoNodeCluster, i: usize) -> (u64, u64, u64) {
+    let maps = DatapathMaps::open_pinned(c.pin_dir(i)).expect("open the agent's maps");
+    let events = maps.events().expect("events");
+    let get = |name: &str| events.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+    (get("sock_xlate"), get("sock_refused"), get("sock_revnat"))
+}
+
+/// Host processes (kubelet probes, curl on the node, hostNetwork pods): a process on
+/// host1 in the agent's `--cgroup` reaches the ClusterIP over TCP and UDP (both pods,
+/// UDP replies from the ClusterIP), the NodePort on host1's address and on 127.0.0.1
+/// (`localhostNodePorts`, checked last), a ClusterIP served by host1's own host-network server, and
+/// is refused at once by a service without endpoints.
+fn host_processes_reach_services(mode: Mode) {
+    let c = TwoNodeCluster::start(
+        mode,
+        vec![
+            hello(),
+            host_network()[0].clone(),
+            ServiceSpec::hello("no-endpoints", EMPTY_IP, EMPTY_NODE_PORT, &[]),
+        ],
+    );
+    let host1 = &c.node(0).ns;
+    let service = at(Ipv4Addr::new(10, 104, 81, 240), 80);
+    assert_eq!(
+        host_http_backends(&c, 0, service),
+        both(),
+        "TCP via the ClusterIP"
+    );
+    let out = c
+        .cgroup(0)
+        .probe(host1, &["udp-ask", &service.to_string(), &TRIES.to_string()])
+        .unwrap_or_else(|e| panic!("UDP to {service} from host1: {e}"));
+    assert_eq!(
+        probe_field(&out, "name").into_iter().collect::<BTreeSet<_>>(),
+        both(),
+        "UDP via the ClusterIP"
+    );
+    for from in probe_field(&out, "from") {
+        assert_eq!(
+            from,
+            service.to_string(),
+            "UDP replies must come from the ClusterIP"
+        );
+    }
+    assert_eq!(
+        host_http_backends(&c, 0, node_addr(0, HELLO_PORT)),
+        both(),
+        "TCP via host1's own NodePort"
+    );
+    assert_eq!(
+        host_http_backends(&c, 0, at(HOST1_NET_IP, 80)),
+        one("host1"),
+        "a ClusterIP served by host1's host-network server"
+    );
+    let target = at(EMPTY_IP, 80);
+    let out = c
+        .cgroup(0)
+        .probe(host1, &["connect", &target.to_string()])
+        .expect("probe");
+    assert_eq!(
+        probe_field(&out, "error"),
+        ["ConnectionRefused"],
+        "TCP connect to {target} from host1: {out}"
+    );
+    let ms: u64 = probe_field(&out, "ms")[0].parse().expect("ms");
+    assert!(ms < 1000, "TCP connect to {target}: refused after {ms} ms");
+
+    if mode == Mode::Ebpf {
+        // eBPF only: the socket programs did it, and they leave alone a process in
+        // another cgroup and one in a pod's namespace (inside the cgroup).
+        let (xlate, refused, revnat) = sock_events(&c, 0);
+        assert!(xlate >= 4 * TRIES as u64, "sock_xlate {xlate}");
+        assert_eq!(refused, 1, "sock_refused");
+        assert!(revnat >= 2 * TRIES as u64, "sock_revnat {revnat}");
+        let before = sock_events(&c, 0);
+        let other = TestCgroup::new("oth");
+        // Whatever becomes of it elsewhere (the node routes it nowhere): the socket
+        // programs must not touch it.
+        other
+            .probe(host1, &["connect", &service.to_string()])
+            .expect("probe in another cgroup");
+        assert_eq!(
+            sock_events(&c, 0),
+            before,
+            "a process of another cgroup was translated"
+        );
+        let out = c
+            .cgroup(0)
+            .probe(c.pod("client-1"), &["tcp-get", &service.to_string(), "4"])
+            .unwrap_or_else(|e| panic!("TCP from a pod's namespace: {e}"));
+        assert_eq!(probe_field(&out, "name").len(), 4, "{out}");
+        assert_eq!(
+            sock_events(&c, 0),
+            before,
+            "a socket of a pod's namespace was translated"
+        );
     }
 }
 
@@ -416,6 +531,7 @@ kproxy_testbed::every_mode!(
     pod_reaches_its_own_nodes_host_network_through_clusterip,
     pod_reaches_the_other_nodes_host_network_through_clusterip,
     nodeport_to_a_local_host_network_endpoint_answers,
+    host_processes_reach_services,
     pods_reach_clusterip_backends_on_both_nodes,
     external_policy_local_serves_local_pods_with_the_client_address,
     health_check_node_ports_answer_per_node,

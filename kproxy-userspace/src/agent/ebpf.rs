@@ -15,13 +15,14 @@ use std::{
 
 use log::{debug, info, warn};
 
-use super::{AgentError, AgentOptions, Proxier};
+use super::{AgentError, AgentOptions, Proxier, SocketLbCgroup};
 use crate::{
     config::ProxyConfig,
     ebpf::{
-        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SnatSettings,
+        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SOCK_PROGRAMS,
+        SnatSettings,
         attach::{
-            self, AttachError, Iface, IfaceError, LinkPins, iface,
+            self, AttachError, CgroupError, CgroupLinks, Iface, IfaceError, LinkPins, cgroup, iface,
             xdp::{self as xdp_attach, XdpAttachMode},
         },
         desired_state, node_port_addresses, verify,
@@ -41,6 +42,8 @@ pub enum EbpfProxierError {
     Iface(#[from] IfaceError),
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// kproxy's own datapath: the loaded programs, their links, and the maps kept in step.
@@ -60,6 +63,8 @@ pub struct EbpfProxier {
     snat_ports: std::ops::RangeInclusive<u16>,
     /// The last unsupported-feature notes logged, so each is logged once per change.
     unsupported: Vec<String>,
+    /// Socket-LB: the agent's netns cookie the socket programs serve; None: off.
+    netns_cookie: Option<u64>,
 }
 
 impl EbpfProxier {
@@ -95,6 +100,7 @@ impl EbpfProxier {
             opts.pin_path.display()
         );
         warn_if_ephemeral(&opts.snat_ports);
+        let netns_cookie = attach_socket_lb(&mut loaded, opts)?;
         Ok(EbpfProxier {
             loaded,
             logger,
@@ -108,8 +114,45 @@ impl EbpfProxier {
             masquerade: opts.masquerade_address,
             snat_ports: opts.snat_ports.clone(),
             unsupported: Vec::new(),
+            netns_cookie,
         })
     }
+}
+
+/// Attaches the socket-LB programs to the `--cgroup` (adopting the links pinned there),
+/// detaching those a previous agent left on another cgroup. Returns the netns cookie
+/// the programs are to serve, None with socket-LB off.
+fn attach_socket_lb(loaded: &mut Loaded, opts: &AgentOptions) -> Result<Option<u64>, EbpfProxierError> {
+    let path = match &opts.cgroup {
+        SocketLbCgroup::Off => None,
+        SocketLbCgroup::Path(p) => Some(p.clone()),
+        SocketLbCgroup::Root => {
+            let root = cgroup::cgroup2_root()?;
+            if root.is_none() {
+                warn!(
+                    "no cgroup2 mount in /proc/mounts: socket-level load balancing is off (host processes reach services only through the TC path)"
+                );
+            }
+            root
+        }
+    };
+    let Some(path) = path else {
+        for gone in cgroup::sweep_all(&opts.pin_path)? {
+            info!("socket-LB off, cgroup link pin {gone} detached and removed");
+        }
+        return Ok(None);
+    };
+    let links = CgroupLinks::new(&opts.pin_path, &path)?;
+    for name in SOCK_PROGRAMS {
+        let program = loaded.sock_program(name)?;
+        let attach = name.trim_start_matches("kproxy_sock_");
+        let how = links.attach(program, attach)?;
+        info!("socket-LB {attach} on cgroup {}: {how:?}", path.display());
+    }
+    for gone in links.sweep_others()? {
+        info!("cgroup link pin {gone} of another cgroup detached and removed");
+    }
+    Ok(Some(cgroup::netns_cookie()?))
 }
 
 impl EbpfProxier {
@@ -209,6 +252,8 @@ impl Proxier for EbpfProxier {
             ports: self.snat_ports.clone(),
         };
         maps.set_snat(&snat).map_err(EbpfProxierError::from)?;
+        maps.set_socket_lb(self.netns_cookie, config.localhost_node_ports(node))
+            .map_err(EbpfProxierError::from)?;
         let desired = desired_state(model, &policy, node.node_ip);
         if desired.unsupported != self.unsupported {
             for note in &desired.unsupported {

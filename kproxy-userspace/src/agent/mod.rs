@@ -66,6 +66,21 @@ pub struct AgentOptions {
     pub once: bool,
     /// `--healthz-bind-address`, over the configuration's `healthzBindAddress`.
     pub healthz_bind_address: Option<HealthzBind>,
+    /// `--cgroup`: where the socket-LB programs attach (eBPF mode).
+    pub cgroup: SocketLbCgroup,
+}
+
+/// Where the socket-LB programs attach (`kproxy run --cgroup`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SocketLbCgroup {
+    /// The root of the cgroup v2 mount (every process of the node); off, with a warning,
+    /// if none is mounted.
+    #[default]
+    Root,
+    /// Socket-LB off (`--cgroup ""`).
+    Off,
+    /// This cgroup v2 directory.
+    Path(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]

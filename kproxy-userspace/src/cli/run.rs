@@ -7,7 +7,7 @@ use std::{
 
 use clap::Args;
 use kproxy::{
-    agent::{self, AgentOptions, HealthzBind, Mode},
+    agent::{self, AgentOptions, HealthzBind, Mode, SocketLbCgroup},
     ebpf::DEFAULT_PIN_DIR,
     iptables::Flavor,
 };
@@ -65,6 +65,12 @@ pub struct Run {
     /// (default 0.0.0.0:10256); "" or 0 disables the server.
     #[arg(long, value_name = "IP:PORT", value_parser = HealthzBind::parse)]
     healthz_bind_address: Option<HealthzBind>,
+    /// Socket-level load balancing in eBPF mode: the cgroup v2 directory whose processes'
+    /// connect()/sendmsg() to services are translated to a backend (default: the root of
+    /// the cgroup2 mount, i.e. every process of the node; "" turns socket-LB off).
+    // An OsString: clap's path parser refuses the empty value.
+    #[arg(long, value_name = "PATH", value_parser = clap::builder::OsStringValueParser::new())]
+    cgroup: Option<std::ffi::OsString>,
 }
 
 impl Run {
@@ -90,6 +96,11 @@ impl Run {
             snat_ports: self.snat_ports,
             once: self.once,
             healthz_bind_address: self.healthz_bind_address,
+            cgroup: match self.cgroup {
+                None => SocketLbCgroup::Root,
+                Some(p) if p.is_empty() => SocketLbCgroup::Off,
+                Some(p) => SocketLbCgroup::Path(PathBuf::from(p)),
+            },
         };
         Ok(agent::run(&opts)?)
     }

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
 use kproxy_common::{IfaceCounters, map_names};
 
@@ -21,8 +21,31 @@ pub const XDP_PROGRAM: &str = "kproxy_xdp";
 pub const TC_INGRESS_PROGRAM: &str = "kproxy_tc_ingress";
 /// TC egress entry point (reverse NAT only), on the same interfaces as TC ingress.
 pub const TC_EGRESS_PROGRAM: &str = "kproxy_tc_egress";
+/// Socket-LB, cgroup connect4 entry point.
+pub const SOCK_CONNECT4_PROGRAM: &str = "kproxy_sock_connect4";
+/// Socket-LB, cgroup sendmsg4 entry point.
+pub const SOCK_SENDMSG4_PROGRAM: &str = "kproxy_sock_sendmsg4";
+/// Socket-LB, cgroup recvmsg4 entry point.
+pub const SOCK_RECVMSG4_PROGRAM: &str = "kproxy_sock_recvmsg4";
+/// Socket-LB, cgroup getpeername4 entry point.
+pub const SOCK_GETPEERNAME4_PROGRAM: &str = "kproxy_sock_getpeername4";
+/// The socket-LB entry points, attached to one cgroup together.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    SOCK_CONNECT4_PROGRAM,
+    SOCK_SENDMSG4_PROGRAM,
+    SOCK_RECVMSG4_PROGRAM,
+    SOCK_GETPEERNAME4_PROGRAM,
+];
 /// Every entry point of the object, in the order `kproxy check` reports them.
-pub const ALL_PROGRAMS: [&str; 3] = [XDP_PROGRAM, TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM];
+pub const ALL_PROGRAMS: [&str; 7] = [
+    XDP_PROGRAM,
+    TC_INGRESS_PROGRAM,
+    TC_EGRESS_PROGRAM,
+    SOCK_CONNECT4_PROGRAM,
+    SOCK_SENDMSG4_PROGRAM,
+    SOCK_RECVMSG4_PROGRAM,
+    SOCK_GETPEERNAME4_PROGRAM,
+];
 
 /// Parses the embedded object and creates its maps (nothing is loaded into the kernel
 /// yet beyond the maps). `configure` can set pin paths, globals and map sizes.
@@ -52,6 +75,7 @@ pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderErr
     let result = match program {
         aya::programs::Program::Xdp(p) => p.load(),
         aya::programs::Program::SchedClassifier(p) => p.load(),
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
         _ => return Err(LoaderError::MissingProgram(name)),
     };
     result.map_err(|source| LoaderError::Program { name, source })
@@ -169,6 +193,14 @@ impl Loaded {
             .program_mut(XDP_PROGRAM)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .ok_or(LoaderError::ProgramType(XDP_PROGRAM))
+    }
+
+    /// The socket-LB program `name` (one of [`SOCK_PROGRAMS`]), to attach.
+    pub fn sock_program(&mut self, name: &'static str) -> Result<&mut CgroupSockAddr, LoaderError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+            .ok_or(LoaderError::ProgramType(name))
     }
 
     /// The per-interface counters of `hook` on `ifindex`, summed over CPUs.

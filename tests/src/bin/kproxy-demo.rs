@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 use kproxy::{agent::signals, ebpf::DatapathMaps};
 use kproxy_testbed::{
     agent::{Agent, run_kproxy},
+    cgroup::TestCgroup,
     cluster::{self, Mode},
     hello::{HelloServer, http_get_hostname},
     netns::NetNs,
@@ -148,11 +149,13 @@ fn one_node(opts: &Options, model: &Path, config: &Path) -> anyhow::Result<()> {
     );
 
     let pin_path = format!("/sys/fs/bpf/kproxy-demo-{}", std::process::id());
+    // The socket-LB programs' cgroup: the demo's own (dropped after the cleanup below).
+    let cgroup = TestCgroup::new("demo");
     let _cleanup = CleanupOnDrop {
         node: &topo.node,
         pin_path: pin_path.clone(),
     };
-    let args = cluster::run_args(opts.mode, model, config, Path::new(&pin_path));
+    let args = cluster::run_args(opts.mode, model, config, Path::new(&pin_path), cgroup.path());
     println!("\n== kproxy {}", args.join(" "));
     let mut agent = Agent::start(&topo.node, &args);
     print_first_sync(&mut agent);
@@ -202,10 +205,12 @@ fn two_nodes(opts: &Options, model: &Path, config: &Path) -> anyhow::Result<()> 
         "{} does not name host1",
         config.display()
     );
+    // One socket-LB cgroup per node, the demo's own (dropped after the cleanups).
+    let cgroups: Vec<TestCgroup> = bed.nodes.iter().map(|_| TestCgroup::new("demo")).collect();
     let mut cleanups = Vec::new();
     let mut agents = Vec::new();
     let mut pin_paths = Vec::new();
-    for node in &bed.nodes {
+    for (node, cgroup) in bed.nodes.iter().zip(&cgroups) {
         let config = dir.path().join(format!("kube-proxy-config-{}.yaml", node.name));
         std::fs::write(
             &config,
@@ -219,7 +224,7 @@ fn two_nodes(opts: &Options, model: &Path, config: &Path) -> anyhow::Result<()> 
             node: &node.ns,
             pin_path: pin_path.clone(),
         });
-        let args = node.agent_args(opts.mode, model, &config, Path::new(&pin_path));
+        let args = node.agent_args(opts.mode, model, &config, Path::new(&pin_path), cgroup.path());
         println!("\n== on {}: kproxy {}", node.name, args.join(" "));
         let mut agent = Agent::start(&node.ns, &args);
         print_first_sync(&mut agent);

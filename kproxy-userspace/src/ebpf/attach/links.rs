@@ -237,6 +237,10 @@ impl LinkPins {
         for entry in fs::read_dir(&self.dir).map_err(sweep_err)? {
             let entry = entry.map_err(sweep_err)?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // The socket programs' cgroup links are `cgroup::CgroupLinks`'s to sweep.
+            if !all && name.starts_with(super::cgroup::PIN_PREFIX) {
+                continue;
+            }
             let alive = present.iter().any(|iface| {
                 Hook::ALL
                     .iter()
@@ -320,7 +324,7 @@ impl LinkHook for XdpHook<'_> {
 /// of a link frees it from a kernel workqueue that also needs the RTNL lock, so its
 /// program can go on running for a while after the pin is gone; cleanup must not return
 /// before traffic stops being translated.
-fn detach_now(path: &Path) -> io::Result<()> {
+pub(super) fn detach_now(path: &Path) -> io::Result<()> {
     use std::{
         ffi::CString,
         os::{

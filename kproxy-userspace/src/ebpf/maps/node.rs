@@ -9,7 +9,7 @@ use kproxy_common::{
     Config, NodeAddr, RateBucket,
     byteorder::{addr_octets, be_addr},
     map_names as names,
-    node::{SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT},
+    node::{CFG_F_LOCALHOST_NODE_PORTS, SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT},
 };
 
 use super::{DatapathMaps, MapOp, MapsError, removed, stale_keys};
@@ -120,6 +120,40 @@ impl DatapathMaps {
             }),
             ports: c.snat_port_min..=c.snat_port_max,
         })
+    }
+
+    /// Sets socket-LB: the agent's network namespace cookie (the socket programs
+    /// translate sockets of that namespace only; None turns them off) and whether they
+    /// serve NodePorts on 127.0.0.1 (kube-proxy's `localhostNodePorts`).
+    pub fn set_socket_lb(
+        &mut self,
+        netns_cookie: Option<u64>,
+        localhost_node_ports: bool,
+    ) -> Result<(), MapsError> {
+        let old = self.config_value()?;
+        let flags = if localhost_node_ports {
+            old.flags | CFG_F_LOCALHOST_NODE_PORTS
+        } else {
+            old.flags & !CFG_F_LOCALHOST_NODE_PORTS
+        };
+        let value = Config {
+            netns_cookie: netns_cookie.unwrap_or(0),
+            flags,
+            ..old
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(MapOp::Insert.on(names::CONFIG))
+    }
+
+    /// Socket-LB as the config map holds it: the netns cookie (None: off) and whether
+    /// NodePorts on 127.0.0.1 are served.
+    pub fn socket_lb(&self) -> Result<(Option<u64>, bool), MapsError> {
+        let c = self.config_value()?;
+        Ok((
+            (c.netns_cookie != 0).then_some(c.netns_cookie),
+            c.flags & CFG_F_LOCALHOST_NODE_PORTS != 0,
+        ))
     }
 
     fn config_value(&self) -> Result<Config, MapsError> {

@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use kproxy_testbed::{
     agent::{Agent, run_kproxy},
+    cgroup::TestCgroup,
     cluster, manifests,
     netns::{NetNs, unique_name},
     pins::PinDir,
@@ -49,6 +50,8 @@ pub struct BenchNode {
     pub mode: Mode,
     pub services: usize,
     agent: Option<Agent>,
+    /// The agent's socket-LB cgroup: the bench's own, holding no process.
+    cgroup: TestCgroup,
     pins: PinDir,
     model: Option<BenchModel>,
     dir: TempDir,
@@ -96,6 +99,7 @@ impl BenchNode {
             mode,
             services,
             agent: None,
+            cgroup: TestCgroup::new("bnch"),
             pins,
             model: None,
             dir,
@@ -109,7 +113,14 @@ impl BenchNode {
             let config = node.config_path();
             let text = manifests::proxy_config(model::NODE_NAME, model::CLUSTER_CIDR);
             fs::write(&config, text).context("write config")?;
-            let args = agent_args(mode, &model_dir, &config, node.pins.path(), false)?;
+            let args = agent_args(
+                mode,
+                &model_dir,
+                &config,
+                node.pins.path(),
+                node.cgroup.path(),
+                false,
+            )?;
             node.agent = Some(Agent::start_logging(&node.topo.node, &args, AGENT_LOG));
         }
         Ok(node)
@@ -237,12 +248,13 @@ fn agent_args(
     model_dir: &Path,
     config: &Path,
     pins: &Path,
+    cgroup: &Path,
     once: bool,
 ) -> anyhow::Result<Vec<String>> {
     let Some((datapath, extra)) = mode.agent() else {
         bail!("mode none runs no agent");
     };
-    let mut args = cluster::run_args(datapath, model_dir, config, pins);
+    let mut args = cluster::run_args(datapath, model_dir, config, pins, cgroup);
     args.extend(extra.iter().map(ToString::to_string));
     if once {
         args.push("--once".into());
@@ -339,7 +351,8 @@ pub fn scratch_full_sync(
     ns.ip(&["link", "set", &link, "up"]);
     ns.ip(&["link", "set", &peer, "up"]);
     let pins = PinDir::new("scr");
-    let args = agent_args(mode, model_dir, config, pins.path(), true)?;
+    let cgroup = TestCgroup::new("scr");
+    let args = agent_args(mode, model_dir, config, pins.path(), cgroup.path(), true)?;
     let mut agent = Agent::start_logging(&ns, &args, AGENT_LOG);
     let outcome = wait_for_sync(&mut agent, 1, cap);
     if let Some(pid) = agent.pid() {
