@@ -12,8 +12,16 @@ pub const CT_DIR_REPLY: u8 = 1;
 
 /// TCP: an ACK was seen in this entry's direction (past the handshake's SYN).
 pub const CT_ST_ESTABLISHED: u8 = 1 << 0;
-/// TCP: a FIN or RST was seen in either direction; the entry expires soon.
+/// TCP: the flow is closed: a RST either way, or a FIN each way. A SYN on its tuple
+/// starts a new flow.
 pub const CT_ST_CLOSING: u8 = 1 << 1;
+/// TCP: this entry's direction sent a FIN.
+pub const CT_ST_FIN: u8 = 1 << 2;
+/// TCP: the other direction sent a FIN. One FIN half-closes the flow: the other side may
+/// go on sending (netfilter's CLOSE_WAIT), so the flow lives until both have finished.
+pub const CT_ST_PEER_FIN: u8 = 1 << 3;
+/// UDP: a reply was seen (netfilter's ASSURED: the stream timeout applies).
+pub const CT_ST_REPLIED: u8 = 1 << 4;
 
 /// Flag: the client's source was rewritten to [`CtEntry::masq_addr`] and
 /// [`CtEntry::masq_port`] (hairpin: the masquerade address, the client's port; or SNAT).
@@ -23,14 +31,72 @@ pub const CT_F_MASQ: u8 = 1 << 0;
 pub const CT_F_SNAT: u8 = 1 << 1;
 
 const SEC: u64 = 1_000_000_000;
-/// Idle lifetime of a TCP entry before its handshake completes.
-pub const CT_TIMEOUT_TCP_SYN_NS: u64 = 60 * SEC;
-/// Idle lifetime of an established TCP entry (Cilium's default, 6 h).
-pub const CT_TIMEOUT_TCP_ESTABLISHED_NS: u64 = 21_600 * SEC;
-/// Idle lifetime of a TCP entry after FIN or RST.
-pub const CT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * SEC;
-/// Idle lifetime of a UDP entry.
-pub const CT_TIMEOUT_UDP_NS: u64 = 60 * SEC;
+
+/// Idle timeouts of kproxy's conntrack entries, in seconds (part of the config map's
+/// entry): netfilter's, with kube-proxy's settings from the configuration's `conntrack`
+/// section. A 0 means the default ([`CtTimeouts::DEFAULT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// Before the handshake completes (netfilter's SYN_SENT: 120 s).
+    pub tcp_syn: u32,
+    /// Established (kube-proxy's `tcpEstablishedTimeout`: 24 h).
+    pub tcp_established: u32,
+    /// Half-closed: one side sent a FIN (kube-proxy's `tcpCloseWaitTimeout`: 1 h).
+    pub tcp_close_wait: u32,
+    /// Both sides sent a FIN (netfilter's TIME_WAIT: 120 s).
+    pub tcp_time_wait: u32,
+    /// Reset (netfilter's CLOSE: 10 s).
+    pub tcp_close: u32,
+    /// UDP without a reply yet (netfilter's `udp_timeout`: 30 s).
+    pub udp: u32,
+    /// UDP after a reply (netfilter's `udp_timeout_stream`: 120 s).
+    pub udp_stream: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CtTimeouts>() == 32);
+
+impl CtTimeouts {
+    /// netfilter's timeouts as kube-proxy leaves them by default.
+    pub const DEFAULT: CtTimeouts = CtTimeouts {
+        tcp_syn: 120,
+        tcp_established: 86_400,
+        tcp_close_wait: 3_600,
+        tcp_time_wait: 120,
+        tcp_close: 10,
+        udp: 30,
+        udp_stream: 120,
+        _pad: 0,
+    };
+
+    /// How long an entry of protocol `proto` in `state` may stay idle.
+    #[inline(always)]
+    pub fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        let d = Self::DEFAULT;
+        let pick = |set: u32, default: u32| u64::from(if set == 0 { default } else { set }) * SEC;
+        if proto != crate::lb::PROTO_TCP {
+            return if state & CT_ST_REPLIED != 0 {
+                pick(self.udp_stream, d.udp_stream)
+            } else {
+                pick(self.udp, d.udp)
+            };
+        }
+        let both_fin = CT_ST_FIN | CT_ST_PEER_FIN;
+        if state & CT_ST_CLOSING != 0 {
+            if state & both_fin == both_fin {
+                pick(self.tcp_time_wait, d.tcp_time_wait)
+            } else {
+                pick(self.tcp_close, d.tcp_close)
+            }
+        } else if state & both_fin != 0 {
+            pick(self.tcp_close_wait, d.tcp_close_wait)
+        } else if state & CT_ST_ESTABLISHED != 0 {
+            pick(self.tcp_established, d.tcp_established)
+        } else {
+            pick(self.tcp_syn, d.tcp_syn)
+        }
+    }
+}
 
 /// One direction of a translated flow, as the packets of that direction arrive (key of
 /// `KPROXY_CT_V1`).
@@ -85,21 +151,5 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 56);
 
-/// How long `entry` of protocol `proto` may stay idle.
-#[inline(always)]
-pub const fn ct_timeout_ns(proto: u8, state: u8) -> u64 {
-    if proto == crate::lb::PROTO_TCP {
-        if state & CT_ST_CLOSING != 0 {
-            CT_TIMEOUT_TCP_CLOSING_NS
-        } else if state & CT_ST_ESTABLISHED != 0 {
-            CT_TIMEOUT_TCP_ESTABLISHED_NS
-        } else {
-            CT_TIMEOUT_TCP_SYN_NS
-        }
-    } else {
-        CT_TIMEOUT_UDP_NS
-    }
-}
-
 // SAFETY: repr(C), integer fields only, explicit padding, sizes asserted above.
-unsafe_impl_pod!(CtKey, CtEntry);
+unsafe_impl_pod!(CtKey, CtEntry, CtTimeouts);

@@ -58,7 +58,7 @@ pub mod map_names {
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
     /// V2: SNAT address, cluster CIDR and port range added. V3: the socket-LB netns
     /// cookie and the localhost NodePort flag.
-    pub const CONFIG: &str = "KPROXY_CONFIG_V3";
+    pub const CONFIG: &str = "KPROXY_CONFIG_V4";
     /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.
     pub const SERVICE_STATS: &str = "KPROXY_SERVICE_STATS_V2";
     /// V2: `FlowCounters` gained `rejects` and `source_range_drops`.

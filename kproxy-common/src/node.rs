@@ -1,5 +1,5 @@
 //! Node-wide state the agent writes: the node's addresses (NodePort frontends answer on
-//! them) and the settings of the single `KPROXY_CONFIG_V3` entry.
+//! them) and the settings of the single `KPROXY_CONFIG_V4` entry.
 
 /// Value of `KPROXY_NODE_ADDRS_V1`, keyed by a node address (network order): NodePort
 /// frontends match packets to these addresses.
@@ -25,7 +25,7 @@ pub const SNAT_RETRIES: u32 = 32;
 /// `localhostNodePorts`).
 pub const CFG_F_LOCALHOST_NODE_PORTS: u32 = 1 << 0;
 
-/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V3`).
+/// Node-wide settings the agent writes at runtime (the single entry of `KPROXY_CONFIG_V4`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -49,8 +49,10 @@ pub struct Config {
     /// Socket-LB: the network namespace cookie (`SO_NETNS_COOKIE`) of the agent; the
     /// socket programs translate sockets of that namespace only. 0 = socket-LB off.
     pub netns_cookie: u64,
+    /// Idle timeouts of the conntrack map's entries.
+    pub ct_timeouts: crate::conntrack::CtTimeouts,
 }
-const _: () = assert!(size_of::<Config>() == 32);
+const _: () = assert!(size_of::<Config>() == 64);
 const _: () = assert!(core::mem::offset_of!(Config, netns_cookie) == 24);
 
 // SAFETY: repr(C), u32, u16 and u64 fields only, no padding, sizes asserted above.

@@ -3,7 +3,10 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use kproxy_common::{
     Backend, CtEntry, CtKey,
-    conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, ct_timeout_ns},
+    conntrack::{
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN,
+        CT_ST_REPLIED, CtTimeouts,
+    },
     lb::PROTO_TCP,
 };
 
@@ -84,22 +87,23 @@ pub fn service_key_of(e: &CtEntry, proto: u8) -> CtKey {
     }
 }
 
-/// Whether `e` was seen within its idle timeout (a timestamp in the future counts as fresh).
+/// Whether `e` was seen within its idle timeout `t` (a timestamp in the future counts
+/// as fresh).
 #[inline(always)]
-pub fn is_fresh(e: &CtEntry, proto: u8, now: u64) -> bool {
-    now.saturating_sub(e.last_seen_ns) <= ct_timeout_ns(proto, e.state)
+pub fn is_fresh(e: &CtEntry, proto: u8, now: u64, t: &CtTimeouts) -> bool {
+    now.saturating_sub(e.last_seen_ns) <= t.timeout_ns(proto, e.state)
 }
 
 /// Whether the flow of `e` is alive: either direction seen within its timeout (so a flow
 /// whose client is quiet but whose server keeps sending keeps its backend).
 #[inline(always)]
-pub fn flow_alive(e: &CtEntry, proto: u8, now: u64, other_dir: CtKey) -> bool {
-    if is_fresh(e, proto, now) {
+pub fn flow_alive(e: &CtEntry, proto: u8, now: u64, other_dir: CtKey, t: &CtTimeouts) -> bool {
+    if is_fresh(e, proto, now, t) {
         return true;
     }
     match CONNTRACK.get_ptr(other_dir) {
         // SAFETY: map value pointer, read at once.
-        Some(o) => is_fresh(unsafe { &*o }, proto, now),
+        Some(o) => is_fresh(unsafe { &*o }, proto, now, t),
         None => false,
     }
 }
@@ -134,8 +138,14 @@ fn state_after(state: u8, flow: &Flow) -> u8 {
     if flow.tcp_flags & TCP_ACK != 0 {
         s |= CT_ST_ESTABLISHED;
     }
-    if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if flow.tcp_flags & TCP_RST != 0 {
         s |= CT_ST_CLOSING;
+    }
+    if flow.tcp_flags & TCP_FIN != 0 {
+        s |= CT_ST_FIN;
+        if s & CT_ST_PEER_FIN != 0 {
+            s |= CT_ST_CLOSING;
+        }
     }
     s
 }
@@ -154,12 +164,45 @@ pub unsafe fn touch(e: *mut CtEntry, flow: &Flow, now: u64) {
     }
 }
 
-/// Marks the entry `key` (the other direction of a closing flow) as closing.
+/// Tells the entry `key` of the other direction that `flow` (a FIN or RST, [`closes`])
+/// went this way: a RST closes the flow; a FIN half-closes it, and closes it once both
+/// sides have sent one.
 #[inline(always)]
-pub fn mark_closing(key: CtKey) {
+pub fn note_close(key: CtKey, flow: &Flow) {
     if let Some(o) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a live map value pointer.
-        unsafe { (*o).state |= CT_ST_CLOSING };
+        unsafe {
+            let mut s = (*o).state;
+            if flow.tcp_flags & TCP_RST != 0 {
+                s |= CT_ST_CLOSING;
+            } else {
+                s |= CT_ST_PEER_FIN;
+                if s & CT_ST_FIN != 0 {
+                    s |= CT_ST_CLOSING;
+                }
+            }
+            (*o).state = s;
+        }
+    }
+}
+
+/// Marks both entries of a UDP flow replied to, once (netfilter's ASSURED): the reply
+/// entry at `e` and the service entry `service`.
+///
+/// # Safety
+/// As [`touch`].
+#[inline(always)]
+pub unsafe fn mark_replied(e: *mut CtEntry, service: CtKey) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if (*e).state & CT_ST_REPLIED != 0 {
+            return;
+        }
+        (*e).state |= CT_ST_REPLIED;
+    }
+    if let Some(o) = CONNTRACK.get_ptr_mut(service) {
+        // SAFETY: a live map value pointer.
+        unsafe { (*o).state |= CT_ST_REPLIED };
     }
 }
 
@@ -190,13 +233,13 @@ pub fn entry(flow: &Flow, rev_nat_id: u32, backend_id: u32, b: &Backend, now: u6
 /// its reply tuple (a dead one's entries are reclaimed, a stale one of this very client
 /// tuple is replaced).
 #[inline(always)]
-pub fn create(flow: &Flow, e: &CtEntry, now: u64) -> Result<(), CreateError> {
+pub fn create(flow: &Flow, e: &CtEntry, now: u64, t: &CtTimeouts) -> Result<(), CreateError> {
     // Reply entry first: a reply can only follow the forwarded packet.
     let key = reply_key_of(e, flow.proto);
     match CONNTRACK.insert(key, *e, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(EEXIST) => {
-            if !held_by(key, flow) && !reclaim(key, flow.proto, now) {
+            if !held_by(key, flow) && !reclaim(key, flow.proto, now, t) {
                 return Err(CreateError::Clash);
             }
             CONNTRACK.insert(key, *e, 0).map_err(|_| CreateError::Full)?;
@@ -227,14 +270,14 @@ pub fn insert_service(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
 /// it needs room), with its flow's service entry if that still leads to `key`; true if
 /// `key` is free now.
 #[inline(always)]
-pub fn reclaim(key: CtKey, proto: u8, now: u64) -> bool {
+pub fn reclaim(key: CtKey, proto: u8, now: u64, t: &CtTimeouts) -> bool {
     let Some(p) = CONNTRACK.get_ptr(key) else {
         return true;
     };
     // SAFETY: map value pointer, copied at once.
     let old = unsafe { *p };
     let service = service_key_of(&old, proto);
-    if flow_alive(&old, proto, now, service) {
+    if flow_alive(&old, proto, now, service, t) {
         return false;
     }
     if let Some(s) = CONNTRACK.get_ptr(service) {

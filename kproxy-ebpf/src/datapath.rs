@@ -7,8 +7,8 @@ use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
 use kproxy_common::{
     Backend, Config, CtEntry, ServiceValue,
-    conntrack::{CT_F_MASQ, CT_ST_CLOSING},
-    lb::PROTO_TCP,
+    conntrack::{CT_F_MASQ, CT_ST_CLOSING, CtTimeouts},
+    lb::{PROTO_TCP, PROTO_UDP},
     stats::{
         EV_CT_HIT, EV_DROP_CT_FULL, EV_DROP_INCONSISTENT, EV_DROP_REWRITE, EV_DROP_SNAT_PORT_EXHAUSTED,
         EV_DROP_SOURCE_RANGE, EV_MASQ, EV_NEW_FLOW, EV_PASS_UNHANDLED, EV_REPLY_NAT, EV_RESELECT, EV_SNAT,
@@ -103,11 +103,11 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, frontend: &ServiceV
     if let Some(p) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: map value pointer, copied at once.
         let e = unsafe { *p };
-        if follows(&e, flow, svc, now) {
+        if follows(&e, flow, svc, now, &cfg.ct_timeouts) {
             // SAFETY: `p` comes from the lookup above.
             unsafe { ct::touch(p, flow, now) };
             if ct::closes(flow) {
-                ct::mark_closing(ct::reply_key_of(&e, flow.proto));
+                ct::note_close(ct::reply_key_of(&e, flow.proto), flow);
             }
             event(EV_CT_HIT);
             existing = Some(e);
@@ -159,14 +159,14 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, frontend: &ServiceV
 
 /// Whether the packet `flow` of service `svc` keeps following the conntrack entry `e`.
 #[inline(always)]
-fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64) -> bool {
+fn follows(e: &CtEntry, flow: &Flow, svc: &ServiceValue, now: u64, t: &CtTimeouts) -> bool {
     if e.rev_nat_id != svc.rev_nat_id {
         return false;
     }
     if ct::opens(flow) && e.state & CT_ST_CLOSING != 0 {
         return false;
     }
-    if !ct::flow_alive(e, flow.proto, now, ct::reply_key_of(e, flow.proto)) {
+    if !ct::flow_alive(e, flow.proto, now, ct::reply_key_of(e, flow.proto), t) {
         return false;
     }
     // A live TCP connection stays with its backend even after it left the service
@@ -204,7 +204,7 @@ fn start_flow(
     if !hairpin && snat::wanted(svc, flow, b, cfg) {
         e.masq_addr = cfg.snat_addr;
     } else {
-        match ct::create(flow, &e, now) {
+        match ct::create(flow, &e, now, &cfg.ct_timeouts) {
             Ok(()) => {
                 if hairpin {
                     event(EV_MASQ);
@@ -258,19 +258,25 @@ fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
     // SAFETY: map value pointer, copied at once.
     let e = unsafe { *p };
     let now = now();
-    if !ct::flow_alive(&e, flow.proto, now, ct::service_key_of(&e, flow.proto)) {
+    let t = snat::config().map(|c| c.ct_timeouts).unwrap_or_default();
+    let service = ct::service_key_of(&e, flow.proto);
+    if !ct::flow_alive(&e, flow.proto, now, service, &t) {
         return Verdict::Pass;
     }
     if ct::answers_new_direct_connection(&e, flow) {
         // Forget the closed flow, so the rest of the new connection passes untouched too.
         let _ = CONNTRACK.remove(ct::reply_key(flow));
-        let _ = CONNTRACK.remove(ct::service_key_of(&e, flow.proto));
+        let _ = CONNTRACK.remove(service);
         return Verdict::Pass;
     }
     // SAFETY: `p` comes from the lookup above.
     unsafe { ct::touch(p, flow, now) };
     if ct::closes(flow) {
-        ct::mark_closing(ct::service_key_of(&e, flow.proto));
+        ct::note_close(service, flow);
+    }
+    if flow.proto == PROTO_UDP {
+        // SAFETY: as above.
+        unsafe { ct::mark_replied(p, service) };
     }
     event(EV_REPLY_NAT);
     if nat::rev_nat(ctx, flow, &e).is_err() {

@@ -52,7 +52,7 @@ pub static NODE_ADDRS: HashMap<u32, NodeAddr> = HashMap::pinned(256, NO_PREALLOC
 
 /// Node-wide settings written by the agent (one entry: masquerade address, SNAT address,
 /// cluster CIDR, SNAT port range, socket-LB netns cookie and flags).
-#[map(name = "KPROXY_CONFIG_V3")]
+#[map(name = "KPROXY_CONFIG_V4")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 /// Per-service packets, bytes, new flows, no-backend drops, rejects and source-range

@@ -89,7 +89,9 @@ fn claim_port(e: &mut CtEntry, proto: u8, cfg: &Config, now: u64) -> Result<(), 
             Err(EEXIST) => {}
             Err(_) => return Err(SnatError::CtFull),
         }
-        if ct::reclaim(key, proto, now) && CONNTRACK.insert(key, *e, BPF_NOEXIST as u64).is_ok() {
+        if ct::reclaim(key, proto, now, &cfg.ct_timeouts)
+            && CONNTRACK.insert(key, *e, BPF_NOEXIST as u64).is_ok()
+        {
             return Ok(());
         }
     }

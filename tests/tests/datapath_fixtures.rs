@@ -27,7 +27,10 @@ use kproxy::{
 use kproxy_common::{
     RateBucket,
     byteorder::{be_addr, be_port},
-    conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED},
+    conntrack::{
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN,
+        CT_ST_PEER_FIN, CT_ST_REPLIED,
+    },
     lb::{PROTO_TCP, PROTO_UDP},
 };
 use kproxy_testbed::{
@@ -183,11 +186,40 @@ fn cases() -> Vec<Case> {
             check: Box::new(|m, _| assert_eq!(event(m, "reply_nat"), 1)),
         },
         Case {
-            name: "full TCP exchange: SYN, SYN-ACK, ACK, FIN both ways shorten both entries",
+            name: "one FIN half-closes a TCP flow (the other side goes on sending), not closes it",
             seed: cluster_tcp_on(&[ID1]),
             steps: [
                 handshake(&to_b1),
-                vec![to_b1.request(ACK, payload), to_b1.request(FIN_ACK, b"")],
+                vec![
+                    to_b1.request(ACK, payload),
+                    to_b1.request(FIN_ACK, b""),
+                    to_b1.reply(ACK, b"still sending"),
+                ],
+            ]
+            .concat(),
+            check: Box::new(move |m, _| {
+                let service = m
+                    .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
+                    .unwrap()
+                    .expect("entry");
+                let reply = m
+                    .conntrack_get(&ct_key(b1, client, PROTO_TCP, CT_DIR_REPLY))
+                    .unwrap()
+                    .expect("entry");
+                assert_eq!(service.state & (CT_ST_FIN | CT_ST_CLOSING), CT_ST_FIN);
+                assert_eq!(reply.state & (CT_ST_PEER_FIN | CT_ST_CLOSING), CT_ST_PEER_FIN);
+            }),
+        },
+        Case {
+            name: "full TCP exchange: SYN, SYN-ACK, ACK, FIN both ways close both entries",
+            seed: cluster_tcp_on(&[ID1]),
+            steps: [
+                handshake(&to_b1),
+                vec![
+                    to_b1.request(ACK, payload),
+                    to_b1.request(FIN_ACK, b""),
+                    to_b1.reply(FIN_ACK, b""),
+                ],
             ]
             .concat(),
             check: Box::new(move |m, _| {
@@ -197,9 +229,27 @@ fn cases() -> Vec<Case> {
                 ] {
                     let e = m.conntrack_get(&key).unwrap().expect("entry");
                     assert_ne!(e.state & CT_ST_ESTABLISHED, 0, "established: {key:?}");
-                    assert_ne!(e.state & CT_ST_CLOSING, 0, "closing after FIN: {key:?}");
+                    assert_ne!(e.state & CT_ST_CLOSING, 0, "closed after a FIN each way: {key:?}");
                 }
             }),
+        },
+        Case {
+            name: "a half-closed flow an hour old minus a minute still translates (CLOSE_WAIT, not 10 s)",
+            seed: Box::new(move |m| {
+                seed_backends(m);
+                let svc = seed_service(m, cluster_tcp(), &[ID1]);
+                seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::from_mins(59));
+                for (key, mut e) in m.conntrack_entries().unwrap() {
+                    e.state |= if key.dir == CT_DIR_SERVICE {
+                        CT_ST_FIN
+                    } else {
+                        CT_ST_PEER_FIN
+                    };
+                    m.conntrack_insert(key, e).unwrap();
+                }
+            }),
+            steps: vec![to_b1.reply(ACK, b"late data"), to_b1.request(ACK, b"")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 0)),
         },
         Case {
             name: "a direct connection reusing a closed service flow's tuple passes untouched",
@@ -208,6 +258,7 @@ fn cases() -> Vec<Case> {
                 handshake(&to_b1),
                 vec![
                     to_b1.request(FIN_ACK, b""),
+                    to_b1.reply(FIN_ACK, b""),
                     // The same client port now talks to the pod itself, not the service.
                     untouched(tcp(client, b1, SYN, b"")),
                     untouched(tcp(b1, client, SYN_ACK, b"")),
@@ -552,6 +603,29 @@ fn cases() -> Vec<Case> {
                 assert_eq!(m.conntrack().unwrap().len(), 4, "two flows, two entries each");
                 assert_eq!(event(m, "snat"), 1, "the second flow's port remapped");
             }),
+        },
+        Case {
+            name: "a replied UDP flow idle 90 s keeps its backend (stream timeout 120 s; unreplied: 30 s)",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                m.upsert_backend(ID2, sa(B2, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1, ID2]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID1, sa(B1, 5353)),
+                    PROTO_UDP,
+                    Duration::from_secs(90),
+                );
+                for (key, mut e) in m.conntrack_entries().unwrap() {
+                    e.state |= CT_ST_REPLIED;
+                    m.conntrack_insert(key, e).unwrap();
+                }
+            }),
+            steps: vec![dns.udp_request(b"again")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 0)),
         },
         Case {
             name: "hairpin: a pod reaching itself is masqueraded; the reply is un-masqueraded",
@@ -1163,7 +1237,11 @@ fn egress_cases() -> Vec<Case> {
                     .conntrack_get(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
                     .unwrap()
                     .expect("service entry");
-                assert_ne!(e.state & CT_ST_CLOSING, 0, "a FIN on egress closes the flow too");
+                assert_ne!(
+                    e.state & CT_ST_PEER_FIN,
+                    0,
+                    "a FIN on egress half-closes the flow too"
+                );
             }),
         },
         Case {

@@ -13,11 +13,12 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use kproxy_common::conntrack::CtTimeouts;
 use log::{debug, info, warn};
 
 use super::{AgentError, AgentOptions, Proxier, SocketLbCgroup};
 use crate::{
-    config::ProxyConfig,
+    config::{ConntrackConfig, ProxyConfig},
     ebpf::{
         Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SOCK_PROGRAMS,
         SnatSettings,
@@ -200,6 +201,26 @@ impl EbpfProxier {
     }
 }
 
+/// kproxy's conntrack timeouts under `config`: those kube-proxy sets on the kernel's
+/// conntrack (TCP established and CLOSE_WAIT, UDP), netfilter's defaults for the rest.
+fn ct_timeouts(config: &ConntrackConfig) -> CtTimeouts {
+    let secs = |d: std::time::Duration, default: u32| {
+        if d.is_zero() {
+            default
+        } else {
+            u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)
+        }
+    };
+    let d = CtTimeouts::DEFAULT;
+    CtTimeouts {
+        tcp_established: secs(config.tcp_established_timeout, d.tcp_established),
+        tcp_close_wait: secs(config.tcp_close_wait_timeout, d.tcp_close_wait),
+        udp: secs(config.udp_timeout, d.udp),
+        udp_stream: secs(config.udp_stream_timeout, d.udp_stream),
+        ..d
+    }
+}
+
 /// Warns when the SNAT ports overlap the node's own ephemeral ports: a connection of the
 /// node to a backend could then share a reply tuple with a SNATed flow.
 fn warn_if_ephemeral(snat: &std::ops::RangeInclusive<u16>) {
@@ -252,6 +273,8 @@ impl Proxier for EbpfProxier {
             ports: self.snat_ports.clone(),
         };
         maps.set_snat(&snat).map_err(EbpfProxierError::from)?;
+        maps.set_ct_timeouts(ct_timeouts(&config.conntrack))
+            .map_err(EbpfProxierError::from)?;
         maps.set_socket_lb(self.netns_cookie, config.localhost_node_ports(node))
             .map_err(EbpfProxierError::from)?;
         let desired = desired_state(model, &policy, node.node_ip);

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use kproxy_common::conntrack::CtTimeouts;
+
 use serde::Serialize;
 
 use super::{InspectError, Inspection};
@@ -11,17 +13,10 @@ use crate::{
     iptables::chain_name::endpoint_chain,
 };
 
-/// Whether the entry has been idle longer than its timeout (the datapath replaces it on
-/// the next packet; until then it stays in the map).
-pub fn expired(flow: &CtFlow, now_ns: u64) -> bool {
-    let state = if flow.closing {
-        kproxy_common::conntrack::CT_ST_CLOSING
-    } else if flow.established {
-        kproxy_common::conntrack::CT_ST_ESTABLISHED
-    } else {
-        0
-    };
-    now_ns.saturating_sub(flow.last_seen_ns) > kproxy_common::conntrack::ct_timeout_ns(flow.proto, state)
+/// Whether the entry has been idle longer than its timeout under `timeouts` (the
+/// datapath replaces it on the next packet; until then it stays in the map).
+pub fn expired(flow: &CtFlow, now_ns: u64, timeouts: &CtTimeouts) -> bool {
+    now_ns.saturating_sub(flow.last_seen_ns) > timeouts.timeout_ns(flow.proto, flow.state)
 }
 
 /// One flow (its client → frontend entry; the reply entry carries the same data).
@@ -69,6 +64,7 @@ impl Inspection {
             .collect();
         let index = self.frontend_index();
         let now = ktime_now_ns();
+        let timeouts = maps.ct_timeouts()?;
         let mut flows: Vec<CtFlow> = maps
             .conntrack()?
             .into_iter()
@@ -82,10 +78,12 @@ impl Inspection {
                     .get(&flow.frontend_id)
                     .and_then(|f| index.get(f))
                     .map(|(port, _)| *port);
-                let state = if expired(flow, now) {
+                let state = if expired(flow, now, &timeouts) {
                     "expired"
                 } else if flow.closing {
                     "closing"
+                } else if flow.half_closed {
+                    "half-closed"
                 } else if flow.established {
                     "established"
                 } else {

@@ -144,9 +144,10 @@ pub struct BackendReport {
 /// Live service-direction conntrack entries per service id.
 fn live_flows(maps: &DatapathMaps) -> Result<HashMap<FrontendId, usize>, InspectError> {
     let now = ktime_now_ns();
+    let timeouts = maps.ct_timeouts()?;
     let mut out = HashMap::new();
     for flow in maps.conntrack()? {
-        if flow.direction == CtDirection::Service && !super::conntrack::expired(&flow, now) {
+        if flow.direction == CtDirection::Service && !super::conntrack::expired(&flow, now, &timeouts) {
             *out.entry(flow.frontend_id).or_insert(0) += 1;
         }
     }

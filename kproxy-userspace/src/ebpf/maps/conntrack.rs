@@ -8,7 +8,7 @@ use std::{
 
 use kproxy_common::{
     CtEntry, CtKey,
-    conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED},
+    conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN},
     lb::PROTO_UDP,
     map_names as names,
 };
@@ -43,7 +43,12 @@ pub struct CtFlow {
     /// The source the backend sees, when masqueraded (hairpin).
     pub masquerade: Option<SocketAddrV4>,
     pub established: bool,
+    /// Closed (a RST, or a FIN each way).
     pub closing: bool,
+    /// Half-closed: a FIN one way (TCP's CLOSE_WAIT).
+    pub half_closed: bool,
+    /// The raw `CT_ST_*` bits (for the timeout, `CtTimeouts::timeout_ns`).
+    pub state: u8,
     /// CLOCK_MONOTONIC ns (compare with [`super::ktime_now_ns`]).
     pub last_seen_ns: u64,
     pub created_ns: u64,
@@ -80,6 +85,8 @@ impl DatapathMaps {
                 masquerade: (e.flags & CT_F_MASQ != 0).then(|| sock(e.masq_addr, e.masq_port)),
                 established: e.state & CT_ST_ESTABLISHED != 0,
                 closing: e.state & CT_ST_CLOSING != 0,
+                half_closed: e.state & CT_ST_CLOSING == 0 && e.state & (CT_ST_FIN | CT_ST_PEER_FIN) != 0,
+                state: e.state,
                 last_seen_ns: e.last_seen_ns,
                 created_ns: e.created_ns,
             })

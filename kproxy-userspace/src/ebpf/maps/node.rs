@@ -8,6 +8,7 @@ use aya::maps::{MapError, PerCpuValues, xdp::XdpMapError};
 use kproxy_common::{
     Config, NodeAddr, RateBucket,
     byteorder::{addr_octets, be_addr},
+    conntrack::CtTimeouts,
     map_names as names,
     node::{CFG_F_LOCALHOST_NODE_PORTS, SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT},
 };
@@ -154,6 +155,22 @@ impl DatapathMaps {
             (c.netns_cookie != 0).then_some(c.netns_cookie),
             c.flags & CFG_F_LOCALHOST_NODE_PORTS != 0,
         ))
+    }
+
+    /// Sets the conntrack entries' idle timeouts.
+    pub fn set_ct_timeouts(&mut self, timeouts: CtTimeouts) -> Result<(), MapsError> {
+        let value = Config {
+            ct_timeouts: timeouts,
+            ..self.config_value()?
+        };
+        self.config
+            .set(0, value, 0)
+            .map_err(MapOp::Insert.on(names::CONFIG))
+    }
+
+    /// The conntrack entries' idle timeouts (zeros: the defaults).
+    pub fn ct_timeouts(&self) -> Result<CtTimeouts, MapsError> {
+        Ok(self.config_value()?.ct_timeouts)
     }
 
     fn config_value(&self) -> Result<Config, MapsError> {
