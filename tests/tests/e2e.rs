@@ -22,7 +22,7 @@ use kproxy_testbed::{
         HelloServer, LineClient, http_get_hostname, tcp_connect_failure, udp_ask, udp_exchange_failure,
         udp_socket,
     },
-    manifests::TARGET_PORT,
+    manifests::{TARGET_PORT, write_model},
     topology::EXTERNAL_CLIENT_IP,
 };
 
@@ -123,6 +123,50 @@ fn flows_when_their_endpoint_leaves(mode: Mode) {
             "the UDP flow must move to the remaining endpoint"
         );
     }
+}
+
+/// Endpoint churn under load (a rolling update, sped up): the endpoint set is rewritten
+/// five times a second for 20 s (both pods, hello-a only, both, hello-b only, ...) while
+/// a pod and an external client open new connections through the ClusterIP and the
+/// NodePort; none fails, as none does under kube-proxy. Bounded: each client stops at
+/// its first failure, after 20 s, or after 2500 requests.
+fn endpoint_churn_fails_no_connection(mode: Mode) {
+    const CHURN: Duration = Duration::from_secs(20);
+    let c = Cluster::start(mode, &[POD_A, POD_B]);
+    let start = std::time::Instant::now();
+    let sets: [&[Ipv4Addr]; 4] = [&[POD_A, POD_B], &[POD_A], &[POD_A, POD_B], &[POD_B]];
+    let (failures, requests) = std::thread::scope(|scope| {
+        let model = &c.model;
+        scope.spawn(move || {
+            let mut n = 0;
+            while start.elapsed() < CHURN {
+                write_model(model, sets[n % sets.len()]);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            write_model(model, &[POD_A, POD_B]);
+        });
+        let clients = [(c.client(), cluster_ip()), (&c.topo.external, node_port())].map(|(ns, target)| {
+            scope.spawn(move || {
+                let mut done = 0;
+                while start.elapsed() < CHURN && done < 2500 {
+                    match http_get_hostname(ns, target) {
+                        Ok(name) if name == "hello-a" || name == "hello-b" => done += 1,
+                        other => return (Some(format!("request {done} to {target}: {other:?}")), done),
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (None, done)
+            })
+        });
+        let results: Vec<_> = clients.into_iter().map(|h| h.join().expect("client")).collect();
+        let requests: usize = results.iter().map(|(_, n)| n).sum();
+        let failures: Vec<String> = results.into_iter().filter_map(|(f, _)| f).collect();
+        (failures, requests)
+    });
+    eprintln!("{mode:?}: {requests} requests during {CHURN:?} of endpoint churn");
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(requests > 100, "only {requests} requests in {CHURN:?}");
 }
 
 /// kube-proxy's conntrack setup: the node's conntrack timeouts are the configuration's
@@ -446,6 +490,7 @@ every_mode!(
     endpoints_follow_the_model_file,
     flows_when_their_endpoint_leaves,
     conntrack_timeouts_as_kube_proxy_sets_them,
+    endpoint_churn_fails_no_connection,
     broken_model_keeps_last_good_state,
     hairpin_pod_reaches_itself_through_its_service,
     nodeport_reaches_a_remote_backend_through_snat,
