@@ -69,6 +69,17 @@ impl TestCgroup {
     }
 }
 
+/// The value of `key=` in each line of a `kproxy-probe` output.
+pub fn probe_field(out: &str, key: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .map(String::from)
+        })
+        .collect()
+}
+
 /// Runs `kproxy-probe ARGS` in `ns`, in the test process's own cgroup (not a test
 /// cgroup: the socket programs must leave it alone).
 pub fn probe_outside(ns: &NetNs, args: &[&str]) -> Result<String, String> {

@@ -830,23 +830,17 @@ fn stale_udp_flows_and_affinity_are_removed_after_their_endpoint_left() {
     };
     let model = Model {
         service_ports: vec![ServicePort {
-            name: ServicePortName {
-                namespace: "kube-system".into(),
-                name: "dns".into(),
-                port: "dns".into(),
-                protocol: Protocol::Udp,
-            },
-            cluster_ip: Ipv4Addr::from(CLUSTER_IP).into(),
-            port: 53,
-            node_port: 0,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            session_affinity: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: 0,
             endpoints: vec![endpoint(B1)],
+            ..ServicePort::new(
+                ServicePortName {
+                    namespace: "kube-system".into(),
+                    name: "dns".into(),
+                    port: "dns".into(),
+                    protocol: Protocol::Udp,
+                },
+                Ipv4Addr::from(CLUSTER_IP).into(),
+                53,
+            )
         }],
         ..Model::default()
     };

@@ -9,26 +9,15 @@ use aya::programs::links::{FdLink, PinnedLink};
 use kproxy::ebpf::{DatapathMaps, SOCK_PROGRAMS};
 use kproxy_testbed::{
     agent::{Agent, run_kproxy},
-    cgroup::{TestCgroup, probe_outside},
+    cgroup::{TestCgroup, probe_field, probe_outside},
     cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, TRIES, at, both, cluster_ip, run_args},
     manifests::{NODE_PORT, Service, write_documents},
     pins::PinDir,
     topology::NODE_IP,
 };
 
-/// The value of `key=` in each line of a probe's output.
-fn field(out: &str, key: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-                .map(String::from)
-        })
-        .collect()
-}
-
 fn names(out: &str) -> BTreeSet<String> {
-    field(out, "name").into_iter().collect()
+    probe_field(out, "name").into_iter().collect()
 }
 
 /// The socket-LB event counters of the agent's datapath: (translated, refused, reversed).
@@ -95,7 +84,7 @@ fn host_processes_in_the_cgroup_reach_services() {
         .unwrap_or_else(|e| panic!("TCP via the ClusterIP: {e}"));
     assert_eq!(names(&out), both(), "TCP via the ClusterIP:\n{out}");
     assert!(
-        field(&out, "peer").iter().all(|p| *p == service),
+        probe_field(&out, "peer").iter().all(|p| *p == service),
         "getpeername must show the ClusterIP:\n{out}"
     );
     let out = c
@@ -104,7 +93,7 @@ fn host_processes_in_the_cgroup_reach_services() {
         .unwrap_or_else(|e| panic!("UDP via the ClusterIP: {e}"));
     assert_eq!(names(&out), both(), "UDP via the ClusterIP:\n{out}");
     assert!(
-        field(&out, "from").iter().all(|p| *p == service),
+        probe_field(&out, "from").iter().all(|p| *p == service),
         "UDP replies must come from the ClusterIP:\n{out}"
     );
     for addr in [
@@ -158,8 +147,8 @@ fn a_service_without_endpoints_is_refused_at_once() {
         .cgroup
         .probe(&c.topo.node, &["connect", &service])
         .expect("probe");
-    assert_eq!(field(&out, "error"), ["ConnectionRefused"], "{out}");
-    let ms: u64 = field(&out, "ms")[0].parse().expect("ms");
+    assert_eq!(probe_field(&out, "error"), ["ConnectionRefused"], "{out}");
+    let ms: u64 = probe_field(&out, "ms")[0].parse().expect("ms");
     assert!(ms < 1000, "refused after {ms} ms");
     let err = c
         .cgroup
@@ -182,7 +171,7 @@ fn other_namespaces_and_other_cgroups_are_left_alone() {
         .cgroup
         .probe(c.client(), &["tcp-get", &service, "4"])
         .unwrap_or_else(|e| panic!("TCP from a pod: {e}"));
-    assert_eq!(field(&out, "name").len(), 4, "{out}");
+    assert_eq!(probe_field(&out, "name").len(), 4, "{out}");
     assert_eq!(sock_events(&c), (0, 0, 0), "a pod's socket was translated");
     let out = probe_outside(&c.topo.node, &["connect", &service]).expect("probe outside the cgroup");
     assert!(
@@ -318,7 +307,7 @@ fn client_ip_affinity_keeps_host_processes_on_one_pod() {
             &["tcp-get", &cluster_ip().to_string(), &TRIES.to_string()],
         )
         .unwrap_or_else(|e| panic!("TCP via the ClusterIP: {e}"));
-    assert_eq!(field(&out, "name").len(), TRIES, "{out}");
+    assert_eq!(probe_field(&out, "name").len(), TRIES, "{out}");
     assert_eq!(
         names(&out).len(),
         1,

@@ -13,7 +13,7 @@ use std::{
 
 use kproxy::ebpf::DatapathMaps;
 use kproxy_testbed::{
-    cgroup::TestCgroup,
+    cgroup::{TestCgroup, probe_field},
     cluster::{Mode, TRIES, at, both, http_backends, udp_backends},
     hello::{http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
     netns::NetNs,
@@ -402,17 +402,6 @@ fn nodeport_to_a_local_host_network_endpoint_answers(mode: Mode) {
         one("host1"),
         "UDP via {target}"
     );
-}
-
-/// The value of `key=` in each line of a `kproxy-probe` output.
-fn probe_field(out: &str, key: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-                .map(String::from)
-        })
-        .collect()
 }
 
 /// The pods (or nodes) that answered `TRIES` HTTP GETs to `target` from a host process

@@ -153,6 +153,25 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// Port `port` of `name` on `cluster_ip`, nothing else: no NodePort, external
+    /// addresses, affinity or endpoints, both traffic policies Cluster.
+    pub fn new(name: ServicePortName, cluster_ip: IpAddr, port: u16) -> Self {
+        ServicePort {
+            name,
+            cluster_ip,
+            port,
+            node_port: 0,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: 0,
+            endpoints: Vec::new(),
+        }
+    }
+
     /// Reachable from outside the cluster: a NodePort, a LoadBalancer IP or an external IP.
     pub fn externally_accessible(&self) -> bool {
         self.node_port != 0 || !self.load_balancer_ips.is_empty() || !self.external_ips.is_empty()

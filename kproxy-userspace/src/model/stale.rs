@@ -84,24 +84,17 @@ mod tests {
     }
 
     fn dns(protocol: Protocol, endpoints: Vec<Endpoint>) -> ServicePort {
+        let name = ServicePortName {
+            namespace: "kube-system".into(),
+            name: "dns".into(),
+            port: "dns".into(),
+            protocol,
+        };
         ServicePort {
-            name: ServicePortName {
-                namespace: "kube-system".into(),
-                name: "dns".into(),
-                port: "dns".into(),
-                protocol,
-            },
-            cluster_ip: "10.96.0.10".parse().unwrap(),
-            port: 53,
             node_port: 30053,
             external_ips: vec!["192.0.2.7".parse().unwrap()],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            session_affinity: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: 0,
             endpoints,
+            ..ServicePort::new(name, "10.96.0.10".parse().unwrap(), 53)
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
     fs,
     io::{self, BufRead as _},
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -25,7 +25,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 
-use super::links::detach_now;
+use super::{
+    links::detach_now,
+    sys::{link_update, obj_get},
+};
 
 /// File-name prefix of the cgroup link pins (the interface links' sweep leaves them).
 pub const PIN_PREFIX: &str = "cgroup_";
@@ -297,42 +300,6 @@ fn sweep(dir: &Path, remove: impl Fn(&str) -> bool) -> Result<Vec<String>, Cgrou
         removed.push(name);
     }
     Ok(removed)
-}
-
-/// Opens the BPF object pinned at `path` (`BPF_OBJ_GET`).
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
-    let get: [u64; 2] = [path.as_ptr() as u64, 0];
-    // SAFETY: bpf(2) reads `size_of_val(&get)` bytes of `get`; `path` outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), size_of_val(&get)) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd returned to us by BPF_OBJ_GET.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Swaps `prog` into `link` (`BPF_LINK_UPDATE`; aya's own call is crate-private).
-fn link_update(link: &OwnedFd, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-    // bpf_attr for BPF_LINK_UPDATE: link_fd, new_prog_fd, flags, old_prog_fd.
-    let update: [u32; 4] = [link.as_raw_fd() as u32, prog.as_raw_fd() as u32, 0, 0];
-    // SAFETY: bpf(2) reads `size_of_val(&update)` bytes of `update`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            update.as_ptr(),
-            size_of_val(&update),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

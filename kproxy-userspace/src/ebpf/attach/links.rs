@@ -21,7 +21,7 @@ use aya::{
     },
 };
 
-use super::iface::Iface;
+use super::{iface::Iface, sys};
 
 /// Which hook a link attaches a program to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,38 +325,5 @@ impl LinkHook for XdpHook<'_> {
 /// program can go on running for a while after the pin is gone; cleanup must not return
 /// before traffic stops being translated.
 pub(super) fn detach_now(path: &Path) -> io::Result<()> {
-    use std::{
-        ffi::CString,
-        os::{
-            fd::{AsRawFd, FromRawFd, OwnedFd},
-            unix::ffi::OsStrExt,
-        },
-    };
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
-    let get: [u64; 2] = [path.as_ptr() as u64, 0];
-    // SAFETY: bpf(2) reads `size_of_val(&get)` bytes of `get`; `path` outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), size_of_val(&get)) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd returned to us by BPF_OBJ_GET.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // bpf_attr for BPF_LINK_DETACH: link_fd.
-    let detach: [u32; 2] = [link.as_raw_fd() as u32, 0];
-    // SAFETY: bpf(2) reads `size_of_val(&detach)` bytes of `detach`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            detach.as_ptr(),
-            size_of_val(&detach),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::link_detach(&sys::obj_get(path)?)
 }

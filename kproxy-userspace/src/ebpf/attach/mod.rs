@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod iface;
 pub mod links;
+mod sys;
 pub mod tc;
 pub mod xdp;
 pub mod xdp_features;
