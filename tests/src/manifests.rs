@@ -69,6 +69,9 @@ pub struct Service<'a> {
     pub node_name: &'a str,
     /// The node of each endpoint, in order, where they differ (empty: all on `node_name`).
     pub endpoint_nodes: &'a [&'a str],
+    /// Endpoints that are terminating but still serving (a pod in its grace period:
+    /// `ready: false, serving: true, terminating: true`).
+    pub terminating: &'a [Ipv4Addr],
     pub external: External<'a>,
 }
 
@@ -124,6 +127,7 @@ impl Service<'_> {
             endpoints: pods,
             node_name: NODE_NAME,
             endpoint_nodes: &[],
+            terminating: &[],
             external: External::default(),
         }
     }
@@ -168,10 +172,14 @@ impl Service<'_> {
         let endpoints: String = if self.endpoints.is_empty() {
             " []\n".into()
         } else {
-            let ready = "conditions: {ready: true, serving: true, terminating: false}";
             let each = self.endpoints.iter().enumerate().map(|(i, ip)| {
                 let node = self.endpoint_nodes.get(i).unwrap_or(node_name);
-                format!("- {{addresses: [\"{ip}\"], {ready}, nodeName: {node}}}\n")
+                let conditions = if self.terminating.contains(ip) {
+                    "conditions: {ready: false, serving: true, terminating: true}"
+                } else {
+                    "conditions: {ready: true, serving: true, terminating: false}"
+                };
+                format!("- {{addresses: [\"{ip}\"], {conditions}, nodeName: {node}}}\n")
             });
             std::iter::once("\n".to_string()).chain(each).collect()
         };

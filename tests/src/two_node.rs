@@ -240,6 +240,8 @@ pub struct ServiceSpec {
     pub cluster_ip: Ipv4Addr,
     pub ports: Vec<Port>,
     pub endpoints: Vec<&'static str>,
+    /// Those of `endpoints` that are terminating but still serving (grace period).
+    pub terminating: Vec<&'static str>,
     pub external: External<'static>,
 }
 
@@ -252,6 +254,7 @@ impl ServiceSpec {
             cluster_ip,
             ports: HELLO_PORTS.iter().map(|p| Port { node_port, ..*p }).collect(),
             endpoints: pods.to_vec(),
+            terminating: Vec::new(),
             external: External::default(),
         }
     }
@@ -378,6 +381,18 @@ impl TwoNodeCluster {
         self.apply();
     }
 
+    /// Marks the endpoints `pods` of `service` terminating (still serving, not ready), as
+    /// a rolling update does during their grace period; waits for both agents.
+    pub fn set_terminating(&mut self, service: &str, pods: &[&'static str]) {
+        let spec = self
+            .services
+            .iter_mut()
+            .find(|s| s.name == service)
+            .unwrap_or_else(|| panic!("no service {service}"));
+        spec.terminating = pods.to_vec();
+        self.apply();
+    }
+
     /// Adds `service` to the model, and waits for both agents to apply it.
     pub fn add_service(&mut self, service: ServiceSpec) {
         self.services.push(service);
@@ -411,11 +426,16 @@ impl TwoNodeCluster {
             .iter()
             .map(|s| s.endpoints.iter().map(|name| endpoint(name)).unzip())
             .collect();
+        let terminating: Vec<Vec<Ipv4Addr>> = self
+            .services
+            .iter()
+            .map(|s| s.terminating.iter().map(|name| endpoint(name).0).collect())
+            .collect();
         let services: Vec<Service> = self
             .services
             .iter()
-            .zip(&resolved)
-            .map(|(s, (ips, nodes))| Service {
+            .zip(resolved.iter().zip(&terminating))
+            .map(|(s, ((ips, nodes), terminating_ips))| Service {
                 namespace: "default",
                 name: s.name.to_string(),
                 cluster_ip: s.cluster_ip,
@@ -423,6 +443,7 @@ impl TwoNodeCluster {
                 endpoints: ips,
                 node_name: NODE_NAMES[0],
                 endpoint_nodes: nodes,
+                terminating: terminating_ips,
                 external: s.external.clone(),
             })
             .collect();

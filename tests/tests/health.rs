@@ -45,6 +45,7 @@ fn local_load_balancer(
         endpoints: &ENDPOINTS,
         node_name,
         endpoint_nodes: &[],
+        terminating: &[],
         external: External::default(),
     }
 }

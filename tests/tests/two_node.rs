@@ -15,7 +15,7 @@ use kproxy::ebpf::DatapathMaps;
 use kproxy_testbed::{
     cgroup::{TestCgroup, probe_field},
     cluster::{Mode, TRIES, at, both, http_backends, udp_backends},
-    hello::{http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
+    hello::{LineClient, http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
     netns::NetNs,
     two_node::{EXTERNAL_CLIENTS, LB_IP, PODS, ServiceSpec, TwoNodeCluster, node_addr},
 };
@@ -173,6 +173,38 @@ fn nodeport_on_either_node_reaches_pods_on_both(mode: Mode) {
             node.name
         );
     }
+}
+
+/// Graceful termination (a rolling update): a long-lived TCP connection through the
+/// ClusterIP to an endpoint that turns terminating keeps exchanging data, while new
+/// connections go to the ready endpoint only (kube-proxy leaves terminating endpoints out
+/// of new flows while a ready one exists; netfilter keeps established flows).
+fn terminating_endpoint_keeps_its_connections(mode: Mode) {
+    let mut c = TwoNodeCluster::start(mode, vec![hello()]);
+    let service = at(Ipv4Addr::new(10, 104, 81, 240), 80);
+    // A connection on hello-b, the remote pod (each try has p = 1/2; 2^-30 to miss).
+    let mut conn = (0..TRIES)
+        .map(|_| LineClient::connect(c.pod("client-1"), service).expect("TCP connection"))
+        .find_map(|mut conn| (conn.ask().ok()? == "hello-b").then_some(conn))
+        .expect("a connection to hello-b");
+    c.set_terminating("hello-app-service", &["hello-b"]);
+    for _ in 0..10 {
+        assert_eq!(
+            conn.ask().as_deref(),
+            Ok("hello-b"),
+            "the connection to the terminating endpoint must go on"
+        );
+    }
+    assert_eq!(
+        http_backends(c.pod("client-1"), service),
+        one("hello-a"),
+        "new connections go to the ready endpoint only"
+    );
+    assert_eq!(
+        conn.ask().as_deref(),
+        Ok("hello-b"),
+        "and the old one still works"
+    );
 }
 
 /// The health-check node port's answer on node `i`: status and the JSON body.
@@ -521,6 +553,7 @@ fn host_processes_reach_services(mode: Mode) {
 }
 
 kproxy_testbed::every_mode!(
+    terminating_endpoint_keeps_its_connections,
     pod_reaches_its_own_nodes_host_network_through_clusterip,
     pod_reaches_the_other_nodes_host_network_through_clusterip,
     nodeport_to_a_local_host_network_endpoint_answers,

@@ -102,6 +102,7 @@ fn bench_service(service: usize, one_endpoint: bool) -> Service<'static> {
         endpoints: if one_endpoint { &BOTH[..1] } else { &BOTH },
         node_name: NODE_NAME,
         endpoint_nodes: &[],
+        terminating: &[],
         external: External::default(),
     }
 }
