@@ -114,6 +114,12 @@ impl Cluster {
         self.wait_sync();
     }
 
+    /// Starts another agent with this one's arguments (same pins, model and cgroup)
+    /// without waiting for it: a DaemonSet rolling update with surge.
+    pub fn start_second_agent(&self) -> Agent {
+        start_agent(&self.topo, self.mode, self.dir.path(), &self.pins, &self.cgroup)
+    }
+
     pub fn client(&self) -> &NetNs {
         &self.topo.pod("client").ns
     }

@@ -465,6 +465,28 @@ fn xdp_iface_serves_nodeport_and_redirects_once_pods_have_gro() {
     assert!(redirected >= at_least, "XDP redirected only {redirected} packets");
 }
 
+/// One agent per pin path: a second agent started on the first one's pins (a DaemonSet
+/// rolling update with surge) waits, writing nothing, until the first exits; then it
+/// takes over and the service keeps answering.
+#[test]
+fn a_second_agent_on_one_pin_path_waits_for_the_first() {
+    let mut c = Cluster::start(Mode::Ebpf, &[POD_A, POD_B]);
+    let mut second = c.start_second_agent();
+    second.wait_for_log("waiting for it to exit", 1, SYNC_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !second.log().contains("sync #"),
+        "the second agent synced while the first held the pins:\n{}",
+        second.log()
+    );
+    assert!(!second.exited(), "the second agent must wait, not exit");
+    c.agent.stop();
+    second.wait_for_log("taking over", 1, SYNC_TIMEOUT);
+    second.wait_for_log("sync #", 1, SYNC_TIMEOUT);
+    assert_eq!(http_backends(c.client(), cluster_ip()), both());
+    c.agent = second;
+}
+
 /// One `#[test]` per scenario and mode.
 macro_rules! every_mode {
     ($($scenario:ident),* $(,)?) => {

@@ -12,6 +12,7 @@ mod ebpf;
 mod health;
 mod iptables;
 mod node;
+mod pin_lock;
 pub mod signals;
 mod watch;
 
@@ -95,6 +96,8 @@ pub enum AgentError {
     Iptables(#[from] iptables::IptablesProxierError),
     #[error(transparent)]
     Health(#[from] HealthError),
+    #[error(transparent)]
+    PinLock(#[from] pin_lock::PinLockError),
     #[error("install signal handlers: `sigaction` failed")]
     Signals(#[source] nix::Error),
     #[error("read the node's name and addresses: `{call}` failed")]
@@ -122,6 +125,14 @@ trait Proxier {
 /// Runs the agent until SIGINT/SIGTERM (or after one sync with `once`).
 pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let stop = signals::install().map_err(AgentError::Signals)?;
+    // The maps and links under the pin path are one agent's at a time.
+    let _pin_lock = match opts.mode {
+        Mode::Ebpf => match pin_lock::acquire(&opts.pin_path, stop)? {
+            Some(lock) => Some(lock),
+            None => return Ok(()),
+        },
+        Mode::Iptables => None,
+    };
     let mut health = start_health_servers(opts)?;
     // As kube-proxy, once at start (a broken file is reported by the first sync).
     conntrack::apply(
