@@ -372,25 +372,22 @@ impl TwoNodeCluster {
 
     /// Serves `service` with the pods named, and waits for both agents to apply it.
     pub fn set_endpoints(&mut self, service: &str, pods: &[&'static str]) {
-        let spec = self
-            .services
-            .iter_mut()
-            .find(|s| s.name == service)
-            .unwrap_or_else(|| panic!("no service {service}"));
-        spec.endpoints = pods.to_vec();
+        self.spec_mut(service).endpoints = pods.to_vec();
         self.apply();
     }
 
     /// Marks the endpoints `pods` of `service` terminating (still serving, not ready), as
     /// a rolling update does during their grace period; waits for both agents.
     pub fn set_terminating(&mut self, service: &str, pods: &[&'static str]) {
-        let spec = self
-            .services
+        self.spec_mut(service).terminating = pods.to_vec();
+        self.apply();
+    }
+
+    fn spec_mut(&mut self, service: &str) -> &mut ServiceSpec {
+        self.services
             .iter_mut()
             .find(|s| s.name == service)
-            .unwrap_or_else(|| panic!("no service {service}"));
-        spec.terminating = pods.to_vec();
-        self.apply();
+            .unwrap_or_else(|| panic!("no service {service}"))
     }
 
     /// Adds `service` to the model, and waits for both agents to apply it.

@@ -33,9 +33,8 @@ pub enum ConntrackSetupError {
 /// Applies `config` (each failure is logged; the agent serves on with the kernel's
 /// values, as they only shape flows kproxy does not track itself).
 pub fn apply(config: &ConntrackConfig) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     let mut results = Vec::new();
-    if let Some(max) = config.max_flows(cpus) {
+    if let Some(max) = config.max_flows(cpus()) {
         results.push(raise(&format!("{NETFILTER}/nf_conntrack_max"), u64::from(max)));
         // kube-proxy keeps the hash table at a quarter of the table (buckets of four).
         results.push(raise(HASHSIZE, u64::from(max / 4)));
@@ -61,6 +60,11 @@ pub fn apply(config: &ConntrackConfig) {
     for err in results.into_iter().filter_map(Result::err) {
         warn!("conntrack setup: {}", crate::error_chain(&err));
     }
+}
+
+/// The CPUs this agent may run on (kube-proxy's `runtime.NumCPU`).
+pub(super) fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 fn seconds(d: Duration) -> u64 {

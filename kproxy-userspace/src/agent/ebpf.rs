@@ -70,17 +70,14 @@ pub struct EbpfProxier {
 
 impl EbpfProxier {
     /// Loads (or adopts) the pinned datapath under the pin path.
-    pub fn start(opts: &AgentOptions) -> Result<Self, EbpfProxierError> {
+    pub fn start(opts: &AgentOptions, config: &ProxyConfig) -> Result<Self, EbpfProxierError> {
         // Sized as kube-proxy sizes the kernel's table (two entries per flow); an
         // adopted map keeps its size.
-        let config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
-        let cpus =
-            std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         let mut loaded = Loaded::load(&LoadOptions {
             pin_dir: opts.pin_path.clone(),
             conntrack_max: config
                 .conntrack
-                .max_flows(cpus)
+                .max_flows(super::conntrack::cpus())
                 .map(|flows| flows.saturating_mul(2)),
         })?;
         let logger = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {

@@ -133,15 +133,13 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         },
         Mode::Iptables => None,
     };
-    let mut health = start_health_servers(opts)?;
-    // As kube-proxy, once at start (a broken file is reported by the first sync).
-    conntrack::apply(
-        &ProxyConfig::load(opts.config.as_deref())
-            .unwrap_or_default()
-            .conntrack,
-    );
+    // Read once at start as kube-proxy reads its configuration (a broken file is
+    // reported by the first sync): health servers, conntrack setup, map sizes.
+    let start_config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
+    let mut health = start_health_servers(opts, &start_config)?;
+    conntrack::apply(&start_config.conntrack);
     let mut proxier: Box<dyn Proxier> = match opts.mode {
-        Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts)?),
+        Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts, &start_config)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
     };
     let mut watcher = ModelWatcher::new(opts.models.clone());
@@ -176,8 +174,7 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
 
 /// The health servers, with the bind address and timeout read once at start as
 /// kube-proxy reads its configuration (a broken file is reported by the first sync).
-fn start_health_servers(opts: &AgentOptions) -> Result<HealthServers, AgentError> {
-    let config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
+fn start_health_servers(opts: &AgentOptions, config: &ProxyConfig) -> Result<HealthServers, AgentError> {
     let healthz = opts
         .healthz_bind_address
         .map_or(config.healthz_bind_address, HealthzBind::address);
