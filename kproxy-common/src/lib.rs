@@ -66,7 +66,7 @@ pub mod map_names {
     /// V3: SNAT, reject and source-range events added (an array's size is part of its
     /// layout).
     /// V4: socket-LB events added.
-    pub const EVENTS: &str = "KPROXY_EVENTS_V4";
+    pub const EVENTS: &str = "KPROXY_EVENTS_V5";
     pub const SOURCE_RANGES: &str = "KPROXY_SOURCE_RANGES_V1";
     pub const REJECT_RATE: &str = "KPROXY_REJECT_RATE_V1";
     pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";

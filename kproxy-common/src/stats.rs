@@ -65,7 +65,7 @@ impl core::ops::AddAssign for FlowCounters {
 // SAFETY: repr(C), u32 and u64 fields only, no padding, sizes asserted above.
 unsafe_impl_pod!(IfaceCounters, CounterKey, FlowCounters);
 
-// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V4`).
+// Indexes of the datapath's global event counters (per-CPU array `KPROXY_EVENTS_V5`).
 
 /// A new flow got a backend and conntrack entries.
 pub const EV_NEW_FLOW: u32 = 0;
@@ -112,8 +112,17 @@ pub const EV_SOCK_XLATE: u32 = 17;
 pub const EV_SOCK_REFUSED: u32 = 18;
 /// Socket-LB: a recvmsg or getpeername showed the frontend instead of the backend.
 pub const EV_SOCK_REVNAT: u32 = 19;
+/// An ICMP error (destination unreachable, time exceeded) about a translated flow was
+/// translated: outer and quoted headers.
+pub const EV_ICMP_ERROR_NAT: u32 = 20;
+/// A non-first fragment got the translation its datagram's first fragment got.
+pub const EV_FRAG_NAT: u32 = 21;
+/// A non-first fragment whose first fragment was never seen (or forgotten).
+pub const EV_FRAG_UNKNOWN: u32 = 22;
+/// A flow that had lost one of its two conntrack entries got it back from the other.
+pub const EV_CT_REPAIRED: u32 = 23;
 /// Number of event counters.
-pub const EV_MAX: u32 = 20;
+pub const EV_MAX: u32 = 24;
 
 /// Names of the event counters, by index.
 pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
@@ -137,4 +146,8 @@ pub const EVENT_NAMES: [&str; EV_MAX as usize] = [
     "sock_xlate",
     "sock_refused",
     "sock_revnat",
+    "icmp_error_nat",
+    "frag_nat",
+    "frag_unknown",
+    "ct_repaired",
 ];

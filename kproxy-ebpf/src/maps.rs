@@ -65,7 +65,7 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinn
 pub static BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(65_536, NO_PREALLOC);
 
 /// Global event counters, per CPU (indexes `kproxy_common::stats::EV_*`).
-#[map(name = "KPROXY_EVENTS_V4")]
+#[map(name = "KPROXY_EVENTS_V5")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(EV_MAX, 0);
 
 /// Interfaces XDP may redirect translated packets to (ifindex → itself), written by the
