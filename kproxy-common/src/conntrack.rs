@@ -1,6 +1,8 @@
 //! Connection tracking of translated flows.
 //!
-//! A translated flow has two entries in `KPROXY_CT_V1`, with the same value layout:
+//! A translated flow has two entries, with the same value layout, in one of two tables:
+//! `KPROXY_CT_ANY_V1` from its first packet (UDP flows for life, TCP flows during their
+//! handshake), `KPROXY_CT_TCP_V1` once a TCP flow's handshake has completed both ways.
 //! - [`CT_DIR_SERVICE`]: keyed by the pre-DNAT tuple the client sent (client → frontend);
 //! - [`CT_DIR_REPLY`]: keyed by the tuple the backend's replies carry (backend → client,
 //!   or backend → masquerade address and port for a masqueraded or SNATed flow).
@@ -20,8 +22,15 @@ pub const CT_ST_FIN: u8 = 1 << 2;
 /// TCP: the other direction sent a FIN. One FIN half-closes the flow: the other side may
 /// go on sending (netfilter's CLOSE_WAIT), so the flow lives until both have finished.
 pub const CT_ST_PEER_FIN: u8 = 1 << 3;
-/// UDP: a reply was seen (netfilter's ASSURED: the stream timeout applies).
+/// UDP: a stream: a reply was seen and the flow was still active 2 s after it began
+/// (netfilter's ASSURED: the stream timeout applies).
 pub const CT_ST_REPLIED: u8 = 1 << 4;
+/// UDP: a reply was seen (netfilter's SEEN_REPLY). A single exchange (a DNS query and
+/// its answer) keeps the unreplied timeout, as in netfilter.
+pub const CT_ST_SEEN_REPLY: u8 = 1 << 5;
+/// How long after its first packet a replied UDP flow must still be active to become a
+/// stream (netfilter's `stream_ts`: 2 s).
+pub const UDP_STREAM_AFTER_NS: u64 = 2 * SEC;
 
 /// Flag: the client's source was rewritten to [`CtEntry::masq_addr`] and
 /// [`CtEntry::masq_port`] (hairpin: the masquerade address, the client's port; or SNAT).
@@ -99,7 +108,7 @@ impl CtTimeouts {
 }
 
 /// One direction of a translated flow, as the packets of that direction arrive (key of
-/// `KPROXY_CT_V1`).
+/// both conntrack tables).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -119,7 +128,7 @@ pub struct CtKey {
 const _: () = assert!(size_of::<CtKey>() == 16);
 
 /// A translated flow: who the client is, which frontend it used, which backend serves it
-/// (value of `KPROXY_CT_V1`; both directions hold the same flow data, each with its own
+/// (value of both conntrack tables; both directions hold the same flow data, each with its own
 /// `last_seen_ns` and `state`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

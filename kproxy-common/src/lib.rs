@@ -53,7 +53,10 @@ pub mod map_names {
     pub const SLOTS: &str = "KPROXY_SLOTS_V1";
     pub const BACKENDS: &str = "KPROXY_BACKENDS_V1";
     pub const REVNAT: &str = "KPROXY_REVNAT_V1";
-    pub const CONNTRACK: &str = "KPROXY_CT_V1";
+    /// Established TCP flows (the V1 table, one for every flow, is retired).
+    pub const CT_TCP: &str = "KPROXY_CT_TCP_V1";
+    /// UDP flows and TCP handshakes.
+    pub const CT_ANY: &str = "KPROXY_CT_ANY_V1";
     pub const AFFINITY: &str = "KPROXY_AFFINITY_V1";
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
     /// V2: SNAT address, cluster CIDR and port range added. V3: the socket-LB netns
@@ -65,7 +68,7 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "KPROXY_BACKEND_STATS_V2";
     /// V3: SNAT, reject and source-range events added (an array's size is part of its
     /// layout).
-    /// V4: socket-LB events added.
+    /// V4: socket-LB events added. V5: ICMP error, fragment and conntrack repair events.
     pub const EVENTS: &str = "KPROXY_EVENTS_V5";
     pub const SOURCE_RANGES: &str = "KPROXY_SOURCE_RANGES_V1";
     pub const REJECT_RATE: &str = "KPROXY_REJECT_RATE_V1";
@@ -73,12 +76,13 @@ pub mod map_names {
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     pub const SOCK_REVNAT: &str = "KPROXY_SOCK_REVNAT_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 16] = [
         SERVICES,
         SLOTS,
         BACKENDS,
         REVNAT,
-        CONNTRACK,
+        CT_TCP,
+        CT_ANY,
         AFFINITY,
         NODE_ADDRS,
         CONFIG,
@@ -89,5 +93,20 @@ pub mod map_names {
         SOURCE_RANGES,
         REJECT_RATE,
         SOCK_REVNAT,
+    ];
+    /// Pinned maps of earlier layouts: no program uses them; the agent and `kproxy
+    /// cleanup` remove them.
+    pub const RETIRED: [&str; 11] = [
+        "KPROXY_SERVICES_V1",
+        "KPROXY_CT_V1",
+        "KPROXY_CONFIG_V1",
+        "KPROXY_CONFIG_V2",
+        "KPROXY_CONFIG_V3",
+        "KPROXY_SERVICE_STATS_V1",
+        "KPROXY_BACKEND_STATS_V1",
+        "KPROXY_EVENTS_V1",
+        "KPROXY_EVENTS_V2",
+        "KPROXY_EVENTS_V3",
+        "KPROXY_EVENTS_V4",
     ];
 }

@@ -1,20 +1,63 @@
-//! Conntrack of translated flows: keys of both directions, freshness, TCP state.
+//! Conntrack of translated flows: keys of both directions, the two tables, freshness,
+//! TCP and UDP state, repair of a flow that lost one entry.
+//!
+//! A flow starts in `CT_ANY` and a TCP flow moves to `CT_TCP` once its handshake has
+//! completed both ways ([`promote`]): UDP churn and SYN floods only ever compete with
+//! each other for room. Lookups of a TCP tuple try `CT_TCP` first.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use kproxy_common::{
     Backend, CtEntry, CtKey,
     conntrack::{
         CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN,
-        CT_ST_REPLIED, CtTimeouts,
+        CT_ST_REPLIED, CT_ST_SEEN_REPLY, CtTimeouts, UDP_STREAM_AFTER_NS,
     },
     lb::PROTO_TCP,
+    stats::EV_CT_REPAIRED,
 };
 
 use crate::{
     hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::CONNTRACK,
+    maps::{CT_ANY, CT_TCP},
     parse::Flow,
+    stats::event,
 };
+
+/// The table a flow's entries are in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `CT_TCP`: TCP flows past their handshake.
+    Tcp,
+    /// `CT_ANY`: UDP flows, and TCP flows in their handshake.
+    Any,
+}
+
+impl Table {
+    #[inline(always)]
+    fn map(self) -> &'static LruHashMap<CtKey, CtEntry> {
+        match self {
+            Table::Tcp => &CT_TCP,
+            Table::Any => &CT_ANY,
+        }
+    }
+}
+
+/// The entry at `key` and the table it is in (`CT_TCP` first for a TCP tuple).
+#[inline(always)]
+pub fn find(key: &CtKey) -> Option<(Table, *mut CtEntry)> {
+    if key.proto == PROTO_TCP
+        && let Some(p) = CT_TCP.get_ptr_mut(key)
+    {
+        return Some((Table::Tcp, p));
+    }
+    CT_ANY.get_ptr_mut(key).map(|p| (Table::Any, p))
+}
+
+/// Deletes the entry at `key` from `table`.
+#[inline(always)]
+pub fn remove(table: Table, key: &CtKey) {
+    let _ = table.map().remove(key);
+}
 
 /// The conntrack map refused an entry (an LRU map evicts, so this is rare).
 pub struct CtFull;
@@ -101,9 +144,9 @@ pub fn flow_alive(e: &CtEntry, proto: u8, now: u64, other_dir: CtKey, t: &CtTime
     if is_fresh(e, proto, now, t) {
         return true;
     }
-    match CONNTRACK.get_ptr(other_dir) {
+    match find(&other_dir) {
         // SAFETY: map value pointer, read at once.
-        Some(o) => is_fresh(unsafe { &*o }, proto, now, t),
+        Some((_, o)) => is_fresh(unsafe { &*o }, proto, now, t),
         None => false,
     }
 }
@@ -169,7 +212,7 @@ pub unsafe fn touch(e: *mut CtEntry, flow: &Flow, now: u64) {
 /// sides have sent one.
 #[inline(always)]
 pub fn note_close(key: CtKey, flow: &Flow) {
-    if let Some(o) = CONNTRACK.get_ptr_mut(key) {
+    if let Some((_, o)) = find(&key) {
         // SAFETY: a live map value pointer.
         unsafe {
             let mut s = (*o).state;
@@ -186,24 +229,81 @@ pub fn note_close(key: CtKey, flow: &Flow) {
     }
 }
 
-/// Marks both entries of a UDP flow replied to, once (netfilter's ASSURED): the reply
-/// entry at `e` and the service entry `service`.
+/// UDP, a packet of the flow at `e` (a reply if `reply`): records that the flow has seen
+/// a reply, and makes it a stream once it has and is still active 2 s after it began
+/// (netfilter's SEEN_REPLY and ASSURED), on both entries (`other`: the other direction).
 ///
 /// # Safety
 /// As [`touch`].
 #[inline(always)]
-pub unsafe fn mark_replied(e: *mut CtEntry, service: CtKey) {
+pub unsafe fn note_udp(e: *mut CtEntry, other: CtKey, reply: bool, now: u64) {
     // SAFETY: see the function's contract.
-    unsafe {
-        if (*e).state & CT_ST_REPLIED != 0 {
-            return;
-        }
-        (*e).state |= CT_ST_REPLIED;
+    let (state, created) = unsafe { ((*e).state, (*e).created_ns) };
+    if state & CT_ST_REPLIED != 0 || (!reply && state & CT_ST_SEEN_REPLY == 0) {
+        return;
     }
-    if let Some(o) = CONNTRACK.get_ptr_mut(service) {
+    let mut add = CT_ST_SEEN_REPLY;
+    if now.saturating_sub(created) > UDP_STREAM_AFTER_NS {
+        add |= CT_ST_REPLIED;
+    }
+    if state | add == state {
+        return;
+    }
+    // SAFETY: see the function's contract.
+    unsafe { (*e).state |= add };
+    if let Some((_, o)) = find(&other) {
         // SAFETY: a live map value pointer.
-        unsafe { (*o).state |= CT_ST_REPLIED };
+        unsafe { (*o).state |= add };
     }
+}
+
+/// Puts back the entry `key` of the other direction of the flow `e` (found in `table`)
+/// if it is missing: evicted, it would break the flow (replies untranslated, or the
+/// client's next packet sent to another backend). A key another flow took meanwhile is
+/// left to it.
+#[inline(always)]
+pub fn repair(table: Table, key: CtKey, e: &CtEntry) {
+    if find(&key).is_some() {
+        return;
+    }
+    if table.map().insert(&key, e, BPF_NOEXIST as u64).is_ok() {
+        event(EV_CT_REPAIRED);
+    }
+}
+
+/// Moves the TCP flow whose service entry `service` (at `e`, in `CT_ANY`) was just
+/// touched to `CT_TCP` once its handshake has completed both ways: the backend's SYN-ACK
+/// (its reply entry is established) and the client's ACK (`e` is). A SYN that is never
+/// answered never leaves `CT_ANY`.
+///
+/// # Safety
+/// As [`touch`]. Values are copied map to map, never through the stack.
+#[inline(always)]
+pub unsafe fn promote(service: &CtKey, e: *const CtEntry) {
+    // SAFETY: see the function's contract.
+    let e = unsafe { &*e };
+    if e.state & CT_ST_ESTABLISHED == 0 {
+        return;
+    }
+    let reply = reply_key_of(e, PROTO_TCP);
+    let Some(r) = CT_ANY.get_ptr(&reply) else {
+        return;
+    };
+    // SAFETY: a live map value pointer.
+    let r = unsafe { &*r };
+    if r.state & CT_ST_ESTABLISHED == 0 {
+        return;
+    }
+    // Reply entry first, as at creation; a failure leaves the flow where it is.
+    if CT_TCP.insert(&reply, r, 0).is_err() {
+        return;
+    }
+    if CT_TCP.insert(service, e, 0).is_err() {
+        let _ = CT_TCP.remove(&reply);
+        return;
+    }
+    let _ = CT_ANY.remove(service);
+    let _ = CT_ANY.remove(&reply);
 }
 
 /// The entry of a new flow of `flow` to backend `backend_id` (`b`) of service
@@ -229,64 +329,60 @@ pub fn entry(flow: &Flow, rev_nat_id: u32, backend_id: u32, b: &Backend, now: u6
     }
 }
 
-/// Inserts both entries of the new flow `e` of `flow`, unless another live flow holds
-/// its reply tuple (a dead one's entries are reclaimed, a stale one of this very client
-/// tuple is replaced).
+/// Inserts both entries of the new flow `e` of `flow` (in `CT_ANY`), unless another
+/// live flow holds its reply tuple (a dead one's entries are reclaimed, an earlier flow
+/// of this very client tuple is replaced).
 #[inline(always)]
 pub fn create(flow: &Flow, e: &CtEntry, now: u64, t: &CtTimeouts) -> Result<(), CreateError> {
     // Reply entry first: a reply can only follow the forwarded packet.
-    let key = reply_key_of(e, flow.proto);
-    match CONNTRACK.insert(key, *e, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(EEXIST) => {
-            if !held_by(key, flow) && !reclaim(key, flow.proto, now, t) {
-                return Err(CreateError::Clash);
-            }
-            CONNTRACK.insert(key, *e, 0).map_err(|_| CreateError::Full)?;
-        }
-        Err(_) => return Err(CreateError::Full),
-    }
+    claim(reply_key_of(e, flow.proto), e, Some(flow), now, t)?;
     insert_service(flow, e).map_err(|CtFull| CreateError::Full)
 }
 
-/// Whether the reply entry `key` belongs to a flow of `flow`'s own client tuple (left
-/// by an earlier flow of the same tuple: replaced, not a clash).
+/// Inserts the reply entry `e` of a new flow at `key` in `CT_ANY` if no other live flow
+/// holds `key` in either table: a dead flow's entries are reclaimed, and with `own`, an
+/// earlier flow of that client tuple is replaced.
 #[inline(always)]
-fn held_by(key: CtKey, flow: &Flow) -> bool {
-    match CONNTRACK.get_ptr(key) {
-        // SAFETY: map value pointer, read at once.
-        Some(p) => service_key_of(unsafe { &*p }, flow.proto) == service_key(flow),
-        None => true,
+pub fn claim(key: CtKey, e: &CtEntry, own: Option<&Flow>, now: u64, t: &CtTimeouts) -> Result<(), CreateError> {
+    if let Some((table, p)) = find(&key)
+        // SAFETY: a live map value pointer.
+        && !free(table, key, unsafe { &*p }, own, now, t)
+    {
+        return Err(CreateError::Clash);
+    }
+    match CT_ANY.insert(&key, e, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        // Another CPU claimed it in between (or a flow mid-move holds it in both tables).
+        Err(EEXIST) => Err(CreateError::Clash),
+        Err(_) => Err(CreateError::Full),
     }
 }
 
 /// Inserts the service-direction entry of the new flow `e` (its reply entry is in).
 #[inline(always)]
 pub fn insert_service(flow: &Flow, e: &CtEntry) -> Result<(), CtFull> {
-    CONNTRACK.insert(service_key(flow), *e, 0).map_err(|_| CtFull)
+    CT_ANY.insert(service_key(flow), e, 0).map_err(|_| CtFull)
 }
 
-/// Frees the reply entry `key` if its flow is dead (the LRU map keeps dead entries until
-/// it needs room), with its flow's service entry if that still leads to `key`; true if
-/// `key` is free now.
+/// Whether the reply tuple `key`, held in `table` by `old`, can be taken: `old` is the
+/// entry of a dead flow (the LRU map keeps dead entries until it needs room), or with
+/// `own`, of an earlier flow of `own`'s client tuple. Such entries are removed (with that
+/// flow's service entry if it still leads to `key`).
 #[inline(always)]
-pub fn reclaim(key: CtKey, proto: u8, now: u64, t: &CtTimeouts) -> bool {
-    let Some(p) = CONNTRACK.get_ptr(key) else {
-        return true;
-    };
-    // SAFETY: map value pointer, copied at once.
-    let old = unsafe { *p };
-    let service = service_key_of(&old, proto);
-    if flow_alive(&old, proto, now, service, t) {
+fn free(table: Table, key: CtKey, old: &CtEntry, own: Option<&Flow>, now: u64, t: &CtTimeouts) -> bool {
+    let service = service_key_of(old, key.proto);
+    let earlier = matches!(own, Some(f) if service_key(f) == service);
+    if !earlier && flow_alive(old, key.proto, now, service, t) {
         return false;
     }
-    if let Some(s) = CONNTRACK.get_ptr(service) {
+    let map = table.map();
+    if let Some(s) = map.get_ptr(&service) {
         // SAFETY: map value pointer, read at once. A newer flow of the same client tuple
         // keeps its entry.
-        if reply_key_of(unsafe { &*s }, proto) == key {
-            let _ = CONNTRACK.remove(service);
+        if reply_key_of(unsafe { &*s }, key.proto) == key {
+            let _ = map.remove(&service);
         }
     }
-    let _ = CONNTRACK.remove(key);
+    let _ = map.remove(&key);
     true
 }

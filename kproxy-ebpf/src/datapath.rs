@@ -16,10 +16,9 @@ use kproxy_common::{
 };
 
 use crate::{
-    conntrack::{self as ct, CreateError},
+    conntrack::{self as ct, CreateError, Table},
     ctx::Packet,
     lb,
-    maps::CONNTRACK,
     nat,
     parse::{Flow, NotHandled, parse_ipv4},
     reject,
@@ -100,23 +99,34 @@ fn to_service<C: Packet + EbpfContext>(ctx: &C, flow: &Flow, frontend: &ServiceV
     let now = now();
     let key = ct::service_key(flow);
     let mut existing: Option<CtEntry> = None;
-    if let Some(p) = CONNTRACK.get_ptr_mut(key) {
+    if let Some((table, p)) = ct::find(&key) {
         // SAFETY: map value pointer, copied at once.
         let e = unsafe { *p };
+        let reply = ct::reply_key_of(&e, flow.proto);
         if follows(&e, flow, svc, now, &cfg.ct_timeouts) {
             // SAFETY: `p` comes from the lookup above.
             unsafe { ct::touch(p, flow, now) };
+            ct::repair(table, reply, &e);
             if ct::closes(flow) {
-                ct::note_close(ct::reply_key_of(&e, flow.proto), flow);
+                ct::note_close(reply, flow);
+            }
+            if flow.proto == PROTO_UDP {
+                // SAFETY: as above.
+                unsafe { ct::note_udp(p, reply, false, now) };
+            } else if table == Table::Any {
+                // SAFETY: as above.
+                unsafe { ct::promote(&key, p) };
             }
             event(EV_CT_HIT);
             existing = Some(e);
         } else {
             // Stale, another service's, a new connection on a closed one, or its backend
             // is gone: choose again (the new backend's stack resets a mid-stream TCP
-            // packet; UDP just moves on).
+            // packet; UDP just moves on). The new flow starts in `CT_ANY`, so the old
+            // one's entries go wherever they are.
             event(EV_RESELECT);
-            let _ = CONNTRACK.remove(ct::reply_key_of(&e, flow.proto));
+            ct::remove(table, &reply);
+            ct::remove(table, &key);
         }
     }
     let (e, new_flow) = match existing {
@@ -252,7 +262,8 @@ fn snat_outcome(result: Result<(), SnatError>, e: CtEntry) -> Option<CtEntry> {
 /// or SNATed) back; anything else passes untouched.
 #[inline(always)]
 fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
-    let Some(p) = CONNTRACK.get_ptr_mut(ct::reply_key(flow)) else {
+    let key = ct::reply_key(flow);
+    let Some((table, p)) = ct::find(&key) else {
         return Verdict::Pass;
     };
     // SAFETY: map value pointer, copied at once.
@@ -265,18 +276,19 @@ fn reply<C: Packet>(ctx: &C, flow: &Flow) -> Verdict {
     }
     if ct::answers_new_direct_connection(&e, flow) {
         // Forget the closed flow, so the rest of the new connection passes untouched too.
-        let _ = CONNTRACK.remove(ct::reply_key(flow));
-        let _ = CONNTRACK.remove(service);
+        ct::remove(table, &key);
+        ct::remove(table, &service);
         return Verdict::Pass;
     }
     // SAFETY: `p` comes from the lookup above.
     unsafe { ct::touch(p, flow, now) };
+    ct::repair(table, service, &e);
     if ct::closes(flow) {
         ct::note_close(service, flow);
     }
     if flow.proto == PROTO_UDP {
         // SAFETY: as above.
-        unsafe { ct::mark_replied(p, service) };
+        unsafe { ct::note_udp(p, service, true, now) };
     }
     event(EV_REPLY_NAT);
     if nat::rev_nat(ctx, flow, &e).is_err() {

@@ -38,9 +38,16 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(65_536, NO_PREALLOC
 #[map(name = "KPROXY_REVNAT_V1")]
 pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(65_536, NO_PREALLOC);
 
-/// Conntrack of translated flows: pre-DNAT tuple and reply tuple → the flow (LRU).
-#[map(name = "KPROXY_CT_V1")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+/// Conntrack of established TCP flows (both handshake directions seen): pre-DNAT tuple
+/// and reply tuple → the flow (LRU). Only real connections enter it, so neither UDP
+/// churn nor a SYN flood can evict them (netfilter's early_drop spares ASSURED entries).
+#[map(name = "KPROXY_CT_TCP_V1")]
+pub static CT_TCP: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// Conntrack of every other translated flow: UDP, and TCP until its handshake completes
+/// (then moved to `CT_TCP`) (LRU).
+#[map(name = "KPROXY_CT_ANY_V1")]
+pub static CT_ANY: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(131_072, 0);
 
 /// ClientIP session affinity: (client, rev-NAT id) → backend and when last chosen (LRU).
 #[map(name = "KPROXY_AFFINITY_V1")]

@@ -97,6 +97,9 @@ impl EbpfProxier {
             "eBPF datapath loaded, maps pinned under {} ({adopted} frontends adopted, {pruned} orphan slots pruned)",
             opts.pin_path.display()
         );
+        for name in crate::ebpf::unpin_retired(&opts.pin_path)? {
+            info!("map {name} of an earlier layout unpinned (no program uses it)");
+        }
         warn_if_ephemeral(&opts.snat_ports);
         let netns_cookie = attach_socket_lb(&mut loaded, opts)?;
         Ok(EbpfProxier {

@@ -90,8 +90,9 @@ pub struct LoadOptions {
     /// Directory (on bpffs) the maps are pinned in, created if missing. Maps already
     /// pinned there are adopted as they are.
     pub pin_dir: PathBuf,
-    /// Size of the conntrack map when it is created (default 262144 entries; each flow
-    /// takes two). Ignored for an adopted map.
+    /// Size of the established-TCP conntrack table when it is created, in entries (each
+    /// flow takes two; default 262144); the table of UDP flows and TCP handshakes gets
+    /// half as many (Cilium's TCP:other ratio). Ignored for adopted maps.
     pub conntrack_max: Option<u32>,
 }
 
@@ -159,7 +160,8 @@ impl Loaded {
         let mut ebpf = open(|loader| {
             loader.default_map_pin_directory(&opts.pin_dir);
             if let Some(n) = opts.conntrack_max {
-                loader.map_max_entries(map_names::CONNTRACK, n);
+                loader.map_max_entries(map_names::CT_TCP, n);
+                loader.map_max_entries(map_names::CT_ANY, (n / 2).max(1));
             }
         })?;
         // Typed handles check key and value sizes: an adopted map of another layout
@@ -228,13 +230,8 @@ impl Loaded {
 /// Removes every map kproxy pins under `pin_dir`, then the directory if it is empty.
 /// Missing pins are fine. The maps live on while a loaded program still uses them.
 pub fn unpin_all(pin_dir: &Path) -> Result<(), LoaderError> {
-    for name in map_names::PINNED {
-        let path = pin_dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(LoaderError::Unpin { path, source }),
-        }
+    for name in map_names::PINNED.iter().chain(&map_names::RETIRED) {
+        unpin(&pin_dir.join(name))?;
     }
     match std::fs::remove_dir(pin_dir) {
         Ok(()) => Ok(()),
@@ -243,6 +240,30 @@ pub fn unpin_all(pin_dir: &Path) -> Result<(), LoaderError> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
         Err(source) => Err(LoaderError::Unpin {
             path: pin_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Removes the pins of retired map layouts under `pin_dir` (left by an older agent; no
+/// program of this one uses them). Returns the names removed.
+pub fn unpin_retired(pin_dir: &Path) -> Result<Vec<&'static str>, LoaderError> {
+    let mut removed = Vec::new();
+    for name in map_names::RETIRED {
+        if unpin(&pin_dir.join(name))? {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the pin at `path`; false if there was none.
+fn unpin(path: &Path) -> Result<bool, LoaderError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(LoaderError::Unpin {
+            path: path.to_path_buf(),
             source,
         }),
     }

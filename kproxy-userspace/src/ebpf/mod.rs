@@ -28,7 +28,7 @@ pub mod verify;
 pub use desired::{DesiredState, FrontendState, MasqueradePolicy, desired_state, node_port_addresses};
 pub use loader::{
     ALL_PROGRAMS, DEFAULT_PIN_DIR, LoadOptions, Loaded, LoaderError, SOCK_PROGRAMS, TC_EGRESS_PROGRAM,
-    TC_INGRESS_PROGRAM, XDP_PROGRAM, unpin_all,
+    TC_INGRESS_PROGRAM, XDP_PROGRAM, unpin_all, unpin_retired,
 };
 pub use maps::{
     BackendId, CtDirection, CtFlow, DatapathMaps, Frontend, FrontendEntry, FrontendId, FrontendOptions,

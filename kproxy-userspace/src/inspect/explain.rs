@@ -16,7 +16,7 @@ use crate::{
     model::Protocol,
 };
 use kproxy_common::map_names::{
-    AFFINITY, BACKENDS, CONNTRACK, NODE_ADDRS, REVNAT, SERVICES, SLOTS, SOURCE_RANGES,
+    AFFINITY, BACKENDS, CT_ANY, CT_TCP, NODE_ADDRS, REVNAT, SERVICES, SLOTS, SOURCE_RANGES,
 };
 
 /// One backend the datapath can choose.
@@ -163,7 +163,7 @@ impl Inspection {
         let Some(svc) = found else {
             trace.push(format!(
                 "not a frontend: the packet passes untouched (a reply of a tracked flow would be \
-                 reverse-translated through its {CONNTRACK} reply entry)"
+                 reverse-translated through its {CT_TCP} or {CT_ANY} reply entry)"
             ));
             path.trace = trace;
             return Ok(path);
@@ -248,8 +248,13 @@ impl Inspection {
                 && f.proto == probe.protocol.number()
                 && f.frontend_id == svc.id
         }) {
+            let table = if flow.proto == kproxy_common::lb::PROTO_TCP && flow.established {
+                CT_TCP
+            } else {
+                CT_ANY
+            };
             trace.push(format!(
-                "{CONNTRACK}[{} -> {}] -> an existing flow: stays on backend {}",
+                "{table}[{} -> {}] -> an existing flow: stays on backend {}",
                 probe.src, probe.dst, flow.backend
             ));
         }

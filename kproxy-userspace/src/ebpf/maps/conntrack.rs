@@ -1,5 +1,6 @@
-//! The conntrack map: both entries of every translated flow, decoded for inspection and
-//! written raw by tests; and the ClientIP affinity map.
+//! The conntrack tables (established TCP flows; UDP flows and TCP handshakes): both
+//! entries of every translated flow, decoded for inspection and written raw by tests;
+//! and the ClientIP affinity map.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +10,7 @@ use std::{
 use kproxy_common::{
     CtEntry, CtKey,
     conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN},
-    lb::PROTO_UDP,
+    lb::{PROTO_TCP, PROTO_UDP},
     map_names as names,
 };
 
@@ -55,12 +56,16 @@ pub struct CtFlow {
 }
 
 impl DatapathMaps {
-    /// Every conntrack entry, raw.
+    /// Every conntrack entry of both tables, raw.
     pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapsError> {
-        self.conntrack
-            .iter()
-            .map(|r| r.map_err(MapOp::Iterate.on(names::CONNTRACK)))
-            .collect()
+        let tcp = self.ct_tcp.iter().map(|r| r.map_err(MapOp::Iterate.on(names::CT_TCP)));
+        let any = self.ct_any.iter().map(|r| r.map_err(MapOp::Iterate.on(names::CT_ANY)));
+        tcp.chain(any).collect()
+    }
+
+    /// Entries per table: (established TCP, UDP and TCP handshakes).
+    pub fn conntrack_counts(&self) -> (usize, usize) {
+        (self.ct_tcp.keys().count(), self.ct_any.keys().count())
     }
 
     /// Every conntrack entry, decoded.
@@ -93,21 +98,35 @@ impl DatapathMaps {
             .collect())
     }
 
-    /// One raw conntrack entry.
+    /// One raw conntrack entry (the established-TCP table first, as the datapath looks).
     pub fn conntrack_get(&self, key: &CtKey) -> Result<Option<CtEntry>, MapsError> {
-        found(self.conntrack.get(key, 0), names::CONNTRACK)
+        if let Some(e) = found(self.ct_tcp.get(key, 0), names::CT_TCP)? {
+            return Ok(Some(e));
+        }
+        found(self.ct_any.get(key, 0), names::CT_ANY)
     }
 
-    /// Writes a raw conntrack entry (restoring state, tests).
+    /// Writes a raw conntrack entry (restoring state, tests): where `key` is now, else in
+    /// the table the datapath would keep it in (established TCP, or the other).
     pub fn conntrack_insert(&mut self, key: CtKey, entry: CtEntry) -> Result<(), MapsError> {
-        self.conntrack
-            .insert(key, entry, 0)
-            .map_err(MapOp::Insert.on(names::CONNTRACK))
+        let in_tcp = found(self.ct_tcp.get(&key, 0), names::CT_TCP)?.is_some();
+        let in_any = found(self.ct_any.get(&key, 0), names::CT_ANY)?.is_some();
+        let tcp = in_tcp || (!in_any && key.proto == PROTO_TCP && entry.state & CT_ST_ESTABLISHED != 0);
+        if tcp {
+            self.ct_tcp
+                .insert(key, entry, 0)
+                .map_err(MapOp::Insert.on(names::CT_TCP))
+        } else {
+            self.ct_any
+                .insert(key, entry, 0)
+                .map_err(MapOp::Insert.on(names::CT_ANY))
+        }
     }
 
-    /// Deletes a raw conntrack entry (missing is fine).
+    /// Deletes a raw conntrack entry from both tables (missing is fine).
     pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<(), MapsError> {
-        removed(self.conntrack.remove(key), names::CONNTRACK)
+        removed(self.ct_tcp.remove(key), names::CT_TCP)?;
+        removed(self.ct_any.remove(key), names::CT_ANY)
     }
 
     /// Number of ClientIP affinity entries (for inspection).

@@ -185,7 +185,10 @@ pub struct DatapathMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     backends: HashMap<MapData, u32, Backend>,
     revnat: HashMap<MapData, u32, RevNat>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// Established TCP flows.
+    ct_tcp: HashMap<MapData, CtKey, CtEntry>,
+    /// UDP flows and TCP handshakes.
+    ct_any: HashMap<MapData, CtKey, CtEntry>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     node_addrs: HashMap<MapData, u32, NodeAddr>,
     config: Array<MapData, Config>,
@@ -234,7 +237,8 @@ impl DatapathMaps {
             slots: typed!(get, names::SLOTS),
             backends: typed!(get, names::BACKENDS),
             revnat: typed!(get, names::REVNAT),
-            conntrack: typed!(get, names::CONNTRACK),
+            ct_tcp: typed!(get, names::CT_TCP),
+            ct_any: typed!(get, names::CT_ANY),
             affinity: typed!(get, names::AFFINITY),
             node_addrs: typed!(get, names::NODE_ADDRS),
             config: typed!(get, names::CONFIG),
