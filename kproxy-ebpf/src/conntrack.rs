@@ -266,7 +266,7 @@ pub fn repair(table: Table, key: CtKey, e: &CtEntry) {
     if find(&key).is_some() {
         return;
     }
-    if table.map().insert(&key, e, BPF_NOEXIST as u64).is_ok() {
+    if table.map().insert(key, e, BPF_NOEXIST as u64).is_ok() {
         event(EV_CT_REPAIRED);
     }
 }
@@ -286,7 +286,7 @@ pub unsafe fn promote(service: &CtKey, e: *const CtEntry) {
         return;
     }
     let reply = reply_key_of(e, PROTO_TCP);
-    let Some(r) = CT_ANY.get_ptr(&reply) else {
+    let Some(r) = CT_ANY.get_ptr(reply) else {
         return;
     };
     // SAFETY: a live map value pointer.
@@ -295,15 +295,15 @@ pub unsafe fn promote(service: &CtKey, e: *const CtEntry) {
         return;
     }
     // Reply entry first, as at creation; a failure leaves the flow where it is.
-    if CT_TCP.insert(&reply, r, 0).is_err() {
+    if CT_TCP.insert(reply, r, 0).is_err() {
         return;
     }
     if CT_TCP.insert(service, e, 0).is_err() {
-        let _ = CT_TCP.remove(&reply);
+        let _ = CT_TCP.remove(reply);
         return;
     }
     let _ = CT_ANY.remove(service);
-    let _ = CT_ANY.remove(&reply);
+    let _ = CT_ANY.remove(reply);
 }
 
 /// The entry of a new flow of `flow` to backend `backend_id` (`b`) of service
@@ -343,14 +343,20 @@ pub fn create(flow: &Flow, e: &CtEntry, now: u64, t: &CtTimeouts) -> Result<(), 
 /// holds `key` in either table: a dead flow's entries are reclaimed, and with `own`, an
 /// earlier flow of that client tuple is replaced.
 #[inline(always)]
-pub fn claim(key: CtKey, e: &CtEntry, own: Option<&Flow>, now: u64, t: &CtTimeouts) -> Result<(), CreateError> {
+pub fn claim(
+    key: CtKey,
+    e: &CtEntry,
+    own: Option<&Flow>,
+    now: u64,
+    t: &CtTimeouts,
+) -> Result<(), CreateError> {
     if let Some((table, p)) = find(&key)
         // SAFETY: a live map value pointer.
         && !free(table, key, unsafe { &*p }, own, now, t)
     {
         return Err(CreateError::Clash);
     }
-    match CT_ANY.insert(&key, e, BPF_NOEXIST as u64) {
+    match CT_ANY.insert(key, e, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         // Another CPU claimed it in between (or a flow mid-move holds it in both tables).
         Err(EEXIST) => Err(CreateError::Clash),
@@ -376,13 +382,13 @@ fn free(table: Table, key: CtKey, old: &CtEntry, own: Option<&Flow>, now: u64, t
         return false;
     }
     let map = table.map();
-    if let Some(s) = map.get_ptr(&service) {
+    if let Some(s) = map.get_ptr(service) {
         // SAFETY: map value pointer, read at once. A newer flow of the same client tuple
         // keeps its entry.
         if reply_key_of(unsafe { &*s }, key.proto) == key {
-            let _ = map.remove(&service);
+            let _ = map.remove(service);
         }
     }
-    let _ = map.remove(&key);
+    let _ = map.remove(key);
     true
 }

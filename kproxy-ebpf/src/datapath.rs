@@ -18,8 +18,7 @@ use kproxy_common::{
 use crate::{
     conntrack::{self as ct, CreateError, Table},
     ctx::Packet,
-    lb,
-    nat,
+    lb, nat,
     parse::{Flow, NotHandled, parse_ipv4},
     reject,
     snat::{self, SnatError},

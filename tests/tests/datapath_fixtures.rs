@@ -29,7 +29,7 @@ use kproxy_common::{
     byteorder::{be_addr, be_port},
     conntrack::{
         CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN,
-        CT_ST_PEER_FIN, CT_ST_REPLIED,
+        CT_ST_PEER_FIN, CT_ST_REPLIED, CT_ST_SEEN_REPLY,
     },
     lb::{PROTO_TCP, PROTO_UDP},
 };
@@ -653,6 +653,163 @@ fn zero_udp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 #[test]
 fn fixtures() {
     run_table(&cases());
+}
+
+/// A second TCP ClusterIP (10.96.0.11:80) over backend 1 alone: the target of the floods.
+fn flood_target() -> Frontend {
+    Frontend::Address {
+        addr: sa([10, 96, 0, 11], 80),
+        proto: Protocol::Tcp,
+    }
+}
+
+/// Backend 3: 10.0.2.7:5353, behind the UDP ClusterIP.
+const ID3: BackendId = BackendId(3);
+
+/// Conntrack's two tables, repair and UDP streams.
+fn conntrack_cases() -> Vec<Case> {
+    let client = sa(CLIENT, 40000);
+    let vip = sa(CLUSTER_IP, 80);
+    let (b1, b2) = (sa(B1, 8080), sa(B2, 8080));
+    let to_b1 = Flow::new(client, vip, b1);
+    let to_b2 = Flow::new(client, vip, b2);
+    let dns = Flow::new(client, sa(CLUSTER_IP, 53), sa(B1, 5353));
+    let flood = 2_500u16;
+    vec![
+        Case {
+            name: "a TCP flow stays in the handshake table until both sides have answered, then moves",
+            seed: cluster_tcp_on(&[ID1]),
+            steps: vec![to_b1.request(SYN, b""), to_b1.reply(SYN_ACK, b"")],
+            check: Box::new(|m, _| assert_eq!(m.conntrack_counts(), (0, 2), "(established TCP, other)")),
+        },
+        Case {
+            name: "the client's ACK completing the handshake moves the flow to the established-TCP table",
+            seed: cluster_tcp_on(&[ID1]),
+            steps: [handshake(&to_b1), vec![to_b1.request(ACK, b"")]].concat(),
+            check: Box::new(|m, _| assert_eq!(m.conntrack_counts(), (2, 0), "(established TCP, other)")),
+        },
+        Case {
+            name: "a flow whose reply entry was evicted is repaired by the client's next packet",
+            seed: Box::new(move |m| {
+                flow_on_b2(m, client);
+                m.conntrack_remove(&ct_key(b2, client, PROTO_TCP, CT_DIR_REPLY))
+                    .unwrap();
+            }),
+            steps: vec![to_b2.request(ACK, b"ping"), to_b2.reply(ACK, b"pong")],
+            check: Box::new(|m, _| {
+                assert_eq!(event(m, "ct_repaired"), 1);
+                assert_eq!((event(m, "reselect"), event(m, "new_flow")), (0, 0));
+                assert_eq!(event(m, "reply_nat"), 1);
+                assert_eq!(m.conntrack_counts(), (2, 0));
+            }),
+        },
+        Case {
+            name: "a flow whose service entry was evicted is repaired by a reply and keeps its backend",
+            seed: Box::new(move |m| {
+                flow_on_b2(m, client);
+                m.conntrack_remove(&ct_key(client, vip, PROTO_TCP, CT_DIR_SERVICE))
+                    .unwrap();
+            }),
+            steps: vec![to_b2.reply(ACK, b"push"), to_b2.request(ACK, b"ack")],
+            check: Box::new(|m, _| {
+                assert_eq!(event(m, "ct_repaired"), 1);
+                assert_eq!((event(m, "reselect"), event(m, "new_flow")), (0, 0));
+                assert_eq!(m.backend_counters(ID2).unwrap().packets, 1);
+            }),
+        },
+        Case {
+            name: "floods of new UDP flows and of SYNs evict no established TCP flow",
+            seed: Box::new(move |m| {
+                flow_on_b2(m, client);
+                m.upsert_backend(ID3, sa(B1, 5353)).unwrap();
+                seed_service(m, cluster_udp(), &[ID3]);
+                seed_service(m, flood_target(), &[ID1]);
+            }),
+            steps: (0..flood)
+                .flat_map(|i| {
+                    let other = sa([10, 0, 3, 9], 10_000 + i);
+                    [
+                        Flow::new(other, sa(CLUSTER_IP, 53), sa(B1, 5353)).udp_request(b"q"),
+                        Flow::new(other, sa([10, 96, 0, 11], 80), b1).request(SYN, b""),
+                    ]
+                })
+                .chain([to_b2.request(ACK, b"still here")])
+                .collect(),
+            check: Box::new(move |m, _| {
+                assert_eq!(event(m, "new_flow"), 2 * u64::from(flood));
+                assert_eq!(event(m, "reselect"), 0);
+                assert_eq!(m.backend_counters(ID2).unwrap().packets, 1);
+                let (tcp, other) = m.conntrack_counts();
+                assert_eq!(tcp, 2, "the established flow, alone in its table");
+                // 4 entries per flood round into a table of 2048: the LRU evicted.
+                assert!(
+                    other < 4 * usize::from(flood),
+                    "{other} entries: nothing was evicted?"
+                );
+            }),
+        },
+        Case {
+            name: "a UDP exchange (a query and its answer) keeps the unreplied timeout, not the stream one",
+            seed: dns_on_b1(),
+            steps: vec![dns.udp_request(b"q"), dns.udp_reply(b"a")],
+            check: Box::new(|m, _| {
+                for (_, e) in m.conntrack_entries().unwrap() {
+                    assert_eq!(e.state & (CT_ST_SEEN_REPLY | CT_ST_REPLIED), CT_ST_SEEN_REPLY);
+                }
+            }),
+        },
+        Case {
+            name: "a replied UDP flow idle 40 s chooses again (unreplied timeout 30 s, as netfilter)",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID1, sa(B1, 5353)),
+                    PROTO_UDP,
+                    Duration::from_secs(40),
+                );
+                for (key, mut e) in m.conntrack_entries().unwrap() {
+                    e.state |= CT_ST_SEEN_REPLY;
+                    m.conntrack_insert(key, e).unwrap();
+                }
+            }),
+            steps: vec![dns.udp_request(b"again")],
+            check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 1)),
+        },
+        Case {
+            name: "a UDP flow answered more than 2 s after it began is a stream (both entries)",
+            seed: Box::new(move |m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                let svc = seed_service(m, cluster_udp(), &[ID1]);
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    sa(CLUSTER_IP, 53),
+                    (ID1, sa(B1, 5353)),
+                    PROTO_UDP,
+                    Duration::from_secs(3),
+                );
+            }),
+            steps: vec![dns.udp_reply(b"late answer")],
+            check: Box::new(|m, _| {
+                let entries = m.conntrack_entries().unwrap();
+                assert_eq!(entries.len(), 2);
+                for (_, e) in entries {
+                    assert_ne!(e.state & CT_ST_REPLIED, 0, "stream");
+                }
+            }),
+        },
+    ]
+}
+
+#[test]
+fn conntrack_fixtures() {
+    run_table(&conntrack_cases());
 }
 
 /// With two backends the choice is random: each new flow's output is one of the two valid

@@ -58,8 +58,14 @@ pub struct CtFlow {
 impl DatapathMaps {
     /// Every conntrack entry of both tables, raw.
     pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, MapsError> {
-        let tcp = self.ct_tcp.iter().map(|r| r.map_err(MapOp::Iterate.on(names::CT_TCP)));
-        let any = self.ct_any.iter().map(|r| r.map_err(MapOp::Iterate.on(names::CT_ANY)));
+        let tcp = self
+            .ct_tcp
+            .iter()
+            .map(|r| r.map_err(MapOp::Iterate.on(names::CT_TCP)));
+        let any = self
+            .ct_any
+            .iter()
+            .map(|r| r.map_err(MapOp::Iterate.on(names::CT_ANY)));
         tcp.chain(any).collect()
     }
 
