@@ -417,19 +417,33 @@ impl TwoNodeCluster {
         }
     }
 
+    /// Writes the model with `service` served by `pods`, without waiting for the agents
+    /// and without changing the cluster's own record of it: for churn beside traffic
+    /// (`set_endpoints` restores a settled state).
+    pub fn write_endpoints(&self, service: &str, pods: &[&'static str]) {
+        let mut services = self.services.clone();
+        if let Some(s) = services.iter_mut().find(|s| s.name == service) {
+            s.endpoints = pods.to_vec();
+        } else {
+            panic!("no service {service}");
+        }
+        self.write_services(&services);
+    }
+
     fn write_model(&self) {
-        let resolved: Vec<(Vec<Ipv4Addr>, Vec<&str>)> = self
-            .services
+        self.write_services(&self.services);
+    }
+
+    fn write_services(&self, specs: &[ServiceSpec]) {
+        let resolved: Vec<(Vec<Ipv4Addr>, Vec<&str>)> = specs
             .iter()
             .map(|s| s.endpoints.iter().map(|name| endpoint(name)).unzip())
             .collect();
-        let terminating: Vec<Vec<Ipv4Addr>> = self
-            .services
+        let terminating: Vec<Vec<Ipv4Addr>> = specs
             .iter()
             .map(|s| s.terminating.iter().map(|name| endpoint(name).0).collect())
             .collect();
-        let services: Vec<Service> = self
-            .services
+        let services: Vec<Service> = specs
             .iter()
             .zip(resolved.iter().zip(&terminating))
             .map(|(s, ((ips, nodes), terminating_ips))| Service {

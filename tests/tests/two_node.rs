@@ -207,6 +207,68 @@ fn terminating_endpoint_keeps_its_connections(mode: Mode) {
     );
 }
 
+/// A rolling update's churn: the endpoint set is rewritten five times a second for 20 s
+/// (both pods, hello-a only, both, hello-b only) while a pod opens connections through
+/// the ClusterIP and an external client through the other node's NodePort (SNAT to the
+/// pod on host1), about 50 a second each. No connection fails: a flow whose endpoint
+/// leaves keeps it until it ends, as netfilter's conntrack does under kube-proxy.
+fn endpoint_churn_fails_no_connection(mode: Mode) {
+    const CHURN: Duration = Duration::from_secs(20);
+    const SERVICE: &str = "hello-app-service";
+    let mut c = TwoNodeCluster::start(mode, vec![hello()]);
+    let sets: [&[&'static str]; 4] = [
+        &["hello-a", "hello-b"],
+        &["hello-a"],
+        &["hello-a", "hello-b"],
+        &["hello-b"],
+    ];
+    let start = Instant::now();
+    let (failures, requests) = thread::scope(|scope| {
+        let cluster = &c;
+        scope.spawn(move || {
+            let mut n = 0;
+            while start.elapsed() < CHURN {
+                cluster.write_endpoints(SERVICE, sets[n % sets.len()]);
+                n += 1;
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let clients = [
+            (cluster.pod("client-1"), at(Ipv4Addr::new(10, 104, 81, 240), 80)),
+            (cluster.external(0), node_addr(1, HELLO_PORT)),
+        ]
+        .map(|(ns, target)| {
+            scope.spawn(move || {
+                let mut done = 0;
+                while start.elapsed() < CHURN && done < 2500 {
+                    match http_get_hostname(ns, target) {
+                        Ok(name) if name == "hello-a" || name == "hello-b" => done += 1,
+                        other => return (Some(format!("request {done} to {target}: {other:?}")), done),
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                (None, done)
+            })
+        });
+        let results: Vec<_> = clients.into_iter().map(|h| h.join().expect("client")).collect();
+        let requests: usize = results.iter().map(|(_, n)| n).sum();
+        let failures: Vec<String> = results.into_iter().filter_map(|(f, _)| f).collect();
+        (failures, requests)
+    });
+    // Let the syncs of the last churn writes finish (the agents poll the file every
+    // 100 ms), so the settled state's sync is the one `set_endpoints` waits for.
+    thread::sleep(Duration::from_secs(1));
+    c.set_endpoints(SERVICE, &["hello-a", "hello-b"]);
+    eprintln!("{mode:?}: {requests} requests during {CHURN:?} of endpoint churn");
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(requests > 100, "only {requests} requests in {CHURN:?}");
+    assert_eq!(
+        http_backends(c.pod("client-1"), at(Ipv4Addr::new(10, 104, 81, 240), 80)),
+        both(),
+        "both endpoints serve once the churn settles"
+    );
+}
+
 /// The health-check node port's answer on node `i`: status and the JSON body.
 fn health(c: &TwoNodeCluster, i: usize, port: u16, path: &str) -> (u16, serde_json::Value) {
     let (status, body) =
@@ -554,6 +616,7 @@ fn host_processes_reach_services(mode: Mode) {
 
 kproxy_testbed::every_mode!(
     terminating_endpoint_keeps_its_connections,
+    endpoint_churn_fails_no_connection,
     pod_reaches_its_own_nodes_host_network_through_clusterip,
     pod_reaches_the_other_nodes_host_network_through_clusterip,
     nodeport_to_a_local_host_network_endpoint_answers,
