@@ -160,5 +160,21 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 56);
 
+impl CtEntry {
+    /// The key of the client's packets of this flow (protocol `proto`).
+    #[inline(always)]
+    pub fn service_key(&self, proto: u8) -> CtKey {
+        CtKey {
+            saddr: self.client_addr,
+            daddr: self.frontend_addr,
+            sport: self.client_port,
+            dport: self.frontend_port,
+            proto,
+            dir: CT_DIR_SERVICE,
+            _pad: [0; 2],
+        }
+    }
+}
+
 // SAFETY: repr(C), integer fields only, explicit padding, sizes asserted above.
 unsafe_impl_pod!(CtKey, CtEntry, CtTimeouts);

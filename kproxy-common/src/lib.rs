@@ -57,6 +57,9 @@ pub mod map_names {
     pub const CT_TCP: &str = "KPROXY_CT_TCP_V1";
     /// UDP flows and TCP handshakes.
     pub const CT_ANY: &str = "KPROXY_CT_ANY_V1";
+    /// The single conntrack table before the split (same layout): its flows are copied
+    /// into the two tables when an agent adopts it.
+    pub const RETIRED_CONNTRACK: &str = "KPROXY_CT_V1";
     pub const AFFINITY: &str = "KPROXY_AFFINITY_V1";
     pub const NODE_ADDRS: &str = "KPROXY_NODE_ADDRS_V1";
     /// V2: SNAT address, cluster CIDR and port range added. V3: the socket-LB netns
@@ -98,7 +101,7 @@ pub mod map_names {
     /// cleanup` remove them.
     pub const RETIRED: [&str; 11] = [
         "KPROXY_SERVICES_V1",
-        "KPROXY_CT_V1",
+        RETIRED_CONNTRACK,
         "KPROXY_CONFIG_V1",
         "KPROXY_CONFIG_V2",
         "KPROXY_CONFIG_V3",

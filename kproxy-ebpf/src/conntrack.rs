@@ -119,15 +119,7 @@ pub fn reply_key_of(e: &CtEntry, proto: u8) -> CtKey {
 /// The key of the client's packets of the flow `e`.
 #[inline(always)]
 pub fn service_key_of(e: &CtEntry, proto: u8) -> CtKey {
-    CtKey {
-        saddr: e.client_addr,
-        daddr: e.frontend_addr,
-        sport: e.client_port,
-        dport: e.frontend_port,
-        proto,
-        dir: CT_DIR_SERVICE,
-        _pad: [0; 2],
-    }
+    e.service_key(proto)
 }
 
 /// Whether `e` was seen within its idle timeout `t` (a timestamp in the future counts

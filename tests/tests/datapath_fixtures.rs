@@ -25,7 +25,7 @@ use kproxy::{
     model::Protocol,
 };
 use kproxy_common::{
-    RateBucket,
+    CtEntry, CtKey, RateBucket,
     byteorder::{be_addr, be_port},
     conntrack::{
         CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_F_SNAT, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN,
@@ -1065,6 +1065,93 @@ fn restart_adopts_pinned_maps() {
     let other = seed_service(&mut dp.maps, cluster_udp(), &[ID2]);
     assert_ne!(other, id, "a new frontend never reuses a live id");
     assert_eq!(dp.maps.backends().unwrap().len(), 2);
+}
+
+/// Creates and pins at `path` an LRU hash map of conntrack's layout (the earlier agents'
+/// single table), through bpf(2) directly: no program of this object declares it.
+fn pin_retired_conntrack(path: &std::path::Path) -> aya::maps::HashMap<aya::maps::MapData, CtKey, CtEntry> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    /// bpf(2)'s attribute union, large enough for both commands used.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        words: [u32; 32],
+    }
+    let bpf = |cmd: libc::c_long, attr: &mut Attr| {
+        // SAFETY: `attr` is a zeroed bpf_attr-sized buffer holding the command's fields.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<Attr>()) }
+    };
+    let mut create = Attr::default();
+    // map_type BPF_MAP_TYPE_LRU_HASH, key_size, value_size, max_entries.
+    create.words[..4].copy_from_slice(&[9, size_of::<CtKey>() as u32, size_of::<CtEntry>() as u32, 64]);
+    let fd = bpf(0, &mut create); // BPF_MAP_CREATE
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = Attr::default();
+    let ptr = name.as_ptr() as u64;
+    pin.words[0] = ptr as u32;
+    pin.words[1] = (ptr >> 32) as u32;
+    pin.words[2] = fd as u32;
+    let rc = bpf(6, &mut pin); // BPF_OBJ_PIN
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is ours; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    let map = aya::maps::MapData::from_pin(path)
+        .and_then(aya::maps::Map::from_map_data)
+        .expect("open the pinned map");
+    map.try_into().expect("a conntrack-layout hash map")
+}
+
+/// An upgrade from an agent with one conntrack table: its flows are copied into the two
+/// tables (an established TCP flow into the TCP one, a UDP flow into the other) and keep
+/// their backends; the old pin is removed.
+#[test]
+fn an_upgrade_keeps_the_flows_of_the_single_conntrack_table() {
+    let pins = PinDir::new("upg");
+    let mut dp = pins.load();
+    let client = sa(CLIENT, 40000);
+    flow_on_b2(&mut dp.maps, client);
+    dp.maps.upsert_backend(ID3, sa(B1, 5353)).unwrap();
+    let dns = seed_service(&mut dp.maps, cluster_udp(), &[ID3]);
+    seed_flow(
+        &mut dp.maps,
+        dns,
+        client,
+        sa(CLUSTER_IP, 53),
+        (ID3, sa(B1, 5353)),
+        PROTO_UDP,
+        Duration::ZERO,
+    );
+    let flows = dp.maps.conntrack_entries().unwrap();
+    assert_eq!(flows.len(), 4);
+    let retired = pins.path().join(kproxy_common::map_names::RETIRED_CONNTRACK);
+    let mut old = pin_retired_conntrack(&retired);
+    for (key, entry) in &flows {
+        old.insert(key, entry, 0).unwrap();
+        dp.maps.conntrack_remove(key).unwrap();
+    }
+    assert_eq!(dp.maps.conntrack_counts(), (0, 0));
+
+    assert_eq!(dp.maps.adopt_retired_conntrack(pins.path()).unwrap(), 4);
+    assert_eq!(dp.maps.conntrack_counts(), (2, 2), "(established TCP, other)");
+    assert_eq!(
+        kproxy::ebpf::unpin_retired(pins.path()).unwrap(),
+        [kproxy_common::map_names::RETIRED_CONNTRACK]
+    );
+    assert!(!retired.exists());
+    let program = dp.ebpf.program(Hook::Tc.program()).expect("program");
+    let steps = [
+        Flow::new(client, sa(CLUSTER_IP, 80), sa(B2, 8080)).request(ACK, b"after the upgrade"),
+        Flow::new(client, sa(CLUSTER_IP, 53), sa(B1, 5353)).udp_request(b"q"),
+    ];
+    run_steps(program, Hook::Tc, &steps, None).unwrap();
+    assert_eq!((event(&dp.maps, "ct_hit"), event(&dp.maps, "new_flow")), (2, 0));
 }
 
 // ---- SNAT: the flows kube-proxy masquerades get the node's address and a port ----

@@ -97,6 +97,12 @@ impl EbpfProxier {
             "eBPF datapath loaded, maps pinned under {} ({adopted} frontends adopted, {pruned} orphan slots pruned)",
             opts.pin_path.display()
         );
+        let kept = loaded.maps.adopt_retired_conntrack(&opts.pin_path)?;
+        if kept > 0 {
+            info!(
+                "{kept} conntrack entries of the earlier single table copied into the TCP and other tables"
+            );
+        }
         for name in crate::ebpf::unpin_retired(&opts.pin_path)? {
             info!("map {name} of an earlier layout unpinned (no program uses it)");
         }

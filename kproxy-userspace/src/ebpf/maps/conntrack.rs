@@ -5,11 +5,16 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddrV4,
+    path::Path,
 };
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 
 use kproxy_common::{
     CtEntry, CtKey,
-    conntrack::{CT_DIR_REPLY, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN},
+    conntrack::{
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_MASQ, CT_ST_CLOSING, CT_ST_ESTABLISHED, CT_ST_FIN, CT_ST_PEER_FIN,
+    },
     lb::{PROTO_TCP, PROTO_UDP},
     map_names as names,
 };
@@ -67,6 +72,49 @@ impl DatapathMaps {
             .iter()
             .map(|r| r.map_err(MapOp::Iterate.on(names::CT_ANY)));
         tcp.chain(any).collect()
+    }
+
+    /// Copies the flows of an earlier agent's single conntrack table (`KPROXY_CT_V1`, the
+    /// same key and value layout), if one is pinned under `pin_dir`, into the two tables,
+    /// so that upgrading the agent keeps every connection. A flow's two entries go to one
+    /// table: the established-TCP one once its client has completed the handshake.
+    /// Returns the entries copied; the old pin is left to `unpin_retired`.
+    pub fn adopt_retired_conntrack(&mut self, pin_dir: &Path) -> Result<usize, MapsError> {
+        let path = pin_dir.join(names::RETIRED_CONNTRACK);
+        if !path.exists() {
+            return Ok(0);
+        }
+        let map = MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| MapsError::OpenPinned {
+                path,
+                source: Box::new(source),
+            })?;
+        let old: BpfHashMap<MapData, CtKey, CtEntry> =
+            map.try_into().map_err(|source| MapsError::Layout {
+                map: names::RETIRED_CONNTRACK,
+                source: Box::new(source),
+            })?;
+        let entries: HashMap<CtKey, CtEntry> = old
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(MapOp::Iterate.on(names::RETIRED_CONNTRACK))?;
+        for (key, entry) in &entries {
+            let service = if key.dir == CT_DIR_SERVICE {
+                Some(entry)
+            } else {
+                entries.get(&entry.service_key(key.proto))
+            };
+            let established =
+                key.proto == PROTO_TCP && service.is_some_and(|e| e.state & CT_ST_ESTABLISHED != 0);
+            let (table, name) = if established {
+                (&mut self.ct_tcp, names::CT_TCP)
+            } else {
+                (&mut self.ct_any, names::CT_ANY)
+            };
+            table.insert(key, entry, 0).map_err(MapOp::Insert.on(name))?;
+        }
+        Ok(entries.len())
     }
 
     /// Entries per table: (established TCP, UDP and TCP handshakes).
