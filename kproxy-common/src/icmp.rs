@@ -1,10 +1,17 @@
 //! The ICMP port unreachable a frontend without endpoints answers with (kube-proxy's
-//! REJECT), and the token bucket that limits how many the datapath sends.
+//! REJECT), the ICMP error types whose quote is translated with their flow, and the
+//! token bucket that limits how many the datapath sends.
 
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
 /// ICMP type destination unreachable.
 pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP type time exceeded.
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 /// ICMP code port unreachable (`iptables -j REJECT`'s default).
 pub const ICMP_PORT_UNREACH: u8 = 3;
+/// ICMP code fragmentation needed and DF set (PMTU discovery, RFC 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 /// TTL of the replies (Linux's default `ip_default_ttl`).
 pub const REPLY_TTL: u8 = 64;
 /// TOS of the replies: precedence "internetwork control", as Linux's `icmp_send` marks

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     csum,
-    icmp::{ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, REPLY_TOS, REPLY_TTL},
+    icmp::{ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, PROTO_ICMP, REPLY_TOS, REPLY_TTL},
     lb::PROTO_TCP,
 };
 
@@ -27,8 +27,6 @@ use crate::{
     hdr::{ETH_LEN, IP_DST_OFF, IP_PROTO_OFF, IP_SRC_OFF, IPV4_LEN, TCP_MIN_LEN, UDP_LEN},
 };
 
-/// IP protocol number of ICMP.
-const PROTO_ICMP: u8 = 1;
 /// Length of the ICMP header of a destination unreachable.
 const ICMP_LEN: usize = 8;
 /// The reply's own headers, inserted between the Ethernet header and the quote.

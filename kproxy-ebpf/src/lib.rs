@@ -10,6 +10,7 @@
 //! - [`snat`]: which new flows are SNATed to the node, and their port allocation;
 //! - [`reject`]: frontends without usable backends: REJECT or DROP as kube-proxy does;
 //! - [`icmp`]: TC only: the ICMP port unreachable built in place from the packet;
+//! - [`icmp_error`]: TC only: ICMP errors about translated flows, translated with them;
 //! - [`datapath`]: the packet walk every hook runs;
 //! - [`fib`]: XDP only: sending translated packets to their next hop (or the stack);
 //! - [`sock`]: socket-LB: cgroup connect4/sendmsg4/recvmsg4/getpeername4 translation;
@@ -22,6 +23,7 @@ pub mod datapath;
 pub mod fib;
 pub mod hdr;
 pub mod icmp;
+pub mod icmp_error;
 pub mod lb;
 pub mod maps;
 pub mod nat;

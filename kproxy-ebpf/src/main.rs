@@ -10,7 +10,9 @@ use aya_ebpf::{
 use kproxy_common::stats::{HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP};
 use kproxy_ebpf::{
     datapath::{Verdict, handle, handle_reply},
-    fib, reject, sock,
+    fib,
+    icmp_error::{self, Scope},
+    reject, sock,
     stats::count_packet,
 };
 
@@ -21,6 +23,8 @@ use kproxy_ebpf::{
 pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     count_packet(ctx.ingress_ifindex() as u32, HOOK_XDP, len);
+    // ICMP (errors about translated flows included) is not parsed here: it passes, and
+    // TC ingress, attached wherever XDP is, translates it (`icmp_error`).
     match handle(&ctx) {
         // A reject is TC's to answer (`reject`): on to the stack untouched.
         Verdict::Pass | Verdict::Reject { .. } => xdp_action::XDP_PASS,
@@ -37,7 +41,9 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count_packet(ifindex, HOOK_TC_INGRESS, len as u64);
-    match handle(&ctx) {
+    // ICMP errors about translated flows, either way; everything else to the datapath.
+    let verdict = icmp_error::translate(&ctx, Scope::Both).unwrap_or_else(|| handle(&ctx));
+    match verdict {
         Verdict::Pass | Verdict::Translated => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Reject { rev_nat_id } => reject::answer(&ctx, rev_nat_id),
@@ -46,13 +52,16 @@ pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
 
 /// TC egress on the same interfaces: counts the packet, then reverse-translates replies
 /// that reached no ingress hook as replies (generated on the node, or de-masqueraded by
-/// netfilter after routing); never DNATs. Replies already translated at ingress miss.
+/// netfilter after routing), and ICMP errors toward clients (`icmp_error`); never DNATs.
+/// Replies (and errors) already translated at ingress miss.
 #[classifier]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count_packet(ifindex, HOOK_TC_EGRESS, len as u64);
-    match handle_reply(&ctx) {
+    // The node's own ICMP errors about a translated packet it forwarded go to the client.
+    let verdict = icmp_error::translate(&ctx, Scope::Replies).unwrap_or_else(|| handle_reply(&ctx));
+    match verdict {
         Verdict::Pass | Verdict::Translated | Verdict::Reject { .. } => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }

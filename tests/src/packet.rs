@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use etherparse::{
     Icmpv4Type, IpDscp, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder,
-    icmpv4::DestUnreachableHeader,
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
 };
 
 const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -183,29 +183,80 @@ pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
 
 /// Panics unless the IPv4 header checksum and the TCP/UDP/ICMP checksum of `frame` are
 /// valid (a UDP checksum of 0 means none and is accepted; ICMP has no pseudo header).
+/// For an ICMP error (destination unreachable, time exceeded) the quoted IPv4 header's
+/// checksum is checked too, and the quoted TCP/UDP checksum when the whole packet is
+/// quoted.
 pub fn assert_checksums_valid(frame: &[u8]) {
     assert!(frame.len() >= 34, "frame too short for IPv4");
     assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
-    let ihl = (frame[14] & 0x0f) as usize * 4;
-    assert_eq!(
-        fold(sum16(&frame[14..14 + ihl], 0)),
-        0xffff,
-        "bad IPv4 header checksum"
-    );
-    let tot = u16::from_be_bytes([frame[16], frame[17]]) as usize;
-    let l4 = &frame[14 + ihl..14 + tot];
-    let proto = frame[23];
+    assert_ipv4_checksums_valid(&frame[14..], true);
+}
+
+/// The checks of [`assert_checksums_valid`] on the IPv4 packet `ip`; `whole`: `ip` is
+/// not cut short (a quote may be), so its L4 checksum can be checked.
+fn assert_ipv4_checksums_valid(ip: &[u8], whole: bool) {
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    assert_eq!(fold(sum16(&ip[..ihl], 0)), 0xffff, "bad IPv4 header checksum");
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if !whole && tot != ip.len() {
+        return;
+    }
+    let l4 = &ip[ihl..tot];
+    let proto = ip[9];
     if proto == 17 && l4[6] == 0 && l4[7] == 0 {
         return;
     }
     if proto == 1 {
         assert_eq!(fold(sum16(l4, 0)), 0xffff, "bad ICMP checksum");
+        if matches!(l4[0], 3 | 11) && l4.len() >= 8 + 20 {
+            assert_ipv4_checksums_valid(&l4[8..], false);
+        }
         return;
     }
     let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&frame[26..34]);
+    pseudo.extend_from_slice(&ip[12..20]);
     pseudo.extend_from_slice(&[0, proto]);
     pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     let s = sum16(l4, sum16(&pseudo, 0));
     assert_eq!(fold(s), 0xffff, "bad L4 (proto {proto}) checksum");
+}
+
+/// What an ICMP error in a test reports.
+#[derive(Clone, Copy, Debug)]
+pub enum IcmpError {
+    /// Destination unreachable, port unreachable.
+    PortUnreachable,
+    /// Destination unreachable, fragmentation needed, with the next hop's MTU.
+    FragNeeded(u16),
+    /// Time exceeded in transit.
+    TimeExceeded,
+}
+
+/// An ICMP error `kind` from `src` to `dst` (TTL 64) about `about` (Ethernet + IPv4 +
+/// TCP/UDP), quoting its whole IPv4 packet (as Linux does, up to 576 bytes), or with
+/// `l4_quote`, its IPv4 header and the first `l4_quote` bytes of its transport header.
+pub fn icmp_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: IcmpError,
+    about: &[u8],
+    l4_quote: Option<usize>,
+) -> Vec<u8> {
+    let ty = match kind {
+        IcmpError::PortUnreachable => Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        IcmpError::FragNeeded(next_hop_mtu) => {
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu })
+        }
+        IcmpError::TimeExceeded => Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+    };
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src, dst, 64)
+        .icmpv4(ty);
+    let quote = match l4_quote {
+        Some(n) => &about[14..34 + n],
+        None => &about[14..],
+    };
+    let mut out = Vec::with_capacity(b.size(quote.len()));
+    b.write(&mut out, quote).expect("write ICMP error");
+    out
 }

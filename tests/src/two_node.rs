@@ -81,7 +81,7 @@ pub struct Node {
 pub struct Bed {
     pub nodes: Vec<Node>,
     pub externals: Vec<NetNs>,
-    _lan: NetNs,
+    lan: NetNs,
 }
 
 impl Bed {
@@ -120,8 +120,14 @@ impl Bed {
         Bed {
             nodes,
             externals,
-            _lan: lan,
+            lan,
         }
+    }
+
+    /// Puts `member` (a namespace the test made, such as a router) on the LAN: its
+    /// `member_if` with `ip`/24.
+    pub fn join_lan(&self, member: &NetNs, member_if: &str, ip: Ipv4Addr) {
+        lan_port(&self.lan, member, member_if, ip);
     }
 
     /// The pod called `name`.

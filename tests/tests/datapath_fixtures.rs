@@ -35,14 +35,16 @@ use kproxy_common::{
 };
 use kproxy_testbed::{
     fixture::{
-        Case, Expect, Flow, HOOKS, Hook, Seed, Verdict,
+        Case, Check, Expect, Flow, HOOKS, Hook, Seed, Verdict,
         Verdict::{Drop as DROP, Pass as PASS, Reject as REJECT},
         ct_key, handshake, no_conntrack, none, run_steps, run_table, run_table_on, sa, seed_flow,
         seed_service, step, test_run, untouched,
     },
     forwarding::{FibNs, event},
     packet::{
-        ACK, FIN_ACK, SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum,
+        ACK, FIN_ACK,
+        IcmpError::{FragNeeded, PortUnreachable, TimeExceeded},
+        SYN, SYN_ACK, arp, as_fragment, assert_checksums_valid, fix_ipv4_checksum, icmp_error,
         port_unreachable, tcp, tcp6, udp, with_ipv4_options,
     },
     pins::PinDir,
@@ -1694,5 +1696,354 @@ fn xdp_redirects_to_the_next_hop_when_the_fib_knows_it() {
     });
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+// ---- ICMP errors about translated flows (`icmp_error`): translated with their flow ----
+
+/// A router on the backends' side and one on the external clients' side.
+const POD_ROUTER: [u8; 4] = [10, 0, 2, 1];
+const EXT_ROUTER: [u8; 4] = [198, 51, 100, 1];
+
+/// The UDP ClusterIP (53 → backend 1's 5353) with `client`'s flow on it, seen 10 s ago.
+fn dns_flow_of(client: SocketAddrV4) -> Seed {
+    Box::new(move |m| {
+        (dns_on_b1())(m);
+        let svc = m.frontend_id(cluster_udp()).unwrap().unwrap();
+        let (vip, b1) = (sa(CLUSTER_IP, 53), sa(B1, 5353));
+        seed_flow(m, svc, client, vip, (ID1, b1), PROTO_UDP, Duration::from_secs(10));
+    })
+}
+
+/// The TCP ClusterIP over backend 1 with `client`'s flow on it, seen 10 s ago.
+fn web_flow_of(client: SocketAddrV4) -> Seed {
+    Box::new(move |m| {
+        seed_backends(m);
+        let svc = seed_service(m, cluster_tcp(), &[ID1]);
+        let (vip, b1) = (sa(CLUSTER_IP, 80), sa(B1, 8080));
+        seed_flow(m, svc, client, vip, (ID1, b1), PROTO_TCP, Duration::from_secs(10));
+    })
+}
+
+/// The NodePort SNATed over NAT_PORT with `client`'s flow on it, seen 10 s ago.
+fn snated_node_port_flow_of(client: SocketAddrV4) -> Seed {
+    Box::new(move |m| {
+        (snat_on(node_port(), Masquerade::Always, NAT_PORT..=NAT_PORT))(m);
+        let svc = m.frontend_id(node_port()).unwrap().unwrap();
+        let np = sa(NODE_IP, 30080);
+        seed_snat_flow(m, svc, client, np, (PROTO_TCP, NAT_PORT), Duration::from_secs(10));
+    })
+}
+
+/// One error translated, counted, and no conntrack entry refreshed by it (netfilter
+/// does not refresh a flow on a RELATED packet).
+fn translated_once() -> Check {
+    Box::new(|m, _| {
+        assert_eq!(event(m, "icmp_error_nat"), 1);
+        let now = kproxy::ebpf::ktime_now_ns();
+        for f in m.conntrack().unwrap() {
+            let age = now.saturating_sub(f.last_seen_ns);
+            assert!(age >= 9_000_000_000, "{f:?} refreshed by an ICMP error");
+        }
+    })
+}
+
+/// Nothing translated.
+fn no_error_translated() -> Check {
+    Box::new(|m, _| assert_eq!(event(m, "icmp_error_nat"), 0))
+}
+
+/// Errors travelling toward the client, about a packet the client side sent through
+/// the translation: the same bytes at TC ingress (from the backend's veth) and at TC
+/// egress (errors the node sends itself about a packet it forwarded).
+fn icmp_to_client_cases() -> Vec<Case> {
+    let client = sa(CLIENT, 40000);
+    let vip = sa(CLUSTER_IP, 80);
+    let b1 = sa(B1, 8080);
+    let dns_vip = sa(CLUSTER_IP, 53);
+    let dns_b1 = sa(B1, 5353);
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let np = sa(NODE_IP, 30080);
+    let snat = sa(NODE_IP, NAT_PORT);
+    let query = b"\x12\x34 query";
+    let payload = [0x5au8; 200];
+    vec![
+        Case {
+            name: "icmp: the backend's port unreachable about a ClusterIP datagram comes from the ClusterIP about client -> ClusterIP",
+            seed: dns_flow_of(client),
+            steps: vec![step(
+                icmp_error(B1, CLIENT, PortUnreachable, &udp(client, dns_b1, query), None),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    CLUSTER_IP,
+                    CLIENT,
+                    PortUnreachable,
+                    &udp(client, dns_vip, query),
+                    None,
+                )),
+            )],
+            check: translated_once(),
+        },
+        Case {
+            name: "icmp: a quoted UDP checksum of zero stays zero",
+            seed: dns_flow_of(client),
+            steps: vec![step(
+                icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &zero_udp_checksum(udp(client, dns_b1, query)),
+                    None,
+                ),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    CLUSTER_IP,
+                    CLIENT,
+                    PortUnreachable,
+                    &zero_udp_checksum(udp(client, dns_vip, query)),
+                    None,
+                )),
+            )],
+            check: translated_once(),
+        },
+        Case {
+            name: "icmp: a router's time exceeded quoting 8 bytes of TCP comes from the ClusterIP",
+            seed: web_flow_of(client),
+            steps: vec![step(
+                icmp_error(
+                    POD_ROUTER,
+                    CLIENT,
+                    TimeExceeded,
+                    &tcp(client, b1, ACK, &payload),
+                    Some(8),
+                ),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    CLUSTER_IP,
+                    CLIENT,
+                    TimeExceeded,
+                    &tcp(client, vip, ACK, &payload),
+                    Some(8),
+                )),
+            )],
+            check: translated_once(),
+        },
+        Case {
+            name: "icmp: frag-needed about a SNATed NodePort segment goes to the external client, quote un-SNATed (TCP checksum too)",
+            seed: snated_node_port_flow_of(ext),
+            steps: vec![step(
+                icmp_error(
+                    POD_ROUTER,
+                    NODE_IP,
+                    FragNeeded(1280),
+                    &tcp(snat, b1, ACK, &payload),
+                    None,
+                ),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    NODE_IP,
+                    EXTERNAL_CLIENT,
+                    FragNeeded(1280),
+                    &tcp(ext, np, ACK, &payload),
+                    None,
+                )),
+            )],
+            check: translated_once(),
+        },
+        Case {
+            name: "icmp: errors about unknown flows, other ICMP, and unparsable quotes pass untouched",
+            seed: web_flow_of(client),
+            steps: vec![
+                untouched(icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &tcp(client, sa(B2, 8080), SYN, b""),
+                    None,
+                )),
+                untouched(icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &tcp(sa(CLIENT, 40001), b1, SYN, b""),
+                    None,
+                )),
+                untouched(icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &udp(client, b1, b"x"),
+                    None,
+                )),
+                untouched(icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &tcp(client, b1, SYN, b""),
+                    Some(4),
+                )),
+                untouched(icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &as_fragment(&tcp(client, b1, ACK, &payload), false, 64),
+                    None,
+                )),
+                untouched(with_ipv4_options(&icmp_error(
+                    B1,
+                    CLIENT,
+                    PortUnreachable,
+                    &tcp(client, b1, SYN, b""),
+                    None,
+                ))),
+                untouched(echo_request(CLIENT, B1)),
+            ],
+            check: no_error_translated(),
+        },
+        Case {
+            name: "icmp: an error about a flow that expired passes untouched",
+            seed: Box::new(move |m| {
+                (dns_on_b1())(m);
+                let svc = m.frontend_id(cluster_udp()).unwrap().unwrap();
+                seed_flow(
+                    m,
+                    svc,
+                    client,
+                    dns_vip,
+                    (ID1, dns_b1),
+                    PROTO_UDP,
+                    Duration::from_mins(10),
+                );
+            }),
+            steps: vec![untouched(icmp_error(
+                B1,
+                CLIENT,
+                PortUnreachable,
+                &udp(client, dns_b1, query),
+                None,
+            ))],
+            check: no_error_translated(),
+        },
+    ]
+}
+
+/// Errors travelling toward the backend, about a reverse-translated reply (TC ingress
+/// only: the node's own errors about a reply it forwarded go to the frontend address).
+fn icmp_to_backend_cases() -> Vec<Case> {
+    let client = sa(CLIENT, 40000);
+    let b1 = sa(B1, 8080);
+    let dns_vip = sa(CLUSTER_IP, 53);
+    let dns_b1 = sa(B1, 5353);
+    let ext = sa(EXTERNAL_CLIENT, 5555);
+    let np = sa(NODE_IP, 30080);
+    let snat = sa(NODE_IP, NAT_PORT);
+    let page = [0xa5u8; 1000];
+    vec![
+        Case {
+            name: "icmp: the client's router's frag-needed to node:NodePort about a reply goes to the backend, about backend -> SNAT address",
+            seed: snated_node_port_flow_of(ext),
+            steps: vec![step(
+                icmp_error(
+                    EXT_ROUTER,
+                    NODE_IP,
+                    FragNeeded(1280),
+                    &tcp(np, ext, ACK, &page),
+                    Some(8),
+                ),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    NODE_IP,
+                    B1,
+                    FragNeeded(1280),
+                    &tcp(b1, snat, ACK, &page),
+                    Some(8),
+                )),
+            )],
+            check: translated_once(),
+        },
+        Case {
+            name: "icmp: a client's port unreachable about a ClusterIP reply goes to the backend, about backend -> client",
+            seed: dns_flow_of(client),
+            steps: vec![step(
+                icmp_error(
+                    CLIENT,
+                    CLUSTER_IP,
+                    PortUnreachable,
+                    &udp(dns_vip, client, b"late answer"),
+                    None,
+                ),
+                PASS,
+                Expect::Exactly(icmp_error(
+                    CLIENT,
+                    B1,
+                    PortUnreachable,
+                    &udp(dns_b1, client, b"late answer"),
+                    None,
+                )),
+            )],
+            check: translated_once(),
+        },
+    ]
+}
+
+/// An ICMP echo request (not an error: never translated).
+fn echo_request(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .icmpv4_echo_request(7, 1);
+    let mut out = Vec::with_capacity(b.size(8));
+    b.write(&mut out, b"pingpong").unwrap();
+    out
+}
+
+#[test]
+fn icmp_error_fixtures() {
+    run_table_on(&icmp_to_client_cases(), &[Hook::Tc, Hook::TcEgress]);
+    run_table_on(&icmp_to_backend_cases(), &[Hook::Tc]);
+}
+
+/// XDP leaves ICMP errors to TC (attached wherever XDP is); TC egress leaves errors
+/// toward backends alone (the reply-only hook never translates toward a backend).
+#[test]
+fn icmp_errors_pass_xdp_and_egress_toward_backends() {
+    let untouched_all = |cases: Vec<Case>| -> Vec<Case> {
+        cases
+            .into_iter()
+            .map(|c| Case {
+                steps: c.steps.into_iter().map(|s| untouched(s.input)).collect(),
+                check: no_error_translated(),
+                ..c
+            })
+            .collect()
+    };
+    run_table_on(&untouched_all(icmp_to_client_cases()), &[Hook::Xdp]);
+    run_table_on(
+        &untouched_all(icmp_to_backend_cases()),
+        &[Hook::Xdp, Hook::TcEgress],
+    );
+}
+
+/// Each error is translated once: what TC ingress translated passes TC egress (and TC
+/// ingress again) untouched.
+#[test]
+fn icmp_errors_are_translated_once() {
+    for case in icmp_to_client_cases().into_iter().chain(icmp_to_backend_cases()) {
+        if !matches!(case.steps[0].output, Expect::Exactly(_)) {
+            continue;
+        }
+        let pins = PinDir::new("fx1");
+        let mut dp = pins.load();
+        (case.seed)(&mut dp.maps);
+        let ingress = dp.ebpf.program(Hook::Tc.program()).expect("program");
+        let out =
+            run_steps(ingress, Hook::Tc, &case.steps, None).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let again = [untouched(out[0].clone())];
+        run_steps(ingress, Hook::Tc, &again, None)
+            .unwrap_or_else(|e| panic!("{}: ingress again: {e}", case.name));
+        let egress = dp.ebpf.program(Hook::TcEgress.program()).expect("program");
+        run_steps(egress, Hook::TcEgress, &again, None)
+            .unwrap_or_else(|e| panic!("{}: egress: {e}", case.name));
+        assert_eq!(event(&dp.maps, "icmp_error_nat"), 1, "{}", case.name);
+        println!("ok   {}", case.name);
     }
 }

@@ -5,8 +5,12 @@
 
 use std::{
     collections::BTreeSet,
-    io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -16,7 +20,9 @@ use kproxy_testbed::{
     cgroup::{TestCgroup, probe_field},
     cluster::{Mode, TRIES, at, both, http_backends, udp_backends},
     hello::{LineClient, http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
-    netns::NetNs,
+    manifests::{External, Port},
+    netns::{NetNs, veth_pair},
+    topology::enable_forwarding,
     two_node::{EXTERNAL_CLIENTS, LB_IP, PODS, ServiceSpec, TwoNodeCluster, node_addr},
 };
 
@@ -614,6 +620,194 @@ fn host_processes_reach_services(mode: Mode) {
     }
 }
 
+/// A UDP ClusterIP whose endpoints have no socket on its target port.
+const SILENT_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 247);
+const SILENT_NODE_PORT: u16 = 30818;
+/// A port nothing listens on in the pods.
+const SILENT_TARGET_PORT: u16 = 5399;
+
+/// `udp-silent`: UDP 53 → [`SILENT_TARGET_PORT`] on `endpoint`.
+fn silent_udp(endpoint: &'static str) -> ServiceSpec {
+    ServiceSpec {
+        name: "udp-silent",
+        cluster_ip: SILENT_IP,
+        ports: vec![Port::udp("dns", 53, SILENT_TARGET_PORT, SILENT_NODE_PORT)],
+        endpoints: vec![endpoint],
+        terminating: Vec::new(),
+        external: External::default(),
+    }
+}
+
+/// A UDP client to a service whose endpoint stops listening gets "connection refused"
+/// through the ClusterIP: the endpoint's port unreachable (about client → endpoint) comes
+/// back as one about client → ClusterIP, which the client's connected socket reports.
+/// Endpoint on the other node, then on the client's own node; bounded by a 3 s read
+/// timeout each.
+fn udp_to_an_endpoint_without_listener_is_refused(mode: Mode) {
+    let mut c = TwoNodeCluster::start(mode, vec![silent_udp("hello-b")]);
+    let target = at(SILENT_IP, 53);
+    for endpoint in ["hello-b", "hello-a"] {
+        c.set_endpoints("udp-silent", &[endpoint]);
+        let start = Instant::now();
+        let result = c.pod("client-1").run(|| -> std::io::Result<usize> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            socket.connect(target)?;
+            socket.send(b"anyone there?")?;
+            socket.recv(&mut [0; 64])
+        });
+        assert_eq!(
+            result.map_err(|e| e.kind()),
+            Err(ErrorKind::ConnectionRefused),
+            "UDP to {target} served by {endpoint} without a listener, after {:?}",
+            start.elapsed()
+        );
+    }
+    if mode == Mode::Ebpf {
+        assert!(
+            icmp_errors_translated(&c, 0) >= 2,
+            "host1's datapath translated both errors"
+        );
+    }
+}
+
+/// The `icmp_error_nat` counter of node `i`'s agent.
+fn icmp_errors_translated(c: &TwoNodeCluster, i: usize) -> u64 {
+    let maps = DatapathMaps::open_pinned(c.pin_dir(i)).expect("open the agent's maps");
+    let events = maps.events().expect("events");
+    events
+        .iter()
+        .find(|(n, _)| *n == "icmp_error_nat")
+        .map_or(0, |(_, v)| *v)
+}
+
+const BULK_IP: Ipv4Addr = Ipv4Addr::new(10, 104, 81, 248);
+const BULK_NODE_PORT: u16 = 30819;
+const BULK_TARGET_PORT: u16 = 9090;
+/// What the bulk server sends every connection.
+const BULK_BYTES: usize = 1 << 20;
+/// The router between the narrow link's client and the LAN.
+const ROUTER_LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 120);
+const NARROW_NET: &str = "10.77.1.0/24";
+const NARROW_ROUTER: &str = "10.77.1.1";
+const NARROW_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+/// The MTU of the router's link toward the client.
+const NARROW_MTU: &str = "1280";
+
+/// `bulk`: TCP 80 → [`BULK_TARGET_PORT`] on hello-b (host2), NodePort [`BULK_NODE_PORT`].
+fn bulk() -> ServiceSpec {
+    ServiceSpec {
+        name: "bulk",
+        cluster_ip: BULK_IP,
+        ports: vec![Port::tcp("bulk", 80, BULK_TARGET_PORT, BULK_NODE_PORT)],
+        endpoints: vec!["hello-b"],
+        terminating: Vec::new(),
+        external: External::default(),
+    }
+}
+
+/// A TCP server in `ns` on `addr` that sends [`BULK_BYTES`] to every connection, then
+/// closes it; stopped when dropped.
+struct BulkServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl BulkServer {
+    fn start(ns: &NetNs, addr: SocketAddr) -> Self {
+        let listener = ns.run(|| TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+                        let _ = conn.write_all(&vec![0x42; BULK_BYTES]);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        BulkServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BulkServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A path with a small MTU between nodes still completes a large NodePort transfer (PMTU
+/// discovery through the translation): a client with MTU 1500 (MSS 1460) behind a
+/// router whose link toward it has MTU 1280 downloads 1 MiB from host1's NodePort,
+/// served by hello-b on host2 (SNATed). The router's frag-needed goes to host1's address
+/// about host1:NodePort → client; only if it reaches hello-b as one about hello-b →
+/// host1:SNAT port does hello-b lower its path MTU; otherwise its full-size segments are
+/// dropped at the router forever. Bounded: 5 s per read, 30 s in all.
+fn large_nodeport_transfer_through_a_small_mtu_hop(mode: Mode) {
+    let c = TwoNodeCluster::start(mode, vec![bulk()]);
+    let _server = BulkServer::start(c.pod("hello-b"), at(PODS[1].2, BULK_TARGET_PORT));
+    let router = NetNs::new("rtr");
+    router.disable_ipv6();
+    enable_forwarding(&router);
+    c.bed.join_lan(&router, "lan0", ROUTER_LAN_IP);
+    let client = NetNs::new("pmc");
+    client.disable_ipv6();
+    veth_pair(
+        &router,
+        "narrow",
+        &format!("{NARROW_ROUTER}/24"),
+        &client,
+        "eth0",
+        &format!("{NARROW_CLIENT}/24"),
+    );
+    router.ip(&["link", "set", "narrow", "mtu", NARROW_MTU]);
+    client.ip(&["route", "add", "default", "via", NARROW_ROUTER]);
+    c.node(0)
+        .ns
+        .ip(&["route", "add", NARROW_NET, "via", &ROUTER_LAN_IP.to_string()]);
+    let target = node_addr(0, BULK_NODE_PORT);
+    let start = Instant::now();
+    let received = client.run(|| -> Result<usize, String> {
+        let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        while start.elapsed() < Duration::from_secs(30) {
+            match conn.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(e) => return Err(format!("after {total} bytes: {e}")),
+            }
+        }
+        Err(format!("only {total} bytes in 30 s"))
+    });
+    assert_eq!(
+        received,
+        Ok(BULK_BYTES),
+        "1 MiB from {target} through a {NARROW_MTU}-byte hop, after {:?}",
+        start.elapsed()
+    );
+    if mode == Mode::Ebpf {
+        assert!(
+            icmp_errors_translated(&c, 0) >= 1,
+            "host1's datapath translated the frag-needed"
+        );
+    }
+}
+
 kproxy_testbed::every_mode!(
     terminating_endpoint_keeps_its_connections,
     endpoint_churn_fails_no_connection,
@@ -628,4 +822,6 @@ kproxy_testbed::every_mode!(
     snat_ports_never_collide,
     load_balancer_source_ranges_admit_only_their_clients,
     service_without_endpoints_refuses_at_once,
+    udp_to_an_endpoint_without_listener_is_refused,
+    large_nodeport_transfer_through_a_small_mtu_hop,
 );
