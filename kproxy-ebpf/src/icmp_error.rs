@@ -47,7 +47,6 @@ use crate::{
         ETH_LEN, ETH_P_IP_BE, ETH_TYPE_OFF, IP_CSUM_OFF, IP_DST_OFF, IP_FRAG_OFF, IP_PROTO_OFF, IP_SRC_OFF,
         IP_TOT_LEN_OFF, IP_VIHL_OFF, IPV4_LEN, TCP_MIN_LEN, UDP_LEN,
     },
-    maps::CONNTRACK,
     snat,
     stats::event,
 };
@@ -231,7 +230,7 @@ fn translated(old: &Tuples, proto: u8, scope: Scope) -> Option<Tuples> {
 #[inline(always)]
 fn entry(key: CtKey) -> Option<CtEntry> {
     // SAFETY: map value pointer, copied at once.
-    CONNTRACK.get_ptr(key).map(|p| unsafe { *p })
+    ct::find(&key).map(|(_, p)| unsafe { *p })
 }
 
 /// Stores the translated `new` over `old` with every checksum updated; the L4 checksum
