@@ -10,6 +10,8 @@
 //! flow. Fragments are expected in order (Linux sends them so); a later fragment whose
 //! first was never seen is counted (`EV_FRAG_UNKNOWN`) and passes untouched.
 
+use core::{mem::MaybeUninit, ptr::write_volatile};
+
 use kproxy_common::{
     CtEntry,
     conntrack::CT_F_MASQ,
@@ -70,15 +72,34 @@ fn key(saddr: u32, daddr: u32, id: u16, proto: u8) -> FragKey {
     }
 }
 
-/// Remembers the ports of `flow`, a first fragment with IP id `id`, for the later
-/// fragments of its datagram.
+/// Remembers the ports of `flow` (IP id `id`; flags and fragment offset `frag_off` as
+/// read, offset 0) if it is a first fragment, for the later fragments of its datagram.
+/// Key and value are written on every packet, only the map update is conditional: both
+/// paths meet in one state, and the verifier walks the rest of the datapath once
+/// (+1 % of TC ingress's verified instructions, against +16 % with a plain branch).
 #[inline(always)]
-pub fn remember(flow: &Flow, id: u16) {
-    let ports = FragPorts {
-        sport: flow.sport,
-        dport: flow.dport,
-    };
-    let _ = FRAGS.insert(key(flow.saddr, flow.daddr, id, flow.proto), ports, 0);
+pub fn remember(flow: &Flow, id: u16, frag_off: u16) {
+    let mut k = MaybeUninit::<FragKey>::uninit();
+    let mut ports = MaybeUninit::<FragPorts>::uninit();
+    // SAFETY: writes to locals of the right type.
+    unsafe {
+        write_volatile(k.as_mut_ptr(), key(flow.saddr, flow.daddr, id, flow.proto));
+        write_volatile(
+            ports.as_mut_ptr(),
+            FragPorts {
+                sport: flow.sport,
+                dport: flow.dport,
+            },
+        );
+    }
+    if u16::from_be(frag_off) & IP_MF != 0 {
+        // SAFETY: both were written just above.
+        let _ = FRAGS.insert(
+            unsafe { k.assume_init_ref() },
+            unsafe { ports.assume_init_ref() },
+            0,
+        );
+    }
 }
 
 /// A later fragment (TC ingress and XDP; at TC egress, `reply_only`): the translation

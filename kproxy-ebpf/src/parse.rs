@@ -63,8 +63,7 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
         return Err(NotHandled::Unsupported);
     }
     let frags: u16 = read_at(ctx, IP_FRAG_OFF).ok_or(NotHandled::Other)?;
-    let position = frag::position(frags);
-    if position == Position::Later {
+    if frag::position(frags) == Position::Later {
         return Err(NotHandled::LaterFragment);
     }
     let id: u16 = read_at(ctx, IP_ID_OFF).ok_or(NotHandled::Other)?;
@@ -99,8 +98,6 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
             udp: proto == PROTO_UDP,
         },
     };
-    if position == Position::First {
-        frag::remember(&flow, id);
-    }
+    frag::remember(&flow, id, frags);
     Ok(flow)
 }
