@@ -76,8 +76,9 @@ pub mod map_names {
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     pub const SOCK_REVNAT: &str = "KPROXY_SOCK_REVNAT_V1";
     pub const FRAGS: &str = "KPROXY_FRAGS_V1";
+    pub const FRONTEND_ADDRS: &str = "KPROXY_FRONTEND_ADDRS_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 16] = [
+    pub const PINNED: [&str; 17] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -94,5 +95,6 @@ pub mod map_names {
         REJECT_RATE,
         SOCK_REVNAT,
         FRAGS,
+        FRONTEND_ADDRS,
     ];
 }

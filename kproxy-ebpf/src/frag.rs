@@ -8,7 +8,8 @@
 //! Later fragments take a path of their own, short and apart from the main walk (which
 //! the verifier would otherwise explore twice): their first fragment already chose the
 //! flow. Fragments are expected in order (Linux sends them so); a later fragment whose
-//! first was never seen is counted (`EV_FRAG_UNKNOWN`) and passes untouched.
+//! first was never seen is counted (`EV_FRAG_UNKNOWN`) and dropped if addressed to a
+//! frontend's address (`FRONTEND_ADDRS`), else passed untouched.
 
 use core::{mem::MaybeUninit, ptr::write_volatile};
 
@@ -26,7 +27,7 @@ use crate::{
     datapath::Verdict,
     hdr::{IP_DST_OFF, IP_ID_OFF, IP_PROTO_OFF, IP_SRC_OFF},
     lb,
-    maps::{CONNTRACK, FRAGS},
+    maps::{CONNTRACK, FRAGS, FRONTEND_ADDRS},
     parse::Flow,
     stats::{self, Delta, event},
 };
@@ -107,8 +108,18 @@ pub fn remember(flow: &Flow, id: u16, frag_off: u16) {
 /// ports name: addresses only, with the IPv4 header checksum.
 #[inline(always)]
 pub fn later<C: Packet>(ctx: &C, reply_only: bool) -> Verdict {
-    let Some(flow) = later_flow(ctx) else {
+    let (Some(saddr), Some(daddr)) = (
+        read_at::<C, u32>(ctx, IP_SRC_OFF),
+        read_at::<C, u32>(ctx, IP_DST_OFF),
+    ) else {
+        return Verdict::Pass;
+    };
+    let Some(flow) = later_flow(ctx, saddr, daddr) else {
         event(EV_FRAG_UNKNOWN);
+        // Its translation is unknown: to a frontend, it must not leave as it is.
+        if !reply_only && FRONTEND_ADDRS.get_ptr(daddr).is_some() {
+            return Verdict::Drop;
+        }
         return Verdict::Pass;
     };
     if !reply_only && let Some(p) = CONNTRACK.get_ptr(ct::service_key(&flow)) {
@@ -132,12 +143,10 @@ pub fn later<C: Packet>(ctx: &C, reply_only: bool) -> Verdict {
     Verdict::Pass
 }
 
-/// The flow of the later fragment in `ctx`: its addresses and its datagram's ports
-/// (`tcp_flags` 0; `l4` unused), if its first fragment was seen.
+/// The flow of the later fragment in `ctx` (from `saddr` to `daddr`): its datagram's
+/// ports (`tcp_flags` 0; `l4` unused), if its first fragment was seen.
 #[inline(always)]
-fn later_flow<C: Packet>(ctx: &C) -> Option<Flow> {
-    let saddr: u32 = read_at(ctx, IP_SRC_OFF)?;
-    let daddr: u32 = read_at(ctx, IP_DST_OFF)?;
+fn later_flow<C: Packet>(ctx: &C, saddr: u32, daddr: u32) -> Option<Flow> {
     let id: u16 = read_at(ctx, IP_ID_OFF)?;
     let proto: u8 = read_at(ctx, IP_PROTO_OFF)?;
     // SAFETY: map value pointer, copied at once.

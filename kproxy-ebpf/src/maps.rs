@@ -92,3 +92,9 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pinn
 /// first fragment carried, for its later fragments (LRU, as Cilium's fragment map).
 #[map(name = "KPROXY_FRAGS_V1")]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8192, 0);
+
+/// Addresses of exact frontends (ClusterIP, externalIP, LoadBalancer IP; network order)
+/// → how many frontends use each: a later fragment whose first fragment was not seen is
+/// dropped when addressed to one (`frag`), as its translation is unknown.
+#[map(name = "KPROXY_FRONTEND_ADDRS_V1")]
+pub static FRONTEND_ADDRS: HashMap<u32, u32> = HashMap::pinned(65_536, NO_PREALLOC);

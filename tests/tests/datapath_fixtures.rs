@@ -372,8 +372,13 @@ fn cases() -> Vec<Case> {
                 // IPv4 header, TCP header cut after 10 bytes.
                 untouched(tcp(client, vip, SYN, b"")[..44].to_vec()),
                 untouched(with_ipv4_options(&tcp(client, vip, SYN, b""))),
-                // A later fragment whose first was not seen (`fragment_fixtures`).
-                untouched(as_fragment(&udp(client, sa(CLUSTER_IP, 53), b"later"), false, 8)),
+                // A later fragment whose first was not seen, to no frontend's address
+                // (`fragment_fixtures`).
+                untouched(as_fragment(
+                    &udp(client, sa([10, 96, 0, 99], 53), b"later"),
+                    false,
+                    8,
+                )),
                 untouched(arp(CLIENT, CLUSTER_IP)),
                 untouched(tcp6(
                     [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],

@@ -35,8 +35,12 @@ const REPLY_ID: u16 = 0x4321;
 const CHUNK: usize = 40;
 
 fn cluster_udp() -> Frontend {
+    cluster_udp_port(53)
+}
+
+fn cluster_udp_port(port: u16) -> Frontend {
     Frontend::Address {
-        addr: sa(CLUSTER_IP, 53),
+        addr: sa(CLUSTER_IP, port),
         proto: Protocol::Udp,
     }
 }
@@ -110,16 +114,55 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
-            name: "a later fragment whose first was not seen: counted, passed untouched",
+            name: "a later fragment whose first was not seen: counted; dropped to a frontend's address, else passed",
             seed: dns_on_b1(),
             steps: vec![
-                untouched(fragments(&request, REQ_ID, CHUNK)[1].clone()),
+                step(
+                    fragments(&request, REQ_ID, CHUNK)[1].clone(),
+                    DROP,
+                    Expect::Unchanged,
+                ),
+                // Another port of the frontend's address: its ports are unknown too.
+                step(
+                    fragments(&udp(client, sa(CLUSTER_IP, 9999), &query), REQ_ID + 1, CHUNK)[2].clone(),
+                    DROP,
+                    Expect::Unchanged,
+                ),
                 untouched(fragments(&udp(client, sa(OTHER_IP, 53), &query), REQ_ID, CHUNK)[2].clone()),
             ],
             check: Box::new(|m, _| {
-                events(m, 0, 2);
+                events(m, 0, 3);
                 assert!(m.conntrack().unwrap().is_empty(), "no flow from a later fragment");
             }),
+        },
+        Case {
+            name: "the frontend's address is forgotten with its last frontend: an unknown later fragment passes",
+            seed: Box::new(|m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                seed_service(m, cluster_udp(), &[ID1]);
+                seed_service(m, cluster_udp_port(54), &[ID1]);
+                m.remove_frontend(cluster_udp()).unwrap();
+                m.remove_frontend(cluster_udp_port(54)).unwrap();
+                seed_service(m, cluster_udp(), &[ID1]);
+                m.remove_frontend(cluster_udp()).unwrap();
+            }),
+            steps: vec![untouched(fragments(&request, REQ_ID, CHUNK)[1].clone())],
+            check: Box::new(|m, _| events(m, 0, 1)),
+        },
+        Case {
+            name: "the frontend's address stays while another frontend uses it",
+            seed: Box::new(|m| {
+                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+                seed_service(m, cluster_udp(), &[ID1]);
+                seed_service(m, cluster_udp_port(54), &[ID1]);
+                m.remove_frontend(cluster_udp()).unwrap();
+            }),
+            steps: vec![step(
+                fragments(&request, REQ_ID, CHUNK)[1].clone(),
+                DROP,
+                Expect::Unchanged,
+            )],
+            check: Box::new(|m, _| events(m, 0, 1)),
         },
         Case {
             name: "fragments of a datagram to no service pass untouched, first and later",
