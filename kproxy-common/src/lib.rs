@@ -6,6 +6,7 @@
 //! One module per concern, named as in `kproxy-ebpf` where both sides have one:
 //! - [`lb`]: frontends, backend slots, backends, reverse NAT, ClientIP affinity;
 //! - [`conntrack`]: entries of translated flows and their timeouts;
+//! - [`frag`]: the first fragment's ports, for the later fragments of a datagram;
 //! - [`icmp`]: the port-unreachable replies to frontends without endpoints, rate-limited;
 //! - [`node`]: the node's addresses and node-wide settings;
 //! - [`sock`]: socket-level load balancing (cgroup programs): the sockets' reverse translation;
@@ -30,6 +31,7 @@ macro_rules! unsafe_impl_pod {
 pub mod byteorder;
 pub mod conntrack;
 pub mod csum;
+pub mod frag;
 pub mod icmp;
 pub mod lb;
 pub mod node;
@@ -37,6 +39,7 @@ pub mod sock;
 pub mod stats;
 
 pub use conntrack::{CtEntry, CtKey};
+pub use frag::{FragKey, FragPorts};
 pub use icmp::RateBucket;
 pub use lb::{
     AffinityKey, AffinityValue, Backend, RevNat, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
@@ -78,8 +81,10 @@ pub mod map_names {
     pub const XDP_TARGETS: &str = "KPROXY_XDP_TARGETS_V1";
     pub const IFACE_STATS: &str = "KPROXY_IFACE_STATS_V1";
     pub const SOCK_REVNAT: &str = "KPROXY_SOCK_REVNAT_V1";
+    pub const FRAGS: &str = "KPROXY_FRAGS_V1";
+    pub const FRONTEND_ADDRS: &str = "KPROXY_FRONTEND_ADDRS_V1";
     /// Every pinned map (all but the per-load interface counters).
-    pub const PINNED: [&str; 16] = [
+    pub const PINNED: [&str; 18] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -96,6 +101,8 @@ pub mod map_names {
         SOURCE_RANGES,
         REJECT_RATE,
         SOCK_REVNAT,
+        FRAGS,
+        FRONTEND_ADDRS,
     ];
     /// Pinned maps of earlier layouts: no program uses them; the agent and `kproxy
     /// cleanup` remove them.

@@ -85,7 +85,7 @@ pub const EV_DROP_INCONSISTENT: u32 = 5;
 pub const EV_DROP_CT_FULL: u32 = 6;
 /// A flow was masqueraded (hairpin: the client is the chosen backend).
 pub const EV_MASQ: u32 = 7;
-/// Passed untranslated: IPv4 with options or fragmented (not handled).
+/// Passed untranslated: IPv4 with options (not handled).
 pub const EV_PASS_UNHANDLED: u32 = 8;
 /// Dropped: a checksum or store helper failed mid-rewrite.
 pub const EV_DROP_REWRITE: u32 = 9;

@@ -40,6 +40,9 @@ pub trait Packet {
     /// Overwrites the IPv4 address at `off` (`old` → `new`, network order), fixing the
     /// IPv4 header checksum and the L4 checksum (the address is in its pseudo header).
     fn rewrite_addr(&self, off: usize, old: u32, new: u32, l4: L4Csum) -> Result<(), RewriteError>;
+    /// Overwrites the IPv4 address at `off` (`old` → `new`, network order), fixing only
+    /// the IPv4 header checksum: for a packet without an L4 header (a later fragment).
+    fn rewrite_ip_addr(&self, off: usize, old: u32, new: u32) -> Result<(), RewriteError>;
     /// Overwrites the port at `off` (`old` → `new`, network order), fixing the L4 checksum.
     fn rewrite_port(&self, off: usize, old: u16, new: u16, l4: L4Csum) -> Result<(), RewriteError>;
 }
@@ -102,6 +105,13 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
+    fn rewrite_ip_addr(&self, off: usize, old: u32, new: u32) -> Result<(), RewriteError> {
+        self.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+            .map_err(|_| RewriteError)?;
+        self.store(off, &new, 0).map_err(|_| RewriteError)
+    }
+
+    #[inline(always)]
     fn rewrite_port(&self, off: usize, old: u16, new: u16, l4: L4Csum) -> Result<(), RewriteError> {
         let mangled = if l4.udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
         self.l4_csum_replace(l4.off, old as u64, new as u64, mangled | 2)
@@ -146,6 +156,18 @@ impl Packet for XdpContext {
                 csum::replace4(c, old, new)
             };
             l4_check.write_unaligned(c);
+            ip_check.write_unaligned(csum::replace4(ip_check.read_unaligned(), old, new));
+            field.write_unaligned(new);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_ip_addr(&self, off: usize, old: u32, new: u32) -> Result<(), RewriteError> {
+        let field = ptr_at::<Self, u32>(self, off).ok_or(RewriteError)?;
+        let ip_check = ptr_at::<Self, u16>(self, IP_CSUM_OFF).ok_or(RewriteError)?;
+        // SAFETY: both pointers were bounds-checked against data_end just above.
+        unsafe {
             ip_check.write_unaligned(csum::replace4(ip_check.read_unaligned(), old, new));
             field.write_unaligned(new);
         }

@@ -18,7 +18,7 @@ use kproxy_common::{
 use crate::{
     conntrack::{self as ct, CreateError, Table},
     ctx::Packet,
-    lb, nat,
+    frag, lb, nat,
     parse::{Flow, NotHandled, parse_ipv4},
     reject,
     snat::{self, SnatError},
@@ -49,6 +49,7 @@ pub fn handle<C: Packet + EbpfContext>(ctx: &C) -> Verdict {
             event(EV_PASS_UNHANDLED);
             return Verdict::Pass;
         }
+        Err(NotHandled::LaterFragment) => return frag::later(ctx, false),
         Err(NotHandled::Other) => return Verdict::Pass,
     };
     match lb::lookup_service(&flow) {
@@ -68,6 +69,7 @@ pub fn handle_reply<C: Packet + EbpfContext>(ctx: &C) -> Verdict {
             event(EV_PASS_UNHANDLED);
             Verdict::Pass
         }
+        Err(NotHandled::LaterFragment) => frag::later(ctx, true),
         Err(NotHandled::Other) => Verdict::Pass,
     }
 }

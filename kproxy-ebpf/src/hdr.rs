@@ -16,6 +16,8 @@ pub const IP_VIHL_OFF: usize = ETH_LEN;
 pub const IP_TOS_OFF: usize = ETH_LEN + 1;
 /// Offset of the IPv4 total length.
 pub const IP_TOT_LEN_OFF: usize = ETH_LEN + 2;
+/// Offset of the IPv4 identification.
+pub const IP_ID_OFF: usize = ETH_LEN + 4;
 /// Offset of the IPv4 flags and fragment offset.
 pub const IP_FRAG_OFF: usize = ETH_LEN + 6;
 /// Offset of the IPv4 TTL and protocol (one checksummed 16-bit word).

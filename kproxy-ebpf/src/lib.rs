@@ -4,6 +4,7 @@
 //! - [`hdr`]: header offsets and lengths of the frames handled;
 //! - [`ctx`]: the packet-context abstraction (TC via checksum helpers, XDP via RFC 1624);
 //! - [`parse`]: Ethernet/IPv4/TCP/UDP into a [`parse::Flow`];
+//! - [`frag`]: IPv4 fragments: the first fragment's ports for the later ones;
 //! - [`lb`]: frontend lookup (exact, then NodePort on node addresses) and backend choice;
 //! - [`conntrack`]: both directions' entries, timeouts, TCP state;
 //! - [`nat`]: DNAT, masquerade and reverse NAT;
@@ -21,6 +22,7 @@ pub mod conntrack;
 pub mod ctx;
 pub mod datapath;
 pub mod fib;
+pub mod frag;
 pub mod hdr;
 pub mod icmp;
 pub mod icmp_error;

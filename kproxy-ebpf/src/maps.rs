@@ -7,6 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
+use kproxy_common::frag::{FragKey, FragPorts};
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Config, CounterKey, CtEntry, CtKey, FlowCounters, IfaceCounters,
     NodeAddr, RateBucket, RevNat, ServiceKey, ServiceValue, SlotKey, SockRevNat, SockRevNatKey,
@@ -93,3 +94,14 @@ pub static REJECT_RATE: PerCpuArray<RateBucket> = PerCpuArray::pinned(1, 0);
 /// dialled, written by connect4/sendmsg4, read by recvmsg4/getpeername4 (LRU).
 #[map(name = "KPROXY_SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> = LruHashMap::pinned(65_536, 0);
+
+/// IPv4 fragments: (source, destination, IP id, protocol) of a datagram → the ports its
+/// first fragment carried, for its later fragments (LRU, as Cilium's fragment map).
+#[map(name = "KPROXY_FRAGS_V1")]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8192, 0);
+
+/// Addresses of exact frontends (ClusterIP, externalIP, LoadBalancer IP; network order)
+/// → how many frontends use each: a later fragment whose first fragment was not seen is
+/// dropped when addressed to one (`frag`), as its translation is unknown.
+#[map(name = "KPROXY_FRONTEND_ADDRS_V1")]
+pub static FRONTEND_ADDRS: HashMap<u32, u32> = HashMap::pinned(65_536, NO_PREALLOC);

@@ -1,15 +1,17 @@
 //! Parsing Ethernet + IPv4 + TCP/UDP into a flow (values only, no packet pointers kept).
 //!
-//! Handled: untagged Ethernet, IPv4 without options (IHL 5), unfragmented, TCP or UDP.
-//! Everything else (ARP, IPv6, VLAN tags, IP options, fragments, short packets) is
+//! Handled: untagged Ethernet, IPv4 without options (IHL 5), TCP or UDP, whole or a
+//! first fragment (whose ports `frag` remembers). Later fragments take their own path
+//! (`frag::later`). Everything else (ARP, IPv6, VLAN tags, IP options, short packets) is
 //! reported as not handled and passes untouched.
 
 use kproxy_common::lb::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     ctx::{L4Csum, Packet, read_at},
+    frag::{self, Position},
     hdr::{
-        ETH_LEN, ETH_P_IP_BE, ETH_TYPE_OFF, IP_DST_OFF, IP_FRAG_OFF, IP_PROTO_OFF, IP_SRC_OFF,
+        ETH_LEN, ETH_P_IP_BE, ETH_TYPE_OFF, IP_DST_OFF, IP_FRAG_OFF, IP_ID_OFF, IP_PROTO_OFF, IP_SRC_OFF,
         IP_TOT_LEN_OFF, IP_VIHL_OFF, IPV4_LEN, L4_DPORT_OFF, L4_OFF, L4_SPORT_OFF, TCP_CSUM_OFF,
         TCP_FLAGS_OFF, TCP_MIN_LEN, UDP_CSUM_OFF, UDP_LEN,
     },
@@ -33,8 +35,10 @@ pub struct Flow {
 pub enum NotHandled {
     /// Not IPv4/TCP/UDP, or too short: not ours, pass silently.
     Other,
-    /// IPv4 TCP/UDP we deliberately do not translate (options, fragments): pass, counted.
+    /// IPv4 TCP/UDP we deliberately do not translate (options): pass, counted.
     Unsupported,
+    /// A later fragment of a TCP/UDP datagram: no L4 header; `frag::later` handles it.
+    LaterFragment,
 }
 
 /// Parses the frame in `ctx`.
@@ -59,10 +63,10 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
         return Err(NotHandled::Unsupported);
     }
     let frags: u16 = read_at(ctx, IP_FRAG_OFF).ok_or(NotHandled::Other)?;
-    // MF flag or a non-zero fragment offset (DF may be set).
-    if u16::from_be(frags) & 0x3fff != 0 {
-        return Err(NotHandled::Unsupported);
+    if frag::position(frags) == Position::Later {
+        return Err(NotHandled::LaterFragment);
     }
+    let id: u16 = read_at(ctx, IP_ID_OFF).ok_or(NotHandled::Other)?;
     let tot_len = u16::from_be(read_at::<C, u16>(ctx, IP_TOT_LEN_OFF).ok_or(NotHandled::Other)?) as usize;
     let (l4_len, csum_off) = if proto == PROTO_TCP {
         (TCP_MIN_LEN, TCP_CSUM_OFF)
@@ -82,7 +86,7 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
     } else {
         0
     };
-    Ok(Flow {
+    let flow = Flow {
         saddr,
         daddr,
         sport,
@@ -93,5 +97,7 @@ pub fn parse_ipv4<C: Packet>(ctx: &C) -> Result<Flow, NotHandled> {
             off: csum_off,
             udp: proto == PROTO_UDP,
         },
-    })
+    };
+    frag::remember(&flow, id, frags);
+    Ok(flow)
 }

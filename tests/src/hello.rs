@@ -118,13 +118,39 @@ fn serve_connection(mut conn: TcpStream, response: &str, name: &str, stop: &Atom
     }
 }
 
+/// A datagram starting with this is echoed (see [`udp_echo`]); any other is answered
+/// with the pod name alone.
+pub const UDP_ECHO: &[u8] = b"echo\n";
+
 fn serve_udp(socket: UdpSocket, name: &str, stop: &AtomicBool) {
-    let mut buf = [0u8; 1500];
+    let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(name.as_bytes(), peer);
+        if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let answer = match buf[..n].strip_prefix(UDP_ECHO) {
+                Some(rest) => [name.as_bytes(), b"\n", rest].concat(),
+                None => name.as_bytes().to_vec(),
+            };
+            let _ = socket.send_to(&answer, peer);
         }
     }
+}
+
+/// Sends `payload` to be echoed on the connected UDP `socket` (one datagram, fragmented
+/// by the kernel if larger than the MTU): the name of the pod that echoed it and the
+/// bytes echoed.
+pub fn udp_echo(socket: &UdpSocket, payload: &[u8]) -> Result<(String, Vec<u8>), String> {
+    socket
+        .send(&[UDP_ECHO, payload].concat())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 65_536];
+    let n = socket.recv(&mut buf).map_err(|e| format!("no echo: {e}"))?;
+    let (name, echoed) = buf[..n].split_at(
+        buf[..n]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no name in the echo")?,
+    );
+    Ok((String::from_utf8_lossy(name).into_owned(), echoed[1..].to_vec()))
 }
 
 /// An HTTP GET of `path` at `target` from inside `ns`: the status code and the body.

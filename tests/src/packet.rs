@@ -181,11 +181,70 @@ pub fn as_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
     f
 }
 
+/// The fragments of `frame` (Ethernet + IPv4 without options, not fragmented), as a
+/// host fragments it: IP id `id`, `chunk` bytes of IP payload each (a multiple of 8; the
+/// last takes the rest), the L4 header in the first; every IPv4 header checksum right.
+pub fn fragments(frame: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
+    assert!(
+        chunk.is_multiple_of(8) && chunk >= 8,
+        "fragment payload must be a multiple of 8"
+    );
+    assert_eq!(frame[14], 0x45, "IPv4 without options");
+    let payload = &frame[34..];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut f = frame[..34].to_vec();
+            f.extend_from_slice(piece);
+            f[16..18].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            f[18..20].copy_from_slice(&id.to_be_bytes());
+            let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+            f[20..22].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
+            fix_ipv4_checksum(&mut f);
+            f
+        })
+        .collect()
+}
+
+/// The datagram `frags` (fragments of one, in any order) reassemble to, as the receiver
+/// sees it: the first fragment's Ethernet and IPv4 header (flags and offset cleared),
+/// the payloads in offset order. Panics on a gap or mismatched headers.
+pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let offset = |f: &[u8]| (u16::from_be_bytes([f[20], f[21]]) & 0x1fff) as usize * 8;
+    let mut sorted: Vec<&Vec<u8>> = frags.iter().collect();
+    sorted.sort_by_key(|f| offset(f));
+    let first = sorted.first().expect("no fragments");
+    let mut out = first[..34].to_vec();
+    for f in &sorted {
+        assert_eq!(
+            f[26..34],
+            first[26..34],
+            "fragments of one datagram differ in addresses"
+        );
+        assert_eq!(
+            f[18..20],
+            first[18..20],
+            "fragments of one datagram differ in IP id"
+        );
+        assert_eq!(offset(f), out.len() - 34, "gap or overlap in the fragments");
+        let tot = u16::from_be_bytes([f[16], f[17]]) as usize;
+        out.extend_from_slice(&f[34..14 + tot]);
+    }
+    let tot = (out.len() - 14) as u16;
+    out[16..18].copy_from_slice(&tot.to_be_bytes());
+    out[20..22].copy_from_slice(&[0, 0]);
+    fix_ipv4_checksum(&mut out);
+    out
+}
+
 /// Panics unless the IPv4 header checksum and the TCP/UDP/ICMP checksum of `frame` are
 /// valid (a UDP checksum of 0 means none and is accepted; ICMP has no pseudo header).
 /// For an ICMP error (destination unreachable, time exceeded) the quoted IPv4 header's
 /// checksum is checked too, and the quoted TCP/UDP checksum when the whole packet is
-/// quoted.
+/// quoted. A fragment's L4 checksum covers its whole datagram: only its IPv4 header
+/// checksum is checked (check the L4 checksum on [`reassemble`]'s result).
 pub fn assert_checksums_valid(frame: &[u8]) {
     assert!(frame.len() >= 34, "frame too short for IPv4");
     assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
@@ -197,6 +256,9 @@ pub fn assert_checksums_valid(frame: &[u8]) {
 fn assert_ipv4_checksums_valid(ip: &[u8], whole: bool) {
     let ihl = (ip[0] & 0x0f) as usize * 4;
     assert_eq!(fold(sum16(&ip[..ihl], 0)), 0xffff, "bad IPv4 header checksum");
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        return;
+    }
     let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     if !whole && tot != ip.len() {
         return;

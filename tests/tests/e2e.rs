@@ -19,8 +19,8 @@ use kproxy_testbed::{
     },
     forwarding::event,
     hello::{
-        HelloServer, LineClient, http_get_hostname, tcp_connect_failure, udp_ask, udp_exchange_failure,
-        udp_socket,
+        HelloServer, LineClient, http_get_hostname, tcp_connect_failure, udp_ask, udp_echo,
+        udp_exchange_failure, udp_socket,
     },
     manifests::{TARGET_PORT, write_model},
     topology::EXTERNAL_CLIENT_IP,
@@ -378,6 +378,48 @@ fn no_endpoints_refuses_at_once(mode: Mode) {
     }
 }
 
+/// A UDP datagram larger than the MTU (4000 bytes; the kernel fragments it) to the
+/// ClusterIP from a pod and to the NodePort from outside, echoed by a backend (fragmented
+/// too): every fragment gets its datagram's translation, so the client's connected
+/// socket receives the whole echo from the address it dialled. kube-proxy's netfilter
+/// reassembles before NAT; the datapath translates each fragment (`frag`).
+fn fragmented_udp_datagrams_are_translated_both_ways(mode: Mode) {
+    const DATAGRAMS: usize = 5;
+    let c = Cluster::start(mode, &[POD_A, POD_B]);
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for (ns, local, target) in [
+        (c.client(), CLIENT, cluster_ip()),
+        (&c.topo.external, EXTERNAL_CLIENT_IP, node_port()),
+    ] {
+        let socket = udp_socket(ns, at(local, 0));
+        socket.connect(target).expect("connect the UDP socket");
+        for i in 0..DATAGRAMS {
+            let (name, echoed) =
+                udp_echo(&socket, &payload).unwrap_or_else(|e| panic!("datagram {i} to {target}: {e}"));
+            assert!(
+                name == "hello-a" || name == "hello-b",
+                "datagram {i} to {target}: echoed by {name:?}"
+            );
+            assert!(
+                echoed == payload,
+                "datagram {i} to {target}: {} bytes echoed, not the 4000 sent",
+                echoed.len()
+            );
+        }
+    }
+    if mode != Mode::Iptables {
+        // Three fragments a datagram at MTU 1500: two later ones each way.
+        let maps = DatapathMaps::open_pinned(c.pins.path()).expect("open the agent's maps");
+        let later = 2 * 2 * 2 * DATAGRAMS as u64;
+        assert!(
+            event(&maps, "frag_nat") >= later,
+            "frag_nat {}",
+            event(&maps, "frag_nat")
+        );
+        assert_eq!(event(&maps, "frag_unknown"), 0);
+    }
+}
+
 /// The XDP program's run count on the external link, from the link the agent pinned
 /// (the kernel counts while `enable_stats` is held).
 fn xdp_run_count(c: &Cluster) -> u64 {
@@ -520,4 +562,5 @@ every_mode!(
     new_pod_interfaces_are_attached,
     restarted_agent_keeps_established_flows,
     no_endpoints_refuses_at_once,
+    fragmented_udp_datagrams_are_translated_both_ways,
 );

@@ -98,6 +98,9 @@ impl DatapathMaps {
             .insert(key, value, 0)
             .map_err(MapOp::Insert.on(names::SERVICES))?;
         self.used_ids.insert(id);
+        if current.is_none() {
+            self.frontend_added(key)?;
+        }
         if let Some(old) = current {
             self.remove_slots(old.rev_nat_id, old.slot_base, old.count)?;
         }
@@ -115,6 +118,7 @@ impl DatapathMaps {
             return Ok(());
         };
         removed(self.services.remove(&key), names::SERVICES)?;
+        self.frontend_removed(key)?;
         self.remove_slots(cur.rev_nat_id, cur.slot_base, cur.count)?;
         removed(self.revnat.remove(&cur.rev_nat_id), names::REVNAT)?;
         self.prune_source_ranges(cur.rev_nat_id, &[])?;

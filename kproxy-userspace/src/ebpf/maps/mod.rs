@@ -10,6 +10,7 @@ mod backends;
 mod conntrack;
 pub mod counters;
 mod frontend;
+mod frontend_addrs;
 mod frontends;
 mod node;
 mod source_ranges;
@@ -200,6 +201,9 @@ pub struct DatapathMaps {
     reject_rate: PerCpuArray<MapData, RateBucket>,
     /// Frontend ids in use (rebuilt from the services map when adopted).
     used_ids: BTreeSet<u32>,
+    /// Exact frontends' addresses, with their frontend counts (`frontend_addrs`).
+    frontend_addrs: HashMap<MapData, u32, u32>,
+    frontend_addr_counts: std::collections::BTreeMap<u32, u32>,
 }
 
 macro_rules! typed {
@@ -215,7 +219,9 @@ macro_rules! typed {
 impl DatapathMaps {
     /// Takes the maps out of a freshly loaded object (see `Loaded::load`).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)))
+        let mut maps = Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)))?;
+        maps.write_frontend_addrs()?;
+        Ok(maps)
     }
 
     /// Opens the maps pinned under `pin_dir` by a running agent (for inspection tools).
@@ -249,10 +255,13 @@ impl DatapathMaps {
             source_ranges: typed!(get, names::SOURCE_RANGES),
             reject_rate: typed!(get, names::REJECT_RATE),
             used_ids: BTreeSet::new(),
+            frontend_addrs: typed!(get, names::FRONTEND_ADDRS),
+            frontend_addr_counts: std::collections::BTreeMap::new(),
         };
         for item in &maps.services {
-            let (_, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
+            let (key, v) = item.map_err(MapOp::Iterate.on(names::SERVICES))?;
             maps.used_ids.insert(v.rev_nat_id);
+            frontend_addrs::count(&mut maps.frontend_addr_counts, key, 1);
         }
         Ok(maps)
     }
