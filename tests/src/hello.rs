@@ -185,6 +185,38 @@ pub fn http_get_hostname(ns: &NetNs, target: SocketAddr) -> Result<String, Strin
     http_get_hostname_and_peer(ns, target).map(|(name, _)| name)
 }
 
+/// Steady load for churn scenarios: from each (namespace, target) pair in parallel, one
+/// HTTP GET after another, 10 ms apart, until `duration` has passed since `start` (at
+/// most 2500 each), every one answered by hello-a or hello-b; a client stops at its first
+/// failure. Returns the failures and the number of requests answered in all.
+pub fn requests_during(
+    clients: &[(&NetNs, SocketAddr)],
+    start: Instant,
+    duration: Duration,
+) -> (Vec<String>, usize) {
+    thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|&(ns, target)| {
+                scope.spawn(move || {
+                    let mut done = 0;
+                    while start.elapsed() < duration && done < 2500 {
+                        match http_get_hostname(ns, target) {
+                            Ok(name) if name == "hello-a" || name == "hello-b" => done += 1,
+                            other => return (Some(format!("request {done} to {target}: {other:?}")), done),
+                        }
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    (None, done)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("client")).collect();
+        let requests = results.iter().map(|(_, n)| n).sum();
+        (results.into_iter().filter_map(|(f, _)| f).collect(), requests)
+    })
+}
+
 /// The pod that answered an HTTP GET to `target` from inside `ns`, and the client
 /// address it saw (`Peer:`).
 pub fn http_get_hostname_and_peer(ns: &NetNs, target: SocketAddr) -> Result<(String, SocketAddr), String> {

@@ -124,6 +124,20 @@ fn dns_on_b1() -> Seed {
     })
 }
 
+/// The UDP ClusterIP (port 53) over backend 1 on 5353 (and backend 2, if `two`), and
+/// `client`'s flow on backend 1, last seen `age` ago, with `state` bits on both entries.
+fn dns_flow(m: &mut DatapathMaps, client: SocketAddrV4, two: bool, age: Duration, state: u8) {
+    m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
+    m.upsert_backend(ID2, sa(B2, 5353)).unwrap();
+    let svc = seed_service(m, cluster_udp(), if two { &[ID1, ID2] } else { &[ID1] });
+    let dns = sa(CLUSTER_IP, 53);
+    seed_flow(m, svc, client, dns, (ID1, sa(B1, 5353)), PROTO_UDP, age);
+    for (key, mut e) in m.conntrack_entries().unwrap() {
+        e.state |= state;
+        m.conntrack_insert(key, e).unwrap();
+    }
+}
+
 /// Both backends behind the TCP ClusterIP and `client`'s established flow on backend 2.
 fn flow_on_b2(m: &mut DatapathMaps, client: SocketAddrV4) {
     seed_backends(m);
@@ -614,24 +628,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "a replied UDP flow idle 90 s keeps its backend (stream timeout 120 s; unreplied: 30 s)",
-            seed: Box::new(move |m| {
-                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
-                m.upsert_backend(ID2, sa(B2, 5353)).unwrap();
-                let svc = seed_service(m, cluster_udp(), &[ID1, ID2]);
-                seed_flow(
-                    m,
-                    svc,
-                    client,
-                    sa(CLUSTER_IP, 53),
-                    (ID1, sa(B1, 5353)),
-                    PROTO_UDP,
-                    Duration::from_secs(90),
-                );
-                for (key, mut e) in m.conntrack_entries().unwrap() {
-                    e.state |= CT_ST_REPLIED;
-                    m.conntrack_insert(key, e).unwrap();
-                }
-            }),
+            seed: Box::new(move |m| dns_flow(m, client, true, Duration::from_secs(90), CT_ST_REPLIED)),
             steps: vec![dns.udp_request(b"again")],
             check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 0)),
         },
@@ -768,41 +765,13 @@ fn conntrack_cases() -> Vec<Case> {
         },
         Case {
             name: "a replied UDP flow idle 40 s chooses again (unreplied timeout 30 s, as netfilter)",
-            seed: Box::new(move |m| {
-                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
-                let svc = seed_service(m, cluster_udp(), &[ID1]);
-                seed_flow(
-                    m,
-                    svc,
-                    client,
-                    sa(CLUSTER_IP, 53),
-                    (ID1, sa(B1, 5353)),
-                    PROTO_UDP,
-                    Duration::from_secs(40),
-                );
-                for (key, mut e) in m.conntrack_entries().unwrap() {
-                    e.state |= CT_ST_SEEN_REPLY;
-                    m.conntrack_insert(key, e).unwrap();
-                }
-            }),
+            seed: Box::new(move |m| dns_flow(m, client, false, Duration::from_secs(40), CT_ST_SEEN_REPLY)),
             steps: vec![dns.udp_request(b"again")],
             check: Box::new(|m, _| assert_eq!(event(m, "reselect"), 1)),
         },
         Case {
             name: "a UDP flow answered more than 2 s after it began is a stream (both entries)",
-            seed: Box::new(move |m| {
-                m.upsert_backend(ID1, sa(B1, 5353)).unwrap();
-                let svc = seed_service(m, cluster_udp(), &[ID1]);
-                seed_flow(
-                    m,
-                    svc,
-                    client,
-                    sa(CLUSTER_IP, 53),
-                    (ID1, sa(B1, 5353)),
-                    PROTO_UDP,
-                    Duration::from_secs(3),
-                );
-            }),
+            seed: Box::new(move |m| dns_flow(m, client, false, Duration::from_secs(3), 0)),
             steps: vec![dns.udp_reply(b"late answer")],
             check: Box::new(|m, _| {
                 let entries = m.conntrack_entries().unwrap();

@@ -19,7 +19,7 @@ use kproxy_testbed::{
     },
     forwarding::event,
     hello::{
-        HelloServer, LineClient, http_get_hostname, tcp_connect_failure, udp_ask, udp_echo,
+        HelloServer, LineClient, http_get_hostname, requests_during, tcp_connect_failure, udp_ask, udp_echo,
         udp_exchange_failure, udp_socket,
     },
     manifests::{TARGET_PORT, write_model},
@@ -146,23 +146,11 @@ fn endpoint_churn_fails_no_connection(mode: Mode) {
             }
             write_model(model, &[POD_A, POD_B]);
         });
-        let clients = [(c.client(), cluster_ip()), (&c.topo.external, node_port())].map(|(ns, target)| {
-            scope.spawn(move || {
-                let mut done = 0;
-                while start.elapsed() < CHURN && done < 2500 {
-                    match http_get_hostname(ns, target) {
-                        Ok(name) if name == "hello-a" || name == "hello-b" => done += 1,
-                        other => return (Some(format!("request {done} to {target}: {other:?}")), done),
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                (None, done)
-            })
-        });
-        let results: Vec<_> = clients.into_iter().map(|h| h.join().expect("client")).collect();
-        let requests: usize = results.iter().map(|(_, n)| n).sum();
-        let failures: Vec<String> = results.into_iter().filter_map(|(f, _)| f).collect();
-        (failures, requests)
+        requests_during(
+            &[(c.client(), cluster_ip()), (&c.topo.external, node_port())],
+            start,
+            CHURN,
+        )
     });
     eprintln!("{mode:?}: {requests} requests during {CHURN:?} of endpoint churn");
     assert!(failures.is_empty(), "{failures:#?}");

@@ -19,7 +19,10 @@ use kproxy::ebpf::DatapathMaps;
 use kproxy_testbed::{
     cgroup::{TestCgroup, probe_field},
     cluster::{Mode, TRIES, at, both, http_backends, udp_backends},
-    hello::{LineClient, http_get, http_get_hostname, http_get_hostname_and_peer, udp_ask, udp_socket},
+    hello::{
+        LineClient, http_get, http_get_hostname, http_get_hostname_and_peer, requests_during, udp_ask,
+        udp_socket,
+    },
     manifests::{External, Port},
     netns::{NetNs, veth_pair},
     topology::enable_forwarding,
@@ -242,24 +245,8 @@ fn endpoint_churn_fails_no_connection(mode: Mode) {
         let clients = [
             (cluster.pod("client-1"), at(Ipv4Addr::new(10, 104, 81, 240), 80)),
             (cluster.external(0), node_addr(1, HELLO_PORT)),
-        ]
-        .map(|(ns, target)| {
-            scope.spawn(move || {
-                let mut done = 0;
-                while start.elapsed() < CHURN && done < 2500 {
-                    match http_get_hostname(ns, target) {
-                        Ok(name) if name == "hello-a" || name == "hello-b" => done += 1,
-                        other => return (Some(format!("request {done} to {target}: {other:?}")), done),
-                    }
-                    thread::sleep(Duration::from_millis(10));
-                }
-                (None, done)
-            })
-        });
-        let results: Vec<_> = clients.into_iter().map(|h| h.join().expect("client")).collect();
-        let requests: usize = results.iter().map(|(_, n)| n).sum();
-        let failures: Vec<String> = results.into_iter().filter_map(|(f, _)| f).collect();
-        (failures, requests)
+        ];
+        requests_during(&clients, start, CHURN)
     });
     // Let the syncs of the last churn writes finish (the agents poll the file every
     // 100 ms), so the settled state's sync is the one `set_endpoints` waits for.
