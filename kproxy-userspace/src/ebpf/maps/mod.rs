@@ -88,6 +88,7 @@ pub enum MapOp {
     Lookup,
     Iterate,
     Delete,
+    Info,
 }
 
 impl MapOp {
@@ -97,6 +98,7 @@ impl MapOp {
             MapOp::Lookup => "look up in",
             MapOp::Iterate => "iterate",
             MapOp::Delete => "delete from",
+            MapOp::Info => "read the info of",
         }
     }
 
@@ -106,6 +108,7 @@ impl MapOp {
             MapOp::Lookup => "BPF_MAP_LOOKUP_ELEM",
             MapOp::Iterate => "BPF_MAP_GET_NEXT_KEY/BPF_MAP_LOOKUP_ELEM",
             MapOp::Delete => "BPF_MAP_DELETE_ELEM",
+            MapOp::Info => "BPF_OBJ_GET_INFO_BY_FD",
         }
     }
 
