@@ -278,25 +278,31 @@ impl EbpfMetrics {
         // Series of services gone since the last scrape go with them.
         self.service_packets.clear();
         self.service_new_flows.clear();
-        let named: BTreeSet<&str> = totals.keys().take(MAX_SERVICE_SERIES).copied().collect();
-        let mut other = (0, 0);
-        for (service, (packets, flows)) in &totals {
-            if named.contains(service) {
-                let labels = label("service", *service);
-                set_counter(&self.service_packets, &labels, *packets);
-                set_counter(&self.service_new_flows, &labels, *flows);
-            } else {
-                other.0 += packets;
-                other.1 += flows;
-            }
-        }
-        if totals.len() > MAX_SERVICE_SERIES {
-            let labels = label("service", OTHER_SERVICES);
-            set_counter(&self.service_packets, &labels, other.0);
-            set_counter(&self.service_new_flows, &labels, other.1);
+        for (service, (packets, flows)) in capped(totals, MAX_SERVICE_SERIES) {
+            let labels = label("service", service);
+            set_counter(&self.service_packets, &labels, packets);
+            set_counter(&self.service_new_flows, &labels, flows);
         }
         Ok(())
     }
+}
+
+/// At most `max` series: the first `max` services in byte order, the counts of the
+/// rest summed into one "other" series.
+fn capped(totals: BTreeMap<&str, (u64, u64)>, max: usize) -> Vec<(String, (u64, u64))> {
+    let mut series: Vec<(String, (u64, u64))> = Vec::with_capacity(totals.len().min(max + 1));
+    let mut other: Option<(u64, u64)> = None;
+    for (i, (service, counts)) in totals.into_iter().enumerate() {
+        if i < max {
+            series.push((service.to_string(), counts));
+        } else {
+            let sum = other.get_or_insert_default();
+            sum.0 += counts.0;
+            sum.1 += counts.1;
+        }
+    }
+    series.extend(other.map(|sum| (OTHER_SERVICES.to_string(), sum)));
+    series
 }
 
 /// A counter kept by the datapath: its value is copied, not counted here.
@@ -462,6 +468,23 @@ mod tests {
         assert_eq!(
             no_local_endpoints(&model(vec![internal, external, served, cluster])),
             (1, 1)
+        );
+    }
+
+    #[test]
+    fn service_series_are_capped_with_the_rest_as_other() {
+        let totals = BTreeMap::from([("ns/c:p", (5, 1)), ("ns/a:p", (1, 1)), ("ns/b:p", (2, 0))]);
+        assert_eq!(
+            capped(totals.clone(), 3),
+            vec![
+                ("ns/a:p".to_string(), (1, 1)),
+                ("ns/b:p".to_string(), (2, 0)),
+                ("ns/c:p".to_string(), (5, 1)),
+            ]
+        );
+        assert_eq!(
+            capped(totals, 1),
+            vec![("ns/a:p".to_string(), (1, 1)), ("other".to_string(), (7, 1))]
         );
     }
 
