@@ -311,6 +311,12 @@ fn metrics_follow_syncs_and_traffic(mode: Mode) {
             let services = Some(("map", kproxy_common::map_names::SERVICES));
             assert!(must(&m, "kproxy_bpf_map_capacity", services) > 0.0);
             assert!(must(&m, "kproxy_bpf_map_entries", services) > 0.0);
+            let events = Some(("map", kproxy_common::map_names::EVENTS));
+            assert!(must(&m, "kproxy_bpf_map_capacity", events) > 0.0);
+            assert!(
+                value(&m, "kproxy_bpf_map_entries", events).is_none(),
+                "an array's entries are its capacity: not exported"
+            );
             let conntrack = must(&m, "kproxy_conntrack_entries", Some(("table", "tcp")))
                 + must(&m, "kproxy_conntrack_entries", Some(("table", "any")));
             assert!(conntrack > 0.0, "three connections tracked");

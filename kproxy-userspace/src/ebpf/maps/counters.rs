@@ -67,6 +67,14 @@ fn keyed<K: aya::Pod, M: IterableMap<K, V>, V>(
     })
 }
 
+fn array(capacity: u32, name: &'static str) -> MapSize {
+    MapSize {
+        map: name,
+        entries: None,
+        capacity,
+    }
+}
+
 fn capacity<K: aya::Pod, V, M: IterableMap<K, V>>(map: &M, name: &'static str) -> Result<u32, MapsError> {
     Ok(map.map().info().map_err(MapOp::Info.on(name))?.max_entries())
 }
@@ -98,6 +106,12 @@ impl DatapathMaps {
                 self.source_ranges.keys(),
                 names::SOURCE_RANGES,
             )?,
+            array(capacity(&self.config, names::CONFIG)?, names::CONFIG),
+            array(capacity(&self.events, names::EVENTS)?, names::EVENTS),
+            array(
+                capacity(&self.reject_rate, names::REJECT_RATE)?,
+                names::REJECT_RATE,
+            ),
         ])
     }
 }
