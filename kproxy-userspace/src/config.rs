@@ -18,6 +18,11 @@ pub const DEFAULT_HEALTHZ_PORT: u16 = 10256;
 pub const DEFAULT_HEALTHZ_BIND_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_HEALTHZ_PORT);
 /// kube-proxy's `iptables.syncPeriod` default.
+/// kube-proxy's metrics port (`ports.ProxyStatusPort`).
+pub const DEFAULT_METRICS_PORT: u16 = 10249;
+/// kube-proxy's `metricsBindAddress` default: loopback, port 10249.
+pub const DEFAULT_METRICS_BIND_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,8 @@ pub struct ProxyConfig {
     pub node_port_addresses: Vec<NodePortAddress>,
     /// `healthzBindAddress`: where `/healthz` and `/livez` are served; `None` = disabled.
     pub healthz_bind_address: Option<SocketAddr>,
+    /// `metricsBindAddress`: where Prometheus `/metrics` is served; `None` = disabled.
+    pub metrics_bind_address: Option<SocketAddr>,
     /// `iptables.syncPeriod`: kube-proxy resyncs this often, and calls itself unhealthy
     /// when a queued update waits twice as long.
     pub sync_period: Duration,
@@ -142,6 +149,7 @@ impl Default for ProxyConfig {
             localhost_node_ports: true,
             node_port_addresses: Vec::new(),
             healthz_bind_address: Some(DEFAULT_HEALTHZ_BIND_ADDRESS),
+            metrics_bind_address: Some(DEFAULT_METRICS_BIND_ADDRESS),
             sync_period: DEFAULT_SYNC_PERIOD,
             conntrack: ConntrackConfig::default(),
         }
@@ -193,6 +201,7 @@ struct RawConfig {
     iptables: Option<RawIptables>,
     node_port_addresses: Option<Vec<String>>,
     healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
     conntrack: Option<RawConntrack>,
 }
 
@@ -316,6 +325,12 @@ impl ProxyConfig {
         if let Some(text) = raw.healthz_bind_address.as_deref().filter(|t| !t.is_empty()) {
             config.healthz_bind_address =
                 Some(parse_bind_address(text).map_err(|message| field_error("healthzBindAddress", message))?);
+        }
+        if let Some(text) = raw.metrics_bind_address.as_deref().filter(|t| !t.is_empty()) {
+            config.metrics_bind_address = Some(
+                parse_bind_address_with(text, DEFAULT_METRICS_PORT)
+                    .map_err(|message| field_error("metricsBindAddress", message))?,
+            );
         }
         for text in raw.node_port_addresses.iter().flatten() {
             let entry = if text == "primary" {
@@ -460,11 +475,25 @@ pub fn parse_healthz_flag(text: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
+/// Parses `--metrics-bind-address`: `""` or `0` disables the server (`None`), anything
+/// else is read as the file's `metricsBindAddress` is.
+pub fn parse_metrics_flag(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "" | "0" => Ok(None),
+        text => parse_bind_address_with(text, DEFAULT_METRICS_PORT).map(Some),
+    }
+}
+
 /// `IP:port`, or a bare IP that gets kube-proxy's health port; the port must be 1..=65535
 /// (kube-proxy's `validateHostPort`).
 fn parse_bind_address(text: &str) -> Result<SocketAddr, String> {
+    parse_bind_address_with(text, DEFAULT_HEALTHZ_PORT)
+}
+
+/// `IP:port`, or a bare IP that gets `default_port`.
+fn parse_bind_address_with(text: &str, default_port: u16) -> Result<SocketAddr, String> {
     if let Some(ip) = parse_ip_sloppy(text) {
-        return Ok(SocketAddr::new(ip, DEFAULT_HEALTHZ_PORT));
+        return Ok(SocketAddr::new(ip, default_port));
     }
     let (host, port) = text
         .rsplit_once(':')
@@ -562,6 +591,19 @@ mod tests {
             read("healthzBindAddress: 10.0.0.1:8080").healthz_bind_address,
             addr("10.0.0.1:8080")
         );
+        assert_eq!(read("").metrics_bind_address, addr("127.0.0.1:10249"));
+        assert_eq!(
+            read("metricsBindAddress: 0.0.0.0").metrics_bind_address,
+            addr("0.0.0.0:10249")
+        );
+        assert_eq!(
+            read("metricsBindAddress: 10.0.0.1:9100").metrics_bind_address,
+            addr("10.0.0.1:9100")
+        );
+        let err = ProxyConfig::parse("metricsBindAddress: nowhere:1", "f.yaml").unwrap_err();
+        assert!(err.to_string().contains("metricsBindAddress"), "{err}");
+        assert_eq!(parse_metrics_flag("0"), Ok(None));
+        assert_eq!(parse_metrics_flag("127.0.0.1"), Ok(addr("127.0.0.1:10249")));
         assert_eq!(
             read("iptables: {syncPeriod: 1m30s}").health_timeout(),
             Duration::from_mins(3)

@@ -4,7 +4,9 @@
 //! the node's ready endpoints of it (200, or 503 when there are none), opens and closes
 //! as the model adds and removes the Service, and fails alone when its port is taken;
 //! both turn 503 when a model change waits longer than twice `iptables.syncPeriod`.
-//! Every request comes from the test's external client to the node's address.
+//! Every request comes from the test's external client to the node's address, but
+//! `/metrics`, scraped on its default `metricsBindAddress` (127.0.0.1:10249) inside the
+//! node and read with a Prometheus text-format parser.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -15,16 +17,18 @@ use std::{
 use kproxy_testbed::{
     agent::Agent,
     cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args},
+    hello::http_get_hostname,
     http::{HttpAnswer, http_get},
     manifests::{
-        CLUSTER_CIDR, External, NODE_NAME, OTHER_NODE_NAME, Port, SERVICE_PORT, Service, TARGET_PORT,
-        proxy_config, write_documents, write_model,
+        CLUSTER_CIDR, CLUSTER_IP, External, NODE_NAME, OTHER_NODE_NAME, Port, SERVICE_PORT, Service,
+        TARGET_PORT, proxy_config, write_documents, write_model,
     },
     tempdir::TempDir,
     topology::NODE_IP,
 };
 
 const HEALTHZ_PORT: u16 = 10256;
+const METRICS_PORT: u16 = 10249;
 const HEALTH_CHECK_PORT: u16 = 32100;
 /// The health check port of a second Service, held by another listener on the node.
 const TAKEN_HEALTH_CHECK_PORT: u16 = 32101;
@@ -221,8 +225,116 @@ fn late_change_makes_the_proxy_unhealthy(mode: Mode) {
     get_until(&c, HEALTH_CHECK_PORT, "/", 200);
 }
 
+/// `/metrics` on the node's loopback, parsed as Prometheus parses it.
+fn scrape(c: &Cluster) -> prometheus_parse::Scrape {
+    let answer =
+        http_get(&c.topo.node, at(Ipv4Addr::LOCALHOST, METRICS_PORT), "/metrics").expect("GET /metrics");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        answer
+            .header("content-type")
+            .starts_with("application/openmetrics-text"),
+        "{answer:?}"
+    );
+    let lines = answer.body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("parse /metrics")
+}
+
+/// The value of `metric` with `label` (a histogram: its count), if the scrape has it.
+fn value(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .find_map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+            Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+            Value::Summary(_) => None,
+        })
+}
+
+fn must(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
+    value(scrape, metric, label)
+        .unwrap_or_else(|| panic!("no {metric} {label:?} in /metrics: {:#?}", scrape.samples))
+}
+
+/// kube-proxy's families after two syncs (the second adds two LoadBalancers with
+/// `externalTrafficPolicy: Local` whose pods are all on the other node), and in eBPF
+/// mode kproxy's map, conntrack, event and per-service families after traffic.
+fn metrics_follow_syncs_and_traffic(mode: Mode) {
+    let mut c = Cluster::start(mode, &ENDPOINTS);
+    write_load_balancers(&c, OTHER_NODE_NAME);
+    c.wait_sync();
+    for _ in 0..3 {
+        http_get_hostname(c.client(), at(CLUSTER_IP, SERVICE_PORT)).expect("GET the ClusterIP");
+    }
+    let m = scrape(&c);
+    let syncs = must(&m, "kubeproxy_sync_proxy_rules_duration_seconds", None);
+    let count = value(&m, "kubeproxy_sync_proxy_rules_duration_seconds_count", None).unwrap_or(syncs);
+    assert!(count >= 2.0, "two syncs timed: {count}");
+    let last = must(&m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(last <= now && now - last < 60.0, "last sync at {last}, now {now}");
+    assert!(
+        must(&m, "kubeproxy_sync_proxy_rules_service_changes_total", None) >= 3.0,
+        "hello-app, then two LoadBalancers"
+    );
+    assert!(must(&m, "kubeproxy_sync_proxy_rules_endpoint_changes_total", None) >= 3.0);
+    let no_local = |policy| {
+        must(
+            &m,
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            Some(("traffic_policy", policy)),
+        ) as u64
+    };
+    assert_eq!(no_local("external"), 2, "both LoadBalancers' pods are elsewhere");
+    assert_eq!(no_local("internal"), 0);
+    match mode {
+        Mode::Iptables => {
+            for table in ["filter", "nat"] {
+                let rules = must(
+                    &m,
+                    "kubeproxy_sync_proxy_rules_iptables_total",
+                    Some(("table", table)),
+                );
+                assert!(rules > 0.0, "{table}: {rules} rules");
+            }
+            assert!(value(&m, "kproxy_bpf_map_entries", None).is_none());
+        }
+        Mode::Ebpf | Mode::EbpfXdp => {
+            assert!(value(&m, "kubeproxy_sync_proxy_rules_iptables_total", None).is_none());
+            let services = Some(("map", kproxy_common::map_names::SERVICES));
+            assert!(must(&m, "kproxy_bpf_map_capacity", services) > 0.0);
+            assert!(must(&m, "kproxy_bpf_map_entries", services) > 0.0);
+            let events = Some(("map", kproxy_common::map_names::EVENTS));
+            assert!(must(&m, "kproxy_bpf_map_capacity", events) > 0.0);
+            assert!(
+                value(&m, "kproxy_bpf_map_entries", events).is_none(),
+                "an array's entries are its capacity: not exported"
+            );
+            let conntrack = must(&m, "kproxy_conntrack_entries", Some(("table", "tcp")))
+                + must(&m, "kproxy_conntrack_entries", Some(("table", "any")));
+            assert!(conntrack > 0.0, "three connections tracked");
+            must(&m, "kproxy_datapath_drops_total", Some(("reason", "no_backend")));
+            assert!(must(&m, "kproxy_datapath_events_total", Some(("event", "new_flow"))) >= 3.0);
+            let http = Some(("service", "default/hello-app-service:http"));
+            assert!(must(&m, "kproxy_service_packets_total", http) > 0.0);
+            assert!(must(&m, "kproxy_service_new_flows_total", http) >= 3.0);
+        }
+    }
+    let other = http_get(&c.topo.node, at(Ipv4Addr::LOCALHOST, METRICS_PORT), "/healthz")
+        .expect("GET /healthz on the metrics port");
+    assert_eq!(other.status, 404, "{other:?}");
+}
+
 kproxy_testbed::every_mode!(
     proxy_health_answers_after_the_first_sync,
     health_check_port_reports_local_endpoints,
     late_change_makes_the_proxy_unhealthy,
+    metrics_follow_syncs_and_traffic,
 );

@@ -11,17 +11,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    sync::Arc,
 };
 
 use kproxy_common::conntrack::CtTimeouts;
 use log::{debug, info, warn};
 
-use super::{AgentError, AgentOptions, Proxier, SocketLbCgroup};
+use super::{AgentError, AgentOptions, Proxier, SocketLbCgroup, metrics::Metrics};
 use crate::{
     config::{ConntrackConfig, ProxyConfig},
     ebpf::{
-        Drift, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy, SOCK_PROGRAMS,
-        SnatSettings,
+        Drift, Frontend, LoadOptions, Loaded, LoaderError, MapSync, MapsError, MasqueradePolicy,
+        SOCK_PROGRAMS, SnatSettings,
         attach::{
             self, AttachError, CgroupError, CgroupLinks, Iface, IfaceError, LinkPins, cgroup, iface,
             xdp::{self as xdp_attach, XdpAttachMode},
@@ -66,6 +67,8 @@ pub struct EbpfProxier {
     unsupported: Vec<String>,
     /// Socket-LB: the agent's netns cookie the socket programs serve; None: off.
     netns_cookie: Option<u64>,
+    /// The service port of each frontend last synced, for `/metrics`.
+    frontend_services: Arc<BTreeMap<Frontend, String>>,
 }
 
 impl EbpfProxier {
@@ -122,6 +125,7 @@ impl EbpfProxier {
             snat_ports: opts.snat_ports.clone(),
             unsupported: Vec::new(),
             netns_cookie,
+            frontend_services: Arc::default(),
         })
     }
 }
@@ -291,6 +295,13 @@ impl Proxier for EbpfProxier {
             self.unsupported.clone_from(&desired.unsupported);
         }
         let s = self.sync.apply(maps, &desired).map_err(EbpfProxierError::from)?;
+        self.frontend_services = Arc::new(
+            desired
+                .frontends
+                .iter()
+                .map(|(frontend, state)| (*frontend, state.service.clone()))
+                .collect(),
+        );
         match verify(maps, &desired, &addrs) {
             Ok(drift) if drift.is_empty() => {}
             Ok(drift) => {
@@ -359,6 +370,10 @@ impl Proxier for EbpfProxier {
         if let Some(logger) = self.logger.as_mut() {
             logger.flush();
         }
+    }
+
+    fn report(&self, metrics: &Metrics) {
+        metrics.frontend_services(self.frontend_services.clone());
     }
 
     fn describe(&self, applied: &mut Applied) {

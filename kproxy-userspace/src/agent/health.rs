@@ -34,6 +34,7 @@ use log::{debug, error, info, warn};
 use serde::Serialize;
 use tokio::{runtime::Runtime, task::AbortHandle};
 
+use super::metrics::Metrics;
 use crate::{
     config::{NodePortAddresses, ProxyConfig},
     error_chain,
@@ -58,9 +59,12 @@ pub enum HealthError {
     },
     #[error("healthz bind address {0}")]
     Flag(String),
+    #[error("metrics bind address {0}")]
+    MetricsFlag(String),
 }
 
-/// `--healthz-bind-address`: overrides the configuration file's `healthzBindAddress`.
+/// `--healthz-bind-address` or `--metrics-bind-address`: overrides the configuration
+/// file's `healthzBindAddress` or `metricsBindAddress`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HealthzBind {
     /// `""` or `0`, as kube-proxy's flag: no proxy health server.
@@ -72,6 +76,14 @@ impl HealthzBind {
     /// Parses the flag's value.
     pub fn parse(text: &str) -> Result<Self, HealthError> {
         match crate::config::parse_healthz_flag(text).map_err(HealthError::Flag)? {
+            Some(address) => Ok(HealthzBind::At(address)),
+            None => Ok(HealthzBind::Disabled),
+        }
+    }
+
+    /// Parses `--metrics-bind-address` (a bare IP gets kube-proxy's metrics port).
+    pub fn parse_metrics(text: &str) -> Result<Self, HealthError> {
+        match crate::config::parse_metrics_flag(text).map_err(HealthError::MetricsFlag)? {
             Some(address) => Ok(HealthzBind::At(address)),
             None => Ok(HealthzBind::Disabled),
         }
@@ -358,6 +370,40 @@ where
     }
 }
 
+/// Serves `answer` on `address` for the agent's life: the first bind happens now, before
+/// the agent's first sync, so the server is listening by the time anyone is told the
+/// agent synced; a failed bind is logged and retried, as kube-proxy does.
+fn keep_serving<F>(runtime: &Runtime, address: SocketAddr, what: &'static str, answer: F)
+where
+    F: Fn(&str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let first = {
+        let _runtime = runtime.enter();
+        std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+    };
+    runtime.spawn(async move {
+        let mut attempt = Some(first);
+        loop {
+            let bound = match attempt.take() {
+                Some(first) => first,
+                None => tokio::net::TcpListener::bind(address).await,
+            };
+            match bound {
+                Ok(listener) => {
+                    info!("{what} on http://{address}");
+                    serve(listener, answer.clone()).await;
+                }
+                Err(err) => {
+                    warn!("{what}: listen on {address} failed, retrying in {BIND_RETRY:?}: {err}");
+                    tokio::time::sleep(BIND_RETRY).await;
+                }
+            }
+        }
+    });
+}
+
 /// One Service's open health check: its port and the servers on each address.
 struct OpenHealthCheck {
     port: u16,
@@ -384,7 +430,11 @@ pub struct HealthServers {
 impl HealthServers {
     /// Starts the runtime and, unless `healthz` is `None`, the proxy health server
     /// (a failed bind is logged and retried, as kube-proxy does).
-    pub fn start(healthz: Option<SocketAddr>, timeout: Duration) -> Result<Self, HealthError> {
+    pub fn start(
+        healthz: Option<SocketAddr>,
+        metrics: Option<(SocketAddr, Arc<Metrics>)>,
+        timeout: Duration,
+    ) -> Result<Self, HealthError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kproxy-health")
@@ -399,38 +449,28 @@ impl HealthServers {
                 let (code, body) = proxy_health_answer(&health.report(SystemTime::now()), path);
                 json_response(code, body)
             };
-            // The first bind happens here, before the agent's first sync, so the server
-            // is listening by the time anyone is told the agent synced; a failure is
-            // retried in the background.
-            let first = {
-                let _runtime = runtime.enter();
-                std::net::TcpListener::bind(address)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .and_then(tokio::net::TcpListener::from_std)
-            };
-            runtime.spawn(async move {
-                let mut attempt = Some(first);
-                loop {
-                    let bound = match attempt.take() {
-                        Some(first) => first,
-                        None => tokio::net::TcpListener::bind(address).await,
-                    };
-                    match bound {
-                        Ok(listener) => {
-                            info!("proxy health: /healthz and /livez on http://{address}");
-                            serve(listener, answer.clone()).await;
-                        }
-                        Err(err) => {
-                            warn!(
-                                "proxy health: listen on {address} failed, retrying in {BIND_RETRY:?}: {err}"
-                            );
-                            tokio::time::sleep(BIND_RETRY).await;
-                        }
-                    }
-                }
-            });
+            keep_serving(&runtime, address, "proxy health: /healthz and /livez", answer);
         } else {
             info!("proxy health server disabled");
+        }
+        if let Some((address, metrics)) = metrics {
+            let answer = move |path: &str| {
+                if path != "/metrics" {
+                    return json_response(StatusCode::NOT_FOUND, "404 page not found\n".into());
+                }
+                // A scrape reads the datapath's maps: the runtime's other tasks (health
+                // answers) move to another thread meanwhile.
+                let text = tokio::task::block_in_place(|| metrics.scrape());
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            };
+            keep_serving(&runtime, address, "metrics: /metrics", answer);
+        } else {
+            info!("metrics server disabled");
         }
         Ok(HealthServers {
             runtime,

@@ -6,7 +6,7 @@
 
 use log::{debug, info, warn};
 
-use super::{AgentError, AgentOptions, Proxier};
+use super::{AgentError, AgentOptions, Proxier, metrics::Metrics};
 use crate::{
     config::{ConfigError, ProxyConfig},
     error_chain,
@@ -28,6 +28,8 @@ pub struct IptablesProxier {
     flavor: Flavor,
     /// `route_localnet` was ensured (kube-proxy does it once, when the proxier starts).
     route_localnet_ensured: bool,
+    /// Rules restored by the last sync: (filter, nat).
+    rules: (usize, usize),
 }
 
 impl IptablesProxier {
@@ -35,6 +37,7 @@ impl IptablesProxier {
         IptablesProxier {
             flavor: opts.iptables_backend,
             route_localnet_ensured: false,
+            rules: (0, 0),
         }
     }
 }
@@ -63,6 +66,7 @@ impl Proxier for IptablesProxier {
             netfilter::ensure_rule(self.flavor, jump.table.name(), &jump.rule.chain, &args)
                 .map_err(IptablesProxierError::from)?;
         }
+        self.rules = (ruleset.filter.rules.len(), ruleset.nat.rules.len());
         // kube-proxy's conntrack cleanup: failing it leaves stale UDP flows, not the rules.
         match conntrack::remove_stale_udp(&UdpServing::new(model)) {
             Ok(0) => {}
@@ -76,6 +80,10 @@ impl Proxier for IptablesProxier {
             ruleset.nat.rules.len(),
             jump_rules.len()
         ))
+    }
+
+    fn report(&self, metrics: &Metrics) {
+        metrics.iptables_rules(self.rules.0, self.rules.1);
     }
 
     fn describe(&self, applied: &mut Applied) {

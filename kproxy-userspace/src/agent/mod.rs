@@ -11,6 +11,7 @@ mod conntrack;
 mod ebpf;
 mod health;
 mod iptables;
+mod metrics;
 mod node;
 mod pin_lock;
 pub mod signals;
@@ -19,6 +20,7 @@ mod watch;
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
+    sync::Arc,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -27,6 +29,7 @@ use log::{error, info, warn};
 
 use self::health::HealthServers;
 pub use self::health::{HealthError, HealthzBind};
+use self::metrics::Metrics;
 pub use self::node::node_info;
 use self::watch::ModelWatcher;
 pub use crate::record::Mode;
@@ -67,6 +70,8 @@ pub struct AgentOptions {
     pub once: bool,
     /// `--healthz-bind-address`, over the configuration's `healthzBindAddress`.
     pub healthz_bind_address: Option<HealthzBind>,
+    /// `--metrics-bind-address`, over the configuration's `metricsBindAddress`.
+    pub metrics_bind_address: Option<HealthzBind>,
     /// `--cgroup`: where the socket-LB programs attach (eBPF mode).
     pub cgroup: SocketLbCgroup,
 }
@@ -118,6 +123,8 @@ trait Proxier {
     }
     /// Periodic housekeeping (eBPF: drains the programs' log buffer).
     fn tick(&mut self) {}
+    /// After a successful sync: the writer's own facts for `/metrics`.
+    fn report(&self, _metrics: &Metrics) {}
     /// Facts for the state record.
     fn describe(&self, applied: &mut Applied);
 }
@@ -136,17 +143,26 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     // Read once at start as kube-proxy reads its configuration (a broken file is
     // reported by the first sync): health servers, conntrack setup, map sizes.
     let start_config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
-    let mut health = start_health_servers(opts, &start_config)?;
+    let metrics = Arc::new(Metrics::new(
+        (opts.mode == Mode::Ebpf).then(|| opts.pin_path.clone()),
+        opts.mode == Mode::Iptables,
+    ));
+    let health = start_health_servers(opts, &start_config, &metrics)?;
     conntrack::apply(&start_config.conntrack);
     let mut proxier: Box<dyn Proxier> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts, &start_config)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
     };
     let mut watcher = ModelWatcher::new(opts.models.clone());
-    let mut syncs = 0u64;
     let mut last_scan = Instant::now();
     proxier.scan_interfaces()?;
-    let mut synced = sync_once(opts, proxier.as_mut(), &mut syncs, &mut health);
+    let mut state = SyncState {
+        syncs: 0,
+        health,
+        metrics,
+        applied: None,
+    };
+    let mut synced = sync_once(opts, proxier.as_mut(), &mut state);
     loop {
         if signals::stopped(stop) || (opts.once && synced) {
             break;
@@ -160,8 +176,8 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
             last_scan = Instant::now();
         }
         if watcher.poll() {
-            health.queued_update();
-            synced |= sync_once(opts, proxier.as_mut(), &mut syncs, &mut health);
+            state.health.queued_update();
+            synced |= sync_once(opts, proxier.as_mut(), &mut state);
         }
     }
     proxier.tick();
@@ -172,22 +188,38 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The health servers, with the bind address and timeout read once at start as
-/// kube-proxy reads its configuration (a broken file is reported by the first sync).
-fn start_health_servers(opts: &AgentOptions, config: &ProxyConfig) -> Result<HealthServers, AgentError> {
+/// The health and metrics servers, with the bind addresses and timeout read once at
+/// start as kube-proxy reads its configuration (a broken file is reported by the first
+/// sync).
+fn start_health_servers(
+    opts: &AgentOptions,
+    config: &ProxyConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<HealthServers, AgentError> {
     let healthz = opts
         .healthz_bind_address
         .map_or(config.healthz_bind_address, HealthzBind::address);
-    Ok(HealthServers::start(healthz, config.health_timeout())?)
+    let metrics_at = opts
+        .metrics_bind_address
+        .map_or(config.metrics_bind_address, HealthzBind::address);
+    Ok(HealthServers::start(
+        healthz,
+        metrics_at.map(|address| (address, metrics.clone())),
+        config.health_timeout(),
+    )?)
+}
+
+/// What the loop keeps from one sync to the next.
+struct SyncState {
+    syncs: u64,
+    health: HealthServers,
+    metrics: Arc<Metrics>,
+    /// The model the last successful sync applied (changes are counted against it).
+    applied: Option<Model>,
 }
 
 /// Loads the model and applies it; on any failure logs it and keeps the last state.
-fn sync_once(
-    opts: &AgentOptions,
-    proxier: &mut dyn Proxier,
-    syncs: &mut u64,
-    health: &mut HealthServers,
-) -> bool {
+fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, state: &mut SyncState) -> bool {
     let started = Instant::now();
     let loaded = (|| {
         let config = ProxyConfig::load(opts.config.as_deref())?;
@@ -209,13 +241,22 @@ fn sync_once(
     // to program (iptables-restore or map writes), not YAML parsing.
     let programming = Instant::now();
     let synced = proxier.sync(&model, &node, &config);
-    let programming_ms = programming.elapsed().as_secs_f64() * 1000.0;
+    let programming_time = programming.elapsed();
+    let programming_ms = programming_time.as_secs_f64() * 1000.0;
     match synced {
         Ok(summary) => {
-            *syncs += 1;
+            state.syncs += 1;
+            let syncs = state.syncs;
+            state.metrics.synced(
+                programming_time,
+                SystemTime::now(),
+                state.applied.as_ref(),
+                &model,
+            );
+            proxier.report(&state.metrics);
             // Health checks open before the sync is reported: whoever waits for the
             // "sync #N" line finds them listening.
-            health.synced(&model, &node, &config);
+            state.health.synced(&model, &node, &config);
             let ports = model.service_ports.len();
             let services: std::collections::BTreeSet<String> =
                 model.service_ports.iter().map(|p| p.name.service()).collect();
@@ -225,7 +266,8 @@ fn sync_once(
                 model.total_endpoints(),
                 started.elapsed().as_secs_f64() * 1000.0
             );
-            record_state(opts, proxier, &node, *syncs);
+            record_state(opts, proxier, &node, syncs);
+            state.applied = Some(model);
             true
         }
         Err(err) => {

@@ -65,6 +65,10 @@ pub struct Run {
     /// (default 0.0.0.0:10256); "" or 0 disables the server.
     #[arg(long, value_name = "IP:PORT", value_parser = HealthzBind::parse)]
     healthz_bind_address: Option<HealthzBind>,
+    /// IP:PORT for Prometheus /metrics, over the configuration's metricsBindAddress
+    /// (default 127.0.0.1:10249); "" or 0 disables the server.
+    #[arg(long, value_name = "IP:PORT", value_parser = HealthzBind::parse_metrics)]
+    metrics_bind_address: Option<HealthzBind>,
     /// Socket-level load balancing in eBPF mode: the cgroup v2 directory whose processes'
     /// connect()/sendmsg() to services are translated to a backend (default: the root of
     /// the cgroup2 mount, i.e. every process of the node; "" turns socket-LB off).
@@ -96,6 +100,7 @@ impl Run {
             snat_ports: self.snat_ports,
             once: self.once,
             healthz_bind_address: self.healthz_bind_address,
+            metrics_bind_address: self.metrics_bind_address,
             cgroup: match self.cgroup {
                 None => SocketLbCgroup::Root,
                 Some(p) if p.is_empty() => SocketLbCgroup::Off,

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    maps::{MapError, PerCpuHashMap},
+    maps::{IterableMap, MapError, PerCpuHashMap},
 };
 use kproxy_common::{CounterKey, FlowCounters, IfaceCounters, map_names as names, stats::EVENT_NAMES};
 
@@ -42,6 +42,77 @@ impl DatapathMaps {
             out.push((*name, v.iter().sum()));
         }
         Ok(out)
+    }
+}
+
+/// One map's fill: entries held (None for arrays, always full) and `max_entries`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSize {
+    pub map: &'static str,
+    pub entries: Option<usize>,
+    pub capacity: u32,
+}
+
+/// The size of a keyed map: its keys counted (one BPF_MAP_GET_NEXT_KEY each: callers
+/// keep this off the sync thread) and its `max_entries`.
+fn keyed<K: aya::Pod, M: IterableMap<K, V>, V>(
+    map: &M,
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    name: &'static str,
+) -> Result<MapSize, MapsError> {
+    Ok(MapSize {
+        map: name,
+        entries: Some(keys.flatten().count()),
+        capacity: capacity(map, name)?,
+    })
+}
+
+fn array(capacity: u32, name: &'static str) -> MapSize {
+    MapSize {
+        map: name,
+        entries: None,
+        capacity,
+    }
+}
+
+fn capacity<K: aya::Pod, V, M: IterableMap<K, V>>(map: &M, name: &'static str) -> Result<u32, MapsError> {
+    Ok(map.map().info().map_err(MapOp::Info.on(name))?.max_entries())
+}
+
+impl DatapathMaps {
+    /// Entries and capacity of every map the agent keeps or the programs fill.
+    pub fn map_sizes(&self) -> Result<Vec<MapSize>, MapsError> {
+        Ok(vec![
+            keyed(&self.services, self.services.keys(), names::SERVICES)?,
+            keyed(&self.slots, self.slots.keys(), names::SLOTS)?,
+            keyed(&self.backends, self.backends.keys(), names::BACKENDS)?,
+            keyed(&self.revnat, self.revnat.keys(), names::REVNAT)?,
+            keyed(&self.ct_tcp, self.ct_tcp.keys(), names::CT_TCP)?,
+            keyed(&self.ct_any, self.ct_any.keys(), names::CT_ANY)?,
+            keyed(&self.affinity, self.affinity.keys(), names::AFFINITY)?,
+            keyed(&self.node_addrs, self.node_addrs.keys(), names::NODE_ADDRS)?,
+            keyed(
+                &self.service_stats,
+                self.service_stats.keys(),
+                names::SERVICE_STATS,
+            )?,
+            keyed(
+                &self.backend_stats,
+                self.backend_stats.keys(),
+                names::BACKEND_STATS,
+            )?,
+            keyed(
+                &self.source_ranges,
+                self.source_ranges.keys(),
+                names::SOURCE_RANGES,
+            )?,
+            array(capacity(&self.config, names::CONFIG)?, names::CONFIG),
+            array(capacity(&self.events, names::EVENTS)?, names::EVENTS),
+            array(
+                capacity(&self.reject_rate, names::REJECT_RATE)?,
+                names::REJECT_RATE,
+            ),
+        ])
     }
 }
 

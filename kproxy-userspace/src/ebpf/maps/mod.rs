@@ -89,6 +89,7 @@ pub enum MapOp {
     Lookup,
     Iterate,
     Delete,
+    Info,
 }
 
 impl MapOp {
@@ -98,6 +99,7 @@ impl MapOp {
             MapOp::Lookup => "look up in",
             MapOp::Iterate => "iterate",
             MapOp::Delete => "delete from",
+            MapOp::Info => "read the info of",
         }
     }
 
@@ -107,6 +109,7 @@ impl MapOp {
             MapOp::Lookup => "BPF_MAP_LOOKUP_ELEM",
             MapOp::Iterate => "BPF_MAP_GET_NEXT_KEY/BPF_MAP_LOOKUP_ELEM",
             MapOp::Delete => "BPF_MAP_DELETE_ELEM",
+            MapOp::Info => "BPF_OBJ_GET_INFO_BY_FD",
         }
     }
 
