@@ -243,13 +243,14 @@ impl EbpfMetrics {
             if let Some(entries) = size.entries {
                 self.map_entries.get_or_create(&map).set(entries as i64);
             }
-            if size.map == kproxy_common::map_names::CT_TCP {
+            let table = match size.map {
+                kproxy_common::map_names::CT_TCP => Some("tcp"),
+                kproxy_common::map_names::CT_ANY => Some("any"),
+                _ => None,
+            };
+            if let Some(table) = table {
                 self.conntrack_entries
-                    .get_or_create(&label("table", "tcp"))
-                    .set(size.entries.unwrap_or(0) as i64);
-            } else if size.map == kproxy_common::map_names::CT_ANY {
-                self.conntrack_entries
-                    .get_or_create(&label("table", "any"))
+                    .get_or_create(&label("table", table))
                     .set(size.entries.unwrap_or(0) as i64);
             }
         }
