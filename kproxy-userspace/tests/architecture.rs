@@ -116,7 +116,15 @@ fn the_tree_follows_sources_model_writers() {
         ("record", &["iptables"][..]),
         (
             "agent",
-            &["model", "config", "manifests", "cluster", "ebpf", "iptables", "record"][..],
+            &[
+                "model",
+                "config",
+                "manifests",
+                "cluster",
+                "ebpf",
+                "iptables",
+                "record",
+            ][..],
         ),
         (
             "inspect",
