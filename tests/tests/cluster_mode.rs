@@ -210,18 +210,7 @@ fn documents(text: &str) -> Vec<serde_json::Value> {
     serde_saphyr::from_multiple(text).expect("test YAML")
 }
 
-macro_rules! both_modes {
-    ($($scenario:ident),* $(,)?) => {
-        mod ebpf {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Ebpf) })*
-        }
-        mod iptables {
-            $(#[test] fn $scenario() { super::$scenario(super::Mode::Iptables) })*
-        }
-    };
-}
-
-both_modes!(
+kproxy_testbed::every_mode!(
     serves_and_follows_the_api_server,
     a_dropped_watch_resumes_without_a_resync,
     an_expired_watch_relists_and_converges,
