@@ -17,7 +17,7 @@ use crate::{
     cgroup::TestCgroup,
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
     manifests::{
-        CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, TARGET_PORT, Service, proxy_config,
+        CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, Service, TARGET_PORT, proxy_config,
         write_model,
     },
     netns::NetNs,
@@ -105,7 +105,11 @@ impl Cluster {
         let (source, api, api_down) = match feed {
             Feed::Files => {
                 write_model(&model, endpoints);
-                (vec!["--model".to_string(), model.display().to_string()], None, None)
+                (
+                    vec!["--model".to_string(), model.display().to_string()],
+                    None,
+                    None,
+                )
             }
             Feed::Api { up } => {
                 let api = FakeApiServer::new();
@@ -271,7 +275,13 @@ pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &P
 }
 
 /// As [`run_args`], with the model from `source` (`--model PATH` or `--kubeconfig PATH`).
-pub fn run_args_from(mode: Mode, source: &[String], config: &Path, pins: &Path, cgroup: &Path) -> Vec<String> {
+pub fn run_args_from(
+    mode: Mode,
+    source: &[String],
+    config: &Path,
+    pins: &Path,
+    cgroup: &Path,
+) -> Vec<String> {
     let mode_arg = match mode {
         Mode::Ebpf | Mode::EbpfXdp => "ebpf",
         Mode::Iptables => "iptables",

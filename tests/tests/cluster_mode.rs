@@ -30,15 +30,24 @@ fn lists(c: &Cluster, resource: &str) -> usize {
 }
 
 fn is_watch_of(request: &str, resource: &str) -> bool {
-    request.contains(&format!("/{resource}?")) && (request.contains("watch=true") || request.contains("watch=1"))
+    request.contains(&format!("/{resource}?"))
+        && (request.contains("watch=true") || request.contains("watch=1"))
 }
 
 /// The agent serves what the API server lists, and follows its changes: endpoints
 /// changed, a service deleted, added again.
 fn serves_and_follows_the_api_server(mode: Mode) {
     let mut c = Cluster::start_with_api(mode, &[POD_A, POD_B], true);
-    assert_eq!(http_backends(c.client(), cluster_ip()), both(), "ClusterIP from a pod");
-    assert_eq!(http_backends(&c.topo.external, node_port()), both(), "NodePort from outside");
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "ClusterIP from a pod"
+    );
+    assert_eq!(
+        http_backends(&c.topo.external, node_port()),
+        both(),
+        "NodePort from outside"
+    );
 
     c.set_endpoints(&[POD_B]);
     assert_eq!(
@@ -53,34 +62,53 @@ fn serves_and_follows_the_api_server(mode: Mode) {
     assert!(failure.is_some(), "a deleted service is not served");
 
     c.set_endpoints(&[POD_A, POD_B]);
-    assert_eq!(http_backends(c.client(), cluster_ip()), both(), "the service is back");
+    assert_eq!(
+        http_backends(c.client(), cluster_ip()),
+        both(),
+        "the service is back"
+    );
     // What inspect reads: the API server's objects recorded as a model file.
     let inspect = c.kproxy(&["inspect", "--format", "json"]);
     let report = String::from_utf8_lossy(&inspect.stdout);
-    assert!(inspect.status.success(), "inspect: {}", String::from_utf8_lossy(&inspect.stderr));
-    assert!(report.contains("hello-app-service"), "inspect shows the service: {report}");
+    assert!(
+        inspect.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert!(
+        report.contains("hello-app-service"),
+        "inspect shows the service: {report}"
+    );
 }
 
 /// A watch the API server drops is resumed from its resourceVersion: no new LIST, no
 /// sync for nothing, and the next change arrives as one sync.
 fn a_dropped_watch_resumes_without_a_resync(mode: Mode) {
     let mut c = Cluster::start_with_api(mode, &[POD_A, POD_B], true);
-    assert!(c.api().wait_for_open_watches(3, RECONNECT_TIMEOUT), "three watches open");
+    assert!(
+        c.api().wait_for_open_watches(3, RECONNECT_TIMEOUT),
+        "three watches open"
+    );
     let (services, slices) = (lists(&c, "services"), lists(&c, "endpointslices"));
     let before = c.api().requests().len();
     c.api().drop_watches();
     let resumed = c.api().wait_for_requests(
         |requests| {
             let new = &requests[before.min(requests.len())..];
-            ["services", "endpointslices", "nodes"]
-                .iter()
-                .all(|r| new.iter().any(|q| is_watch_of(q, r) && q.contains("resourceVersion=")))
+            ["services", "endpointslices", "nodes"].iter().all(|r| {
+                new.iter()
+                    .any(|q| is_watch_of(q, r) && q.contains("resourceVersion="))
+            })
         },
         RECONNECT_TIMEOUT,
     );
     assert!(resumed, "every watch resumed: {:#?}", c.api().requests());
     assert_eq!(lists(&c, "services"), services, "no re-list of services");
-    assert_eq!(lists(&c, "endpointslices"), slices, "no re-list of endpointslices");
+    assert_eq!(
+        lists(&c, "endpointslices"),
+        slices,
+        "no re-list of endpointslices"
+    );
 
     c.set_endpoints(&[POD_A]);
     assert_eq!(
@@ -123,7 +151,10 @@ fn an_expired_watch_relists_and_converges(mode: Mode) {
 fn api_down_at_start_serves_once_up(mode: Mode) {
     let mut c = Cluster::start_with_api(mode, &[POD_A, POD_B], false);
     c.agent.wait_for_log("list/watch services", 1, RECONNECT_TIMEOUT);
-    assert!(!c.agent.log().contains("sync #"), "nothing synced before the first lists");
+    assert!(
+        !c.agent.log().contains("sync #"),
+        "nothing synced before the first lists"
+    );
     c.bring_api_up();
     assert_eq!(http_backends(c.client(), cluster_ip()), both());
 }
@@ -137,7 +168,10 @@ fn forbidden_names_resource_and_verb(mode: Mode) {
     c.agent
         .wait_for_log("cannot list resource \"endpointslices\"", 1, RECONNECT_TIMEOUT);
     let log = c.agent.log();
-    assert!(log.contains("list/watch endpointslices"), "the error names the watch: {log}");
+    assert!(
+        log.contains("list/watch endpointslices"),
+        "the error names the watch: {log}"
+    );
     assert!(!log.contains("sync #"), "no sync without the endpoint slices");
     c.api().allow("endpointslices", "list");
     c.wait_sync();
@@ -169,9 +203,18 @@ fn label_filtered_and_headless_services_are_not_served(mode: Mode) {
         ..Service::hello_app(&[POD_B])
     };
     c.api().apply_yaml(&third.yaml());
-    c.agent
-        .wait_for_log("sync #", c.agent.log().matches("sync #").count() + 1, SYNC_TIMEOUT);
-    let last = c.agent.log().lines().rfind(|l| l.contains("sync #")).unwrap_or_default().to_string();
+    c.agent.wait_for_log(
+        "sync #",
+        c.agent.log().matches("sync #").count() + 1,
+        SYNC_TIMEOUT,
+    );
+    let last = c
+        .agent
+        .log()
+        .lines()
+        .rfind(|l| l.contains("sync #"))
+        .unwrap_or_default()
+        .to_string();
     assert!(last.contains(": 2 services"), "hello-app and third only: {last}");
     assert_eq!(
         http_backends(c.client(), at(Ipv4Addr::new(10, 96, 0, 78), SERVICE_PORT)),
@@ -187,7 +230,9 @@ fn label_filtered_and_headless_services_are_not_served(mode: Mode) {
 /// `last-change-trigger-time` to the sync that applied it.
 fn network_programming_latency_is_measured(mode: Mode) {
     let mut c = Cluster::start_with_api(mode, &[POD_A, POD_B], true);
-    let trigger = jiff::Timestamp::try_from(SystemTime::now()).expect("now").to_string();
+    let trigger = jiff::Timestamp::try_from(SystemTime::now())
+        .expect("now")
+        .to_string();
     for mut object in documents(&Service::hello_app(&[POD_A]).yaml()) {
         if object["kind"] == "EndpointSlice" {
             object["metadata"]["annotations"] =

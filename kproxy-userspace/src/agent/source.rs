@@ -144,6 +144,7 @@ impl ModelSource {
                 match &snapshot.node {
                     Some(object) => {
                         *node_missing = false;
+                        node = node.with_pod_cidrs(cluster::node_pod_cidrs(object));
                         if !*node_ip_given && let Some(ip) = cluster::node_address(object, node.family) {
                             node = node.with_node_ip(Some(ip));
                         }
