@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     // Test topologies switch checksum offload and GRO on their veths.
     "ethtool",
     "conntrack",
+    // `nft`: the cleanup tests create and remove kube-proxy's nftables tables.
+    "nftables",
 ];
 
 /// The bpf-linker this toolchain links with (0.13's default feature targets LLVM 23,
