@@ -24,6 +24,8 @@ pub const DEFAULT_METRICS_PORT: u16 = 10249;
 pub const DEFAULT_METRICS_BIND_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// kube-proxy's `iptables.minSyncPeriod` default.
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +92,9 @@ pub struct ProxyConfig {
     /// `iptables.syncPeriod`: kube-proxy resyncs this often, and calls itself unhealthy
     /// when a queued update waits twice as long.
     pub sync_period: Duration,
+    /// `iptables.minSyncPeriod`: the least time between two syncs (a burst of changes
+    /// becomes one sync).
+    pub min_sync_period: Duration,
     /// `conntrack`: the kernel conntrack table's size and timeouts.
     pub conntrack: ConntrackConfig,
 }
@@ -151,6 +156,7 @@ impl Default for ProxyConfig {
             healthz_bind_address: Some(DEFAULT_HEALTHZ_BIND_ADDRESS),
             metrics_bind_address: Some(DEFAULT_METRICS_BIND_ADDRESS),
             sync_period: DEFAULT_SYNC_PERIOD,
+            min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -231,6 +237,7 @@ struct RawIptables {
     masquerade_bit: Option<i64>,
     localhost_node_ports: Option<bool>,
     sync_period: Option<String>,
+    min_sync_period: Option<String>,
 }
 
 impl ProxyConfig {
@@ -317,6 +324,14 @@ impl ProxyConfig {
                 field_error(
                     "iptables.syncPeriod",
                     format!("{text:?} is not a duration greater than 0"),
+                )
+            })?;
+        }
+        if let Some(text) = iptables.min_sync_period.as_deref() {
+            config.min_sync_period = parse_duration(text).ok_or_else(|| {
+                field_error(
+                    "iptables.minSyncPeriod",
+                    format!("{text:?} is not a duration of 0 or more"),
                 )
             })?;
         }
