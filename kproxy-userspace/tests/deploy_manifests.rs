@@ -180,9 +180,6 @@ fn the_typo_check_catches_an_unknown_field() {
 
 #[test]
 fn the_agent_knows_every_flag_of_the_daemon_set() {
-    // The lead adds these to `kproxy run` in parallel (cluster mode); until that lands
-    // the built binary may not list them.
-    const LANDING: &[&str] = &["--kubeconfig", "--hostname-override", "--service-proxy-name"];
     let ds = load().daemon_set.expect("DaemonSet");
     let (init, containers) = pod_containers(&ds);
     let mut checked = 0;
@@ -202,7 +199,7 @@ fn the_agent_knows_every_flag_of_the_daemon_set() {
         let help = help(subcommand);
         for flag in flags(&command) {
             assert!(
-                help_knows(&help, flag) || (subcommand == "run" && LANDING.contains(&flag)),
+                help_knows(&help, flag),
                 "{}: `kproxy {subcommand}` has no {flag}:\n{help}",
                 container.name
             );
