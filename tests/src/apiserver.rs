@@ -389,10 +389,8 @@ impl FakeApiServer {
 
     /// Applies every document of a multi-document YAML text.
     pub fn apply_yaml(&self, yaml: &str) {
-        let documents: Vec<Value> =
-            serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("YAML ({e}):\n{yaml}"));
-        for document in documents.into_iter().filter(|d| !d.is_null()) {
-            self.apply(document);
+        for object in objects(yaml) {
+            self.apply(object);
         }
     }
 
@@ -601,6 +599,23 @@ current-context: kproxy-test
     );
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
+}
+
+/// The objects of a multi-document YAML text (the [`manifests`](crate::manifests)
+/// builders' output), to change before [`FakeApiServer::apply`] where a test needs
+/// what the builders do not write (labels, `clusterIP: None`).
+pub fn objects(yaml: &str) -> Vec<Value> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("YAML ({e}):\n{yaml}"));
+    documents.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// `object` with `labels` added to its metadata.
+pub fn with_labels(mut object: Value, labels: &[(&str, &str)]) -> Value {
+    for (key, value) in labels {
+        object["metadata"]["labels"][*key] = json!(value);
+    }
+    object
 }
 
 /// A Node object named `name` with `internal_ip` and, if any, the zone label.
@@ -1291,6 +1306,21 @@ mod tests {
         assert!(parse_path("/api/v1/endpointslices").is_none());
         assert!(parse_path("/api/v1/namespaces/default/nodes").is_none());
         assert!(parse_path("/api/v1/pods").is_none());
+    }
+
+    #[test]
+    fn the_manifest_builders_output_reads_as_objects() {
+        let pods = [Ipv4Addr::new(172, 16, 0, 10)];
+        let yaml = crate::manifests::Service::hello_app(&pods).yaml();
+        let objects = objects(&yaml);
+        let kinds: Vec<_> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["Service", "EndpointSlice"]);
+        let labelled = with_labels(objects[0].clone(), &[("service.kubernetes.io/headless", "")]);
+        assert_eq!(
+            labelled["metadata"]["labels"]["service.kubernetes.io/headless"],
+            ""
+        );
+        assert_eq!(labelled["metadata"]["name"], "hello-app-service");
     }
 
     #[test]
