@@ -9,6 +9,7 @@ use std::{
 };
 
 use kproxy_testbed::{
+    apiserver::{objects, with_labels},
     cluster::{Cluster, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, both, cluster_ip, http_backends, node_port},
     hello::tcp_connect_failure,
     http::http_get,
@@ -68,7 +69,7 @@ fn serves_and_follows_the_api_server(mode: Mode) {
         "the service is back"
     );
     // What inspect reads: the API server's objects recorded as a model file.
-    let inspect = c.kproxy(&["inspect", "--format", "json"]);
+    let inspect = c.kproxy(&["inspect", "--output", "json"]);
     let report = String::from_utf8_lossy(&inspect.stdout);
     assert!(
         inspect.status.success(),
@@ -133,7 +134,9 @@ fn an_expired_watch_relists_and_converges(mode: Mode) {
     c.api().apply_yaml(&Service::hello_app(&[POD_B]).yaml());
     c.api().expire_history();
     c.api().set_unavailable(false);
-    c.wait_sync();
+    // Each watcher re-lists on its own: the sync that applies the slice's re-list is
+    // the one whose model has hello-b alone (two ports, one endpoint each).
+    c.agent.wait_for_log(", 2 endpoints;", 1, RECONNECT_TIMEOUT);
     assert!(
         lists(&c, "endpointslices") > slices,
         "410 Gone made the watcher re-list: {:#?}",
@@ -188,9 +191,11 @@ fn label_filtered_and_headless_services_are_not_served(mode: Mode) {
         cluster_ip: other_ip,
         ..Service::hello_app(&[POD_A])
     };
-    for mut object in documents(&other.yaml()) {
-        object["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!("other");
-        c.api().apply(object);
+    for object in objects(&other.yaml()) {
+        c.api().apply(with_labels(
+            object,
+            &[("service.kubernetes.io/service-proxy-name", "other")],
+        ));
     }
     c.api().apply(json!({
         "apiVersion": "v1", "kind": "Service",
@@ -233,7 +238,7 @@ fn network_programming_latency_is_measured(mode: Mode) {
     let trigger = jiff::Timestamp::try_from(SystemTime::now())
         .expect("now")
         .to_string();
-    for mut object in documents(&Service::hello_app(&[POD_A]).yaml()) {
+    for mut object in objects(&Service::hello_app(&[POD_A]).yaml()) {
         if object["kind"] == "EndpointSlice" {
             object["metadata"]["annotations"] =
                 json!({"endpoints.kubernetes.io/last-change-trigger-time": trigger});
@@ -248,11 +253,6 @@ fn network_programming_latency_is_measured(mode: Mode) {
         .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
         .unwrap_or_else(|| panic!("no network programming histogram:\n{}", metrics.body));
     assert_eq!(count.trim(), "1", "one EndpointSlice change with a trigger time");
-}
-
-/// The YAML documents of `text` as JSON objects.
-fn documents(text: &str) -> Vec<serde_json::Value> {
-    serde_saphyr::from_multiple(text).expect("test YAML")
 }
 
 kproxy_testbed::every_mode!(
