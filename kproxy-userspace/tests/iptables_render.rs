@@ -152,7 +152,7 @@ fn masquerade_matrix() {
             )),
         ),
         (
-            "clusterCIDR: 10.0.0.0/8\nmasqueradeAll: true\n",
+            "clusterCIDR: 10.0.0.0/8\niptables: {masqueradeAll: true}\n",
             Some(format!("-A KUBE-SVC-GNZBNJ2PO5MGZ6GT {cip} -j KUBE-MARK-MASQ")),
             Some(format!(
                 "-A KUBE-EXT-GNZBNJ2PO5MGZ6GT {pod} -s 10.0.0.0/8 -j KUBE-SVC-GNZBNJ2PO5MGZ6GT"

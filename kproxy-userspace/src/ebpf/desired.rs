@@ -413,7 +413,7 @@ endpoints:
         let kind = "kind: KubeProxyConfiguration\n";
         let by_cidr = parse(&format!("{kind}clusterCIDR: 10.244.0.0/16\n"));
         assert_eq!(by_cidr.cluster_cidr, Some((Ipv4Addr::new(10, 244, 0, 0), 16)));
-        let all = parse(&format!("{kind}masqueradeAll: true\n"));
+        let all = parse(&format!("{kind}iptables: {{masqueradeAll: true}}\n"));
         let by_iface = parse(&format!(
             "{kind}detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: veth}}\n"
         ));
