@@ -430,7 +430,7 @@ impl ProxyConfig {
             message: e.to_string(),
         })?;
         let value = match value {
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::default()),
             value => value,
         };
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {

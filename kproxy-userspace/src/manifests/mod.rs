@@ -1,8 +1,10 @@
 //! Kubernetes manifests → k8s-openapi objects → the [`crate::model`].
 //!
 //! A path is a YAML file with any number of `---` documents or a directory whose
-//! `*.yaml`/`*.yml` files are read in name order. `Service` (v1) and `EndpointSlice`
-//! (discovery.k8s.io/v1) documents are parsed with the k8s-openapi types; a `List`
+//! `*.yaml`/`*.yml` files are read in name order. `Service` (v1), `EndpointSlice`
+//! (discovery.k8s.io/v1) and `Node` (v1) documents are parsed with the k8s-openapi
+//! types (the Node named as this node gives the model its zone, so labs and tests can
+//! exercise topology hints); a `List`
 //! (any `*List` kind) is unpacked; other kinds are skipped with a debug log, so the
 //! manifests a user `kubectl apply`s can be pointed at directly.
 //!
@@ -13,7 +15,7 @@
 //! let node = NodeInfo::new("host1", IpFamily::V4);
 //! let model = manifests::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
 //! for port in &model.service_ports {
-//!     let sets = port.categorize();
+//!     let sets = port.categorize(&model.topology);
 //!     println!("{} -> {} cluster endpoints", port.name, sets.cluster.len());
 //! }
 //! # Ok::<(), kproxy::manifests::ManifestError>(())
@@ -27,14 +29,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
     config::ProxyConfig,
-    model::{IpFamily, Model, NodeInfo},
+    model::{IpFamily, Model, NodeInfo, Topology},
 };
+
+/// The Node label naming the node's zone (`v1.LabelTopologyZone`).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -69,20 +77,40 @@ pub struct Sourced<T> {
     pub object: T,
 }
 
-/// Every Service and EndpointSlice found under `paths`, in reading order.
+/// Every Service, EndpointSlice and Node found under `paths`, in reading order.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    /// Only the one named as this node matters (its zone label).
+    pub nodes: Vec<Sourced<Node>>,
+}
+
+/// A Node's zone: its `topology.kubernetes.io/zone` label, `None` when absent or empty
+/// (kube-proxy reads a missing label as "" and then applies no zone hints).
+pub fn zone_of(node: &Node) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(ZONE_LABEL))
+        .filter(|zone| !zone.is_empty())
+        .cloned()
 }
 
 /// Reads `paths` (files or directories of `*.yaml`/`*.yml`) into the model for `node`'s
-/// IP family; `config` supplies the node name override. A broken file is an error naming
-/// the file, the object and the field; no partial model is returned.
+/// IP family; `config` supplies the node name override and the node-hints gate. The
+/// model's zone is that of this node's Node object in `paths`, else `node.zone`. A
+/// broken file is an error naming the file, the object and the field; no partial model
+/// is returned.
 pub fn load(paths: &[PathBuf], config: &ProxyConfig, node: &NodeInfo) -> Result<Model, ManifestError> {
     let node_name = config.hostname_override.as_deref().unwrap_or(&node.name);
     let objects = read_objects(paths)?;
-    build_model(&objects, node.family, node_name)
+    let mut model = build_model(&objects, node.family, node_name)?;
+    if model.topology.zone.is_none() {
+        model.topology.zone.clone_from(&node.zone);
+    }
+    model.topology.prefer_same_node = config.prefer_same_traffic_distribution();
+    Ok(model)
 }
 
 /// Reads every path; fails on the first broken file.
@@ -96,7 +124,9 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, ManifestError> {
     Ok(objects)
 }
 
-/// Builds the model for `family` from `objects`; `node_name` decides which endpoints are local.
+/// Builds the model for `family` from `objects`; `node_name` decides which endpoints are
+/// local, and the Node of that name in `objects` (if any) gives the model's zone. The
+/// node-hints gate is at its default (on); [`load`] applies the configuration's.
 pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, ManifestError> {
     let mut service_ports = Vec::new();
     for service in &objects.services {
@@ -111,8 +141,20 @@ pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Resu
     // kube-proxy's test normalisation orders services by "namespace/name"; ports keep
     // their spec order (the sort is stable).
     service_ports.sort_by_cached_key(|p| p.name.service());
+    // The last Node of this name wins, as a later `kubectl apply` would.
+    let zone = objects
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| n.object.metadata.name.as_deref() == Some(node_name))
+        .and_then(|n| zone_of(&n.object));
     Ok(Model {
         family,
+        topology: Topology {
+            node_name: node_name.to_string(),
+            zone,
+            ..Topology::default()
+        },
         service_ports,
     })
 }
@@ -182,6 +224,13 @@ fn add_document(
         ("v1", "Service") => {
             let object = parse_object::<Service>(path, "Service", document)?;
             objects.services.push(Sourced {
+                path: path.into(),
+                object,
+            });
+        }
+        ("v1", "Node") => {
+            let object = parse_object::<Node>(path, "Node", document)?;
+            objects.nodes.push(Sourced {
                 path: path.into(),
                 object,
             });
@@ -271,4 +320,39 @@ pub(crate) fn object_name(
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn zone_of_reads_the_zone_label_only() {
+        assert_eq!(zone_of(&node(&[(ZONE_LABEL, "zone-a")])), Some("zone-a".into()));
+        assert_eq!(zone_of(&node(&[(ZONE_LABEL, "")])), None, "empty is no zone");
+        assert_eq!(
+            zone_of(&node(&[("failure-domain.beta.kubernetes.io/zone", "zone-a")])),
+            None,
+            "kube-proxy reads only topology.kubernetes.io/zone"
+        );
+        assert_eq!(zone_of(&Node::default()), None);
+    }
 }
