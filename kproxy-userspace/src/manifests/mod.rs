@@ -268,15 +268,16 @@ fn add_document(
     Ok(())
 }
 
-/// `namespace/name` of a raw object, for errors raised before it is typed.
-fn raw_object_name(document: &Value) -> String {
+/// `namespace/name` of a raw object, for errors raised before it is typed; the bare
+/// name of a Node (cluster-scoped).
+fn raw_object_name(document: &Value, kind: &str) -> String {
     let meta = document.get("metadata");
     let field = |name| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-    format!(
-        "{}/{}",
-        field("namespace").unwrap_or("default"),
-        field("name").unwrap_or("<unnamed>")
-    )
+    let name = field("name").unwrap_or("<unnamed>");
+    if kind == "Node" {
+        return name.to_string();
+    }
+    format!("{}/{name}", field("namespace").unwrap_or("default"))
 }
 
 fn parse_object<T: DeserializeOwned>(
@@ -284,7 +285,7 @@ fn parse_object<T: DeserializeOwned>(
     kind: &'static str,
     document: Value,
 ) -> Result<T, ManifestError> {
-    let object = raw_object_name(&document);
+    let object = raw_object_name(&document, kind);
     serde_path_to_error::deserialize(document).map_err(|e| ManifestError::Field {
         path: path.into(),
         kind,
@@ -354,5 +355,49 @@ mod tests {
             "kube-proxy reads only topology.kubernetes.io/zone"
         );
         assert_eq!(zone_of(&Node::default()), None);
+    }
+
+    #[test]
+    fn a_broken_node_is_named_without_a_namespace() {
+        let document: Value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "node-a", "labels": ["not", "a", "map"]},
+        });
+        let mut objects = Objects::default();
+        let err = add_document(Path::new("nodes.yaml"), 1, document, &mut objects).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nodes.yaml: Node node-a: field metadata.labels: invalid type: sequence, expected a map"
+        );
+    }
+
+    /// `load` gives the model this node's topology: the name after `hostnameOverride`,
+    /// the zone of the Node of that name (else the node facts'), the configured gate.
+    #[test]
+    fn load_fills_the_models_topology() {
+        let fixture = |name: &str| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/topology")
+                .join(name)
+        };
+        let both = [fixture("service.yaml"), fixture("node.yaml")];
+        let facts = NodeInfo::new("host", IpFamily::V4).with_zone(Some("zone-z".into()));
+        let config = |text: &str| ProxyConfig::parse(text, "t").unwrap();
+
+        let model = load(&both, &config("hostnameOverride: node-b1"), &facts).unwrap();
+        assert_eq!(
+            model.topology,
+            Topology {
+                node_name: "node-b1".into(),
+                zone: Some("zone-b".into()),
+                prefer_same_node: true,
+            }
+        );
+        // No Node of this name among the files: the node facts' zone.
+        let model = load(&both, &config(""), &facts).unwrap();
+        assert_eq!(model.topology.zone.as_deref(), Some("zone-z"));
+        let gate_off = config("featureGates: {PreferSameTrafficDistribution: false}");
+        assert!(!load(&both, &gate_off, &facts).unwrap().topology.prefer_same_node);
     }
 }
