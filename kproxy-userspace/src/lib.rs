@@ -14,6 +14,7 @@
 //! `docs/architecture.md` says what may import what.
 
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod ebpf;
 pub mod inspect;

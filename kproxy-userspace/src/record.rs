@@ -27,6 +27,14 @@ pub fn record_dir(pin_path: &Path) -> PathBuf {
     Path::new(RECORD_ROOT).join(flat)
 }
 
+/// Cluster mode: the API server's objects at the last sync, written by the agent as a
+/// model file beside the record (which copies it like any model file).
+pub fn cluster_snapshot_path(pin_path: &Path) -> PathBuf {
+    let mut name = record_dir(pin_path).into_os_string();
+    name.push(".cluster.yaml");
+    PathBuf::from(name)
+}
+
 /// Which writer the agent keeps in step with the model (`kproxy run --mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +238,7 @@ pub fn load(pin_path: &Path) -> Result<Recorded, RecordError> {
 pub fn remove(pin_path: &Path) -> Result<(), RecordError> {
     let link = record_dir(pin_path);
     remove_versions(&link, &[]);
+    let _ = fs::remove_file(cluster_snapshot_path(pin_path));
     let removed = if link.is_symlink() || !link.is_dir() {
         fs::remove_file(&link)
     } else {

@@ -110,12 +110,21 @@ fn the_tree_follows_sources_model_writers() {
         ("model", &[][..]),
         ("config", &["model"][..]),
         ("manifests", &["model", "config"][..]),
+        ("cluster", &["model", "manifests"][..]),
         ("ebpf", &["model", "config"][..]),
         ("iptables", &["model", "config"][..]),
         ("record", &["iptables"][..]),
         (
             "agent",
-            &["model", "config", "manifests", "ebpf", "iptables", "record"][..],
+            &[
+                "model",
+                "config",
+                "manifests",
+                "cluster",
+                "ebpf",
+                "iptables",
+                "record",
+            ][..],
         ),
         (
             "inspect",

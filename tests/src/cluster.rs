@@ -13,10 +13,12 @@ use std::{
 
 use crate::{
     agent::{Agent, run_kproxy},
+    apiserver::{FakeApiServer, Reserved, kubeconfig, node_json},
     cgroup::TestCgroup,
     hello::{HelloServer, http_get_hostname, udp_ask, udp_socket},
     manifests::{
-        CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, TARGET_PORT, proxy_config, write_model,
+        CLUSTER_CIDR, CLUSTER_IP, NODE_NAME, NODE_PORT, SERVICE_PORT, Service, TARGET_PORT, proxy_config,
+        write_model,
     },
     netns::NetNs,
     pins::PinDir,
@@ -56,6 +58,12 @@ pub enum Mode {
 /// namespaces.
 pub struct Cluster {
     pub agent: Agent,
+    /// Cluster mode: the API server the agent watches (it listens on the node's
+    /// loopback), and its port while it is still down.
+    pub api: Option<FakeApiServer>,
+    api_down: Option<Reserved>,
+    /// `--model PATH` or `--kubeconfig PATH`.
+    source: Vec<String>,
     /// The agent's `--cgroup` (socket-LB): the test's own, empty unless a test puts a
     /// probe there.
     pub cgroup: TestCgroup,
@@ -70,6 +78,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(mode: Mode, endpoints: &[Ipv4Addr]) -> Self {
+        Self::start_from(mode, endpoints, Feed::Files)
+    }
+
+    /// As [`Cluster::start`], the model coming from an API server (cluster mode) that
+    /// holds the hello-app Service, its EndpointSlice and the Node; with `up` false the
+    /// server's port refuses connections until [`Cluster::bring_api_up`], and the agent
+    /// has not synced.
+    pub fn start_with_api(mode: Mode, endpoints: &[Ipv4Addr], up: bool) -> Self {
+        Self::start_from(mode, endpoints, Feed::Api { up })
+    }
+
+    fn start_from(mode: Mode, endpoints: &[Ipv4Addr], feed: Feed) -> Self {
         let topo = Topology::new(&[("hello-a", POD_A), ("hello-b", POD_B), ("client", CLIENT)]);
         let servers = ["hello-a", "hello-b"]
             .iter()
@@ -77,17 +97,48 @@ impl Cluster {
             .collect();
         let dir = TempDir::new("hac");
         let model = dir.path().join("hello-app.yaml");
-        write_model(&model, endpoints);
         std::fs::write(
             dir.path().join("config.yaml"),
             proxy_config(NODE_NAME, CLUSTER_CIDR),
         )
         .expect("config");
+        let (source, api, api_down) = match feed {
+            Feed::Files => {
+                write_model(&model, endpoints);
+                (
+                    vec!["--model".to_string(), model.display().to_string()],
+                    None,
+                    None,
+                )
+            }
+            Feed::Api { up } => {
+                let api = FakeApiServer::new();
+                api.apply_yaml(&Service::hello_app(endpoints).yaml());
+                api.apply(node_json(NODE_NAME, NODE_IP, None));
+                let reserved = FakeApiServer::reserve_in(&topo.node);
+                let config = kubeconfig(reserved.addr(), dir.path());
+                let down = if up {
+                    api.serve(reserved);
+                    None
+                } else {
+                    Some(reserved)
+                };
+                (
+                    vec!["--kubeconfig".to_string(), config.display().to_string()],
+                    Some(api),
+                    down,
+                )
+            }
+        };
         let pins = PinDir::new("hac");
         let cgroup = TestCgroup::new("hac");
-        let agent = start_agent(&topo, mode, dir.path(), &pins, &cgroup);
+        let agent = start_agent(&topo, mode, &source, dir.path(), &pins, &cgroup);
+        let up = api_down.is_none();
         let mut cluster = Cluster {
             agent,
+            api,
+            api_down,
+            source,
             cgroup,
             mode,
             pins,
@@ -97,8 +148,27 @@ impl Cluster {
             _servers: servers,
             topo,
         };
-        cluster.wait_sync();
+        if up {
+            cluster.wait_sync();
+        }
         cluster
+    }
+
+    /// The API server (cluster mode only).
+    pub fn api(&self) -> &FakeApiServer {
+        self.api.as_ref().expect("a cluster started with an API server")
+    }
+
+    /// Starts serving on the API server's port (started down) and waits for the first sync.
+    pub fn bring_api_up(&mut self) {
+        self.bring_api_up_without_sync();
+        self.wait_sync();
+    }
+
+    /// Starts serving on the API server's port (started down).
+    pub fn bring_api_up_without_sync(&mut self) {
+        let reserved = self.api_down.take().expect("the API server was started down");
+        self.api().serve(reserved);
     }
 
     pub fn wait_sync(&mut self) {
@@ -109,7 +179,14 @@ impl Cluster {
     /// Starts a new agent on the same pins and model (the old one must have stopped)
     /// and waits for its first sync.
     pub fn restart_agent(&mut self) {
-        self.agent = start_agent(&self.topo, self.mode, self.dir.path(), &self.pins, &self.cgroup);
+        self.agent = start_agent(
+            &self.topo,
+            self.mode,
+            &self.source,
+            self.dir.path(),
+            &self.pins,
+            &self.cgroup,
+        );
         self.syncs = 0;
         self.wait_sync();
     }
@@ -117,16 +194,27 @@ impl Cluster {
     /// Starts another agent with this one's arguments (same pins, model and cgroup)
     /// without waiting for it: a DaemonSet rolling update with surge.
     pub fn start_second_agent(&self) -> Agent {
-        start_agent(&self.topo, self.mode, self.dir.path(), &self.pins, &self.cgroup)
+        start_agent(
+            &self.topo,
+            self.mode,
+            &self.source,
+            self.dir.path(),
+            &self.pins,
+            &self.cgroup,
+        )
     }
 
     pub fn client(&self) -> &NetNs {
         &self.topo.pod("client").ns
     }
 
-    /// Replaces the model file (by rename) and waits for the agent to apply it.
+    /// Replaces the model file (by rename), or the EndpointSlice on the API server, and
+    /// waits for the agent to apply it.
     pub fn set_endpoints(&mut self, endpoints: &[Ipv4Addr]) {
-        write_model(&self.model, endpoints);
+        match &self.api {
+            Some(api) => api.apply_yaml(&Service::hello_app(endpoints).yaml()),
+            None => write_model(&self.model, endpoints),
+        }
         self.wait_sync();
     }
 
@@ -158,14 +246,21 @@ impl Drop for Cluster {
     }
 }
 
-fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir, cgroup: &TestCgroup) -> Agent {
-    let args = run_args(
-        mode,
-        &dir.join("hello-app.yaml"),
-        &dir.join("config.yaml"),
-        pins.path(),
-        cgroup.path(),
-    );
+/// Where a [`Cluster`]'s agent reads the model.
+enum Feed {
+    Files,
+    Api { up: bool },
+}
+
+fn start_agent(
+    topo: &Topology,
+    mode: Mode,
+    source: &[String],
+    dir: &Path,
+    pins: &PinDir,
+    cgroup: &TestCgroup,
+) -> Agent {
+    let args = run_args_from(mode, source, &dir.join("config.yaml"), pins.path(), cgroup.path());
     Agent::start(&topo.node, &args)
 }
 
@@ -175,15 +270,26 @@ fn start_agent(topo: &Topology, mode: Mode, dir: &Path, pins: &PinDir, cgroup: &
 /// socket-LB programs on `cgroup` (a cgroup the caller created: never one holding other
 /// processes, see [`crate::cgroup::TestCgroup`]).
 pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &Path) -> Vec<String> {
+    let source = ["--model".to_string(), model.display().to_string()];
+    run_args_from(mode, &source, config, pins, cgroup)
+}
+
+/// As [`run_args`], with the model from `source` (`--model PATH` or `--kubeconfig PATH`).
+pub fn run_args_from(
+    mode: Mode,
+    source: &[String],
+    config: &Path,
+    pins: &Path,
+    cgroup: &Path,
+) -> Vec<String> {
     let mode_arg = match mode {
         Mode::Ebpf | Mode::EbpfXdp => "ebpf",
         Mode::Iptables => "iptables",
     };
     let path = |p: &Path| p.display().to_string();
-    let mut args = vec![
-        "run".to_string(),
-        "--model".into(),
-        path(model),
+    let mut args = vec!["run".to_string()];
+    args.extend_from_slice(source);
+    args.extend([
         "--config".into(),
         path(config),
         "--mode".into(),
@@ -192,7 +298,7 @@ pub fn run_args(mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &P
         path(pins),
         "--cgroup".into(),
         path(cgroup),
-    ];
+    ]);
     for pattern in Topology::iface_patterns() {
         args.extend(["--iface".into(), pattern]);
     }

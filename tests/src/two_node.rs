@@ -24,6 +24,7 @@
 //!   whose EndpointSlices carry each endpoint's `nodeName`.
 
 use std::{
+    cell::Cell,
     fs,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -31,8 +32,9 @@ use std::{
 
 use crate::{
     agent::{Agent, run_kproxy},
+    apiserver::{FakeApiServer, kubeconfig, node_json},
     cgroup::TestCgroup,
-    cluster::{CLIENT, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args},
+    cluster::{CLIENT, Mode, POD_A, POD_B, SYNC_TIMEOUT, at, run_args_from},
     hello::HelloServer,
     manifests::{
         CLUSTER_CIDR, External, HELLO_PORTS, Port, Service, TARGET_PORT, proxy_config, write_services,
@@ -185,11 +187,26 @@ impl Node {
         }
     }
 
-    /// `kproxy run` on this node (`--node-ip` its LAN address): [`run_args`] of `mode`
+    /// `kproxy run` on this node (`--node-ip` its LAN address): [`crate::cluster::run_args`] of `mode`
     /// with the model and configuration files, pinning under `pins`, socket-LB on
     /// `cgroup`.
     pub fn start_agent(&self, mode: Mode, model: &Path, config: &Path, pins: &Path, cgroup: &Path) -> Agent {
         Agent::start(&self.ns, &self.agent_args(mode, model, config, pins, cgroup))
+    }
+
+    /// As [`Node::start_agent`], the model from `source` (`--model PATH` or
+    /// `--kubeconfig PATH`).
+    fn start_agent_from(
+        &self,
+        mode: Mode,
+        source: &[String],
+        config: &Path,
+        pins: &Path,
+        cgroup: &Path,
+    ) -> Agent {
+        let mut args = run_args_from(mode, source, config, pins, cgroup);
+        args.extend(["--node-ip".into(), self.ip.to_string()]);
+        Agent::start(&self.ns, &args)
     }
 
     /// The arguments of [`Node::start_agent`]'s `kproxy`.
@@ -201,7 +218,8 @@ impl Node {
         pins: &Path,
         cgroup: &Path,
     ) -> Vec<String> {
-        let mut args = run_args(mode, model, config, pins, cgroup);
+        let source = ["--model".to_string(), model.display().to_string()];
+        let mut args = run_args_from(mode, &source, config, pins, cgroup);
         args.extend(["--node-ip".into(), self.ip.to_string()]);
         args
     }
@@ -287,6 +305,9 @@ impl ServiceSpec {
 /// namespaces.
 pub struct TwoNodeCluster {
     agents: Vec<Agent>,
+    /// Cluster mode ([`fed_by_api_server`]): the API server both agents watch, on each
+    /// node's loopback; the model file is not written.
+    api: Option<FakeApiServer>,
     /// Each node's agent's `--cgroup` (socket-LB), one per node.
     cgroups: Vec<TestCgroup>,
     pub mode: Mode,
@@ -317,8 +338,10 @@ impl TwoNodeCluster {
         let servers = pods.chain(host_network).collect();
         let dir = TempDir::new("2n");
         let model = dir.path().join("model.yaml");
+        let api = FED_BY_API_SERVER.with(Cell::get).then(FakeApiServer::new);
         let mut cluster = TwoNodeCluster {
             agents: Vec::new(),
+            api,
             cgroups: Vec::new(),
             mode,
             pins: Vec::new(),
@@ -332,11 +355,21 @@ impl TwoNodeCluster {
         for node in &cluster.bed.nodes {
             let config = cluster.dir.path().join(format!("config-{}.yaml", node.name));
             fs::write(&config, proxy_config(node.name, CLUSTER_CIDR)).expect("write proxy config");
+            let source = match &cluster.api {
+                None => vec!["--model".to_string(), cluster.model.display().to_string()],
+                Some(api) => {
+                    api.apply(node_json(node.name, node.ip, None));
+                    let dir = cluster.dir.path().join(node.name);
+                    fs::create_dir_all(&dir).expect("kubeconfig directory");
+                    let config = kubeconfig(api.listen_in(&node.ns), &dir);
+                    vec!["--kubeconfig".to_string(), config.display().to_string()]
+                }
+            };
             let pins = PinDir::new("2n");
             let cgroup = TestCgroup::new("2n");
             cluster
                 .agents
-                .push(node.start_agent(mode, &cluster.model, &config, pins.path(), cgroup.path()));
+                .push(node.start_agent_from(mode, &source, &config, pins.path(), cgroup.path()));
             cluster.pins.push(pins);
             cluster.cgroups.push(cgroup);
         }
@@ -464,7 +497,10 @@ impl TwoNodeCluster {
                 external: s.external.clone(),
             })
             .collect();
-        write_services(&self.model, &services).expect("write the two-node model");
+        match &self.api {
+            Some(api) => api.apply_yaml(&services.iter().map(Service::yaml).collect::<String>()),
+            None => write_services(&self.model, &services).expect("write the two-node model"),
+        }
     }
 }
 
@@ -488,6 +524,21 @@ fn endpoint(name: &str) -> (Ipv4Addr, &'static str) {
         .find(|(pod, ..)| *pod == name)
         .unwrap_or_else(|| panic!("no pod or node {name}"));
     (*ip, NODE_NAMES[*node])
+}
+
+thread_local! {
+    /// Set by [`fed_by_api_server`] for the test's thread.
+    static FED_BY_API_SERVER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `scenario` with every [`TwoNodeCluster`] it starts fed by one in-process API
+/// server (cluster mode, `--kubeconfig`) instead of a model file: the same scenario,
+/// the other source.
+pub fn fed_by_api_server<T>(scenario: impl FnOnce() -> T) -> T {
+    FED_BY_API_SERVER.with(|fed| fed.set(true));
+    let result = scenario();
+    FED_BY_API_SERVER.with(|fed| fed.set(false));
+    result
 }
 
 /// `ip:port` of node `i`.

@@ -812,3 +812,28 @@ kproxy_testbed::every_mode!(
     udp_to_an_endpoint_without_listener_is_refused,
     large_nodeport_transfer_through_a_small_mtu_hop,
 );
+
+/// The hello-app scenarios again with both agents fed by one in-process API server
+/// (cluster mode) instead of a model file.
+macro_rules! fed_by_api_server {
+    ($($scenario:ident),* $(,)?) => {
+        mod api_ebpf {
+            $(#[test] fn $scenario() {
+                kproxy_testbed::two_node::fed_by_api_server(|| super::$scenario(super::Mode::Ebpf))
+            })*
+        }
+        mod api_iptables {
+            $(#[test] fn $scenario() {
+                kproxy_testbed::two_node::fed_by_api_server(|| super::$scenario(super::Mode::Iptables))
+            })*
+        }
+    };
+}
+
+fed_by_api_server!(
+    pods_reach_clusterip_backends_on_both_nodes,
+    nodeport_on_either_node_reaches_pods_on_both,
+    terminating_endpoint_keeps_its_connections,
+    external_policy_local_serves_local_pods_with_the_client_address,
+    service_without_endpoints_refuses_at_once,
+);

@@ -20,7 +20,8 @@ struct Cli {
 enum Command {
     /// Install what the build and the tests need (idempotent; quiet when all is present).
     Setup,
-    /// Build the kernel programs, then the agent at target/release/kproxy with them embedded.
+    /// Build the kernel programs, then the agent at target/release/kproxy with them embedded
+    /// (installs the build tools first; mounts nothing, so it runs in an image build).
     Build,
     /// Setup, build, then run `target/release/kproxy ARGS` (no ARGS: the demo).
     Run {
@@ -72,7 +73,7 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Build => {
-            setup::run()?;
+            setup::for_build()?;
             build::all().map(|_| ())
         }
         Command::Run { args } if args.is_empty() => demo("ebpf", false, false, true),

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     // Test topologies switch checksum offload and GRO on their veths.
     "ethtool",
     "conntrack",
+    // `nft`: the cleanup tests create and remove kube-proxy's nftables tables.
+    "nftables",
 ];
 
 /// The bpf-linker this toolchain links with (0.13's default feature targets LLVM 23,
@@ -26,13 +28,26 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where Debian's llvm-22-dev puts LLVM 22.
 const LLVM_22_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// Everything: the build tools, and bpffs mounted for running and testing.
 pub fn run() -> anyhow::Result<()> {
+    install(true)
+}
+
+/// The build tools only: no bpffs mount, which a container image build (no
+/// CAP_SYS_ADMIN) cannot do and the build does not need.
+pub fn for_build() -> anyhow::Result<()> {
+    install(false)
+}
+
+fn install(mount_bpffs: bool) -> anyhow::Result<()> {
     require_root()?;
     let mut installed = Vec::new();
     installed.extend(nightly_rust_src()?);
     installed.extend(apt_packages()?);
     installed.extend(bpf_linker()?);
-    installed.extend(bpffs()?);
+    if mount_bpffs {
+        installed.extend(bpffs()?);
+    }
     if !installed.is_empty() {
         println!("setup: done ({})", installed.join(", "));
     }

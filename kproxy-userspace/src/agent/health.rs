@@ -3,7 +3,9 @@
 //!
 //! - the proxy health server: `/healthz` and `/livez` on `healthzBindAddress`, 200 while
 //!   the datapath keeps up with the model, 503 once a model change has waited longer
-//!   than the health timeout (twice the sync period) without a successful sync;
+//!   than the health timeout (twice the sync period) without a successful sync, or the
+//!   last successful sync is older than that (the agent resyncs every sync period, so
+//!   only failing syncs get there);
 //! - one service health server per Service with a `healthCheckNodePort` (LoadBalancer,
 //!   `externalTrafficPolicy: Local`), on that port of the `nodePortAddresses`, telling
 //!   load balancers whether this node has ready endpoints of the Service: 200 with the
@@ -164,12 +166,16 @@ impl ProxyHealth {
         times.last_updated = Some((family, now));
     }
 
-    /// Unhealthy only when a change has waited the timeout since the last sync;
-    /// healthy while starting up (no sync yet), as kube-proxy.
+    /// Unhealthy when a change has waited the timeout since the last sync, or the last
+    /// sync is older than the timeout (the periodic resyncs fail); healthy while
+    /// starting up (no sync yet), as kube-proxy.
     pub fn report(&self, now: SystemTime) -> HealthReport {
         let times = self.times();
-        let late = |queued: SystemTime| now.duration_since(queued).unwrap_or_default() >= self.timeout;
-        let healthy = times.last_updated.is_none() || !times.oldest_queued.is_some_and(late);
+        let late = |since: SystemTime| now.duration_since(since).unwrap_or_default() >= self.timeout;
+        let healthy = match times.last_updated {
+            None => true,
+            Some((_, updated)) => !late(updated) && !times.oldest_queued.is_some_and(late),
+        };
         HealthReport {
             healthy,
             last_updated: times.last_updated,
@@ -575,22 +581,25 @@ mod tests {
     }
 
     #[test]
-    fn proxy_is_healthy_until_a_queued_change_is_late() {
+    fn proxy_is_healthy_until_its_last_sync_is_late() {
         let health = ProxyHealth::new(Duration::from_mins(1));
         health.queued_update(at(100, 0));
         assert!(health.report(at(1000, 0)).healthy, "healthy while starting up");
         health.updated(IpFamily::V4, at(1000, 0));
         health.queued_update(at(1010, 0));
-        health.queued_update(at(1050, 0));
         assert!(
-            health.report(at(1069, 0)).healthy,
-            "queued 59 s ago: not late yet"
+            health.report(at(1059, 0)).healthy,
+            "synced 59 s ago: not late yet"
         );
-        let late = health.report(at(1070, 0));
-        assert!(!late.healthy, "the oldest queued change counts");
+        let late = health.report(at(1060, 0));
+        assert!(!late.healthy, "a change waits and no sync came for the timeout");
         assert_eq!(late.last_updated, Some((IpFamily::V4, at(1000, 0))));
         health.updated(IpFamily::V4, at(1071, 0));
-        assert!(health.report(at(5000, 0)).healthy, "synced, nothing queued");
+        assert!(health.report(at(1130, 0)).healthy, "synced, nothing queued");
+        assert!(
+            !health.report(at(1131, 0)).healthy,
+            "no sync for the timeout: the periodic resyncs fail"
+        );
     }
 
     #[test]

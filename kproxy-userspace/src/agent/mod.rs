@@ -15,6 +15,7 @@ mod metrics;
 mod node;
 mod pin_lock;
 pub mod signals;
+mod source;
 mod watch;
 
 use std::{
@@ -31,19 +32,21 @@ use self::health::HealthServers;
 pub use self::health::{HealthError, HealthzBind};
 use self::metrics::Metrics;
 pub use self::node::node_info;
-use self::watch::ModelWatcher;
+pub use self::source::ModelSourceOptions;
+use self::source::{Loaded, ModelSource};
 pub use crate::record::Mode;
 use crate::{
+    cluster::ClusterError,
     config::{ConfigError, ProxyConfig},
     error_chain,
     iptables::Flavor,
-    manifests::{self, ManifestError},
+    manifests::ManifestError,
     model::{Model, NodeInfo},
     record::{self, Applied},
 };
 
-/// How often the loop wakes: model changes are applied within about two of these
-/// (the watcher waits for a file to settle), well inside a second.
+/// How often the loop wakes: a model change is applied within about two of these (the
+/// file watcher waits for a file to settle), or at `minSyncPeriod` after the last sync.
 const TICK: Duration = Duration::from_millis(100);
 /// How often interfaces are rescanned for new matches (pods come and go).
 const IFACE_SCAN: Duration = Duration::from_millis(500);
@@ -51,8 +54,11 @@ const IFACE_SCAN: Duration = Duration::from_millis(500);
 /// Everything `kproxy run` is told.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    pub models: Vec<PathBuf>,
+    /// Model files, or the API server.
+    pub source: ModelSourceOptions,
     pub config: Option<PathBuf>,
+    /// `--hostname-override`, over the configuration's `hostnameOverride`.
+    pub hostname_override: Option<String>,
     pub mode: Mode,
     /// Interface name globs the TC program is attached to.
     pub ifaces: Vec<String>,
@@ -95,6 +101,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Model(#[from] ManifestError),
+    #[error("cluster mode")]
+    Cluster(#[from] ClusterError),
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfProxierError),
     #[error(transparent)]
@@ -141,19 +149,20 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         Mode::Iptables => None,
     };
     // Read once at start as kube-proxy reads its configuration (a broken file is
-    // reported by the first sync): health servers, conntrack setup, map sizes.
-    let start_config = ProxyConfig::load(opts.config.as_deref()).unwrap_or_default();
+    // reported by the first sync): health servers, conntrack setup, map sizes, pacing.
+    let start_config = load_config(opts).unwrap_or_default();
     let metrics = Arc::new(Metrics::new(
         (opts.mode == Mode::Ebpf).then(|| opts.pin_path.clone()),
         opts.mode == Mode::Iptables,
     ));
     let health = start_health_servers(opts, &start_config, &metrics)?;
     conntrack::apply(&start_config.conntrack);
+    let node_name = node_info(&start_config, opts.node_ip)?.name;
+    let mut source = ModelSource::start(&opts.source, &node_name, opts.node_ip.is_some())?;
     let mut proxier: Box<dyn Proxier> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts, &start_config)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),
     };
-    let mut watcher = ModelWatcher::new(opts.models.clone());
     let mut last_scan = Instant::now();
     proxier.scan_interfaces()?;
     let mut state = SyncState {
@@ -162,22 +171,38 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
         metrics,
         applied: None,
     };
-    let mut synced = sync_once(opts, proxier.as_mut(), &mut state);
+    let pacing = SyncPacing {
+        min_period: start_config.min_sync_period,
+        period: start_config.sync_period,
+    };
+    // Files are read at once; the API server's objects once its first lists are in.
+    let mut pending = source.ready();
+    let mut last_sync: Option<Instant> = None;
+    let mut synced = false;
     loop {
         if signals::stopped(stop) || (opts.once && synced) {
             break;
         }
-        thread::sleep(TICK);
+        if source.poll() {
+            if !pending {
+                state.health.queued_update();
+            }
+            pending = true;
+        }
+        match pacing.due(pending, last_sync, source.ready()) {
+            Some(kind) => {
+                pending = false;
+                last_sync = Some(Instant::now());
+                synced |= sync_once(opts, &mut source, proxier.as_mut(), &mut state, kind);
+            }
+            None => thread::sleep(TICK),
+        }
         proxier.tick();
         if last_scan.elapsed() >= IFACE_SCAN {
             if let Err(err) = proxier.scan_interfaces() {
                 warn!("{}", error_chain(&err));
             }
             last_scan = Instant::now();
-        }
-        if watcher.poll() {
-            state.health.queued_update();
-            synced |= sync_once(opts, proxier.as_mut(), &mut state);
         }
     }
     proxier.tick();
@@ -218,16 +243,69 @@ struct SyncState {
     applied: Option<Model>,
 }
 
+/// kube-proxy's sync pacing (its `BoundedFrequencyRunner`): a change is applied at once
+/// unless the last sync was less than `minSyncPeriod` ago, so a burst of changes becomes
+/// one sync; and every `syncPeriod` the whole state is synced again.
+struct SyncPacing {
+    min_period: Duration,
+    period: Duration,
+}
+
+/// Why a sync runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncKind {
+    /// The model changed (or it is the first).
+    Change,
+    /// `syncPeriod` passed without a change.
+    Periodic,
+}
+
+impl SyncPacing {
+    fn due(&self, pending: bool, last: Option<Instant>, ready: bool) -> Option<SyncKind> {
+        let since = last.map(|t| t.elapsed());
+        if pending && since.is_none_or(|since| since >= self.min_period) {
+            Some(SyncKind::Change)
+        } else if ready && since.is_some_and(|since| since >= self.period) {
+            Some(SyncKind::Periodic)
+        } else {
+            None
+        }
+    }
+}
+
+/// The configuration file with the command line's overrides.
+fn load_config(opts: &AgentOptions) -> Result<ProxyConfig, AgentError> {
+    let mut config = ProxyConfig::load(opts.config.as_deref())?;
+    if let Some(name) = &opts.hostname_override {
+        config.hostname_override = Some(name.clone());
+    }
+    Ok(config)
+}
+
 /// Loads the model and applies it; on any failure logs it and keeps the last state.
-fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, state: &mut SyncState) -> bool {
+fn sync_once(
+    opts: &AgentOptions,
+    source: &mut ModelSource,
+    proxier: &mut dyn Proxier,
+    state: &mut SyncState,
+    kind: SyncKind,
+) -> bool {
     let started = Instant::now();
     let loaded = (|| {
-        let config = ProxyConfig::load(opts.config.as_deref())?;
+        let config = load_config(opts)?;
         let node = node_info(&config, opts.node_ip)?;
-        let model = manifests::load(&opts.models, &config, &node)?;
-        Ok::<_, AgentError>((config, node, model))
+        let loaded = source.load(&config, node)?;
+        Ok::<_, AgentError>((config, loaded))
     })();
-    let (config, node, model) = match loaded {
+    let (
+        config,
+        Loaded {
+            model,
+            node,
+            trigger_times,
+            document,
+        },
+    ) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => {
             error!(
@@ -245,14 +323,15 @@ fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, state: &mut SyncSta
     let programming_ms = programming_time.as_secs_f64() * 1000.0;
     match synced {
         Ok(summary) => {
-            state.syncs += 1;
+            if kind == SyncKind::Change {
+                state.syncs += 1;
+            }
             let syncs = state.syncs;
-            state.metrics.synced(
-                programming_time,
-                SystemTime::now(),
-                state.applied.as_ref(),
-                &model,
-            );
+            let now = SystemTime::now();
+            state
+                .metrics
+                .synced(programming_time, now, state.applied.as_ref(), &model);
+            state.metrics.network_programmed(now, &trigger_times);
             proxier.report(&state.metrics);
             // Health checks open before the sync is reported: whoever waits for the
             // "sync #N" line finds them listening.
@@ -260,13 +339,18 @@ fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, state: &mut SyncSta
             let ports = model.service_ports.len();
             let services: std::collections::BTreeSet<String> =
                 model.service_ports.iter().map(|p| p.name.service()).collect();
-            info!(
-                "sync #{syncs}: {} services, {ports} ports, {} endpoints; {summary}; {:.1} ms (datapath {programming_ms:.1} ms)",
+            let line = format!(
+                "{} services, {ports} ports, {} endpoints; {summary}; {:.1} ms (datapath {programming_ms:.1} ms)",
                 services.len(),
                 model.total_endpoints(),
                 started.elapsed().as_secs_f64() * 1000.0
             );
-            record_state(opts, proxier, &node, syncs);
+            match kind {
+                SyncKind::Change => info!("sync #{syncs}: {line}"),
+                // Not "sync #N": scripts and tests count those to follow changes.
+                SyncKind::Periodic => log::debug!("periodic resync: {line}"),
+            }
+            record_state(opts, proxier, &node, syncs, document.as_deref());
             state.applied = Some(model);
             true
         }
@@ -280,12 +364,38 @@ fn sync_once(opts: &AgentOptions, proxier: &mut dyn Proxier, state: &mut SyncSta
     }
 }
 
-fn record_state(opts: &AgentOptions, proxier: &dyn Proxier, node: &NodeInfo, sync: u64) {
+fn record_state(
+    opts: &AgentOptions,
+    proxier: &dyn Proxier,
+    node: &NodeInfo,
+    sync: u64,
+    cluster_document: Option<&str>,
+) {
+    let model_paths = match (&opts.source, cluster_document) {
+        (ModelSourceOptions::Files(paths), _) => paths.clone(),
+        (ModelSourceOptions::Cluster { .. }, Some(document)) => {
+            // The API server's objects, as a model file the record copies.
+            let path = record::cluster_snapshot_path(&opts.pin_path);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, document));
+            if let Err(err) = written {
+                warn!(
+                    "write {}: {err} (`kproxy inspect` will show an older model)",
+                    path.display()
+                );
+                return;
+            }
+            vec![path]
+        }
+        (ModelSourceOptions::Cluster { .. }, None) => Vec::new(),
+    };
     let mut applied = Applied {
         node_name: node.name.clone(),
         node_ip: node.node_ip,
         node_addresses: node.addresses.clone(),
-        model_paths: opts.models.clone(),
+        model_paths,
         sync,
         applied_at_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)

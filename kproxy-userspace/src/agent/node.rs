@@ -36,7 +36,7 @@ pub fn node_info(config: &ProxyConfig, node_ip: Option<IpAddr>) -> Result<NodeIn
         Some(name) => name.clone(),
         None => nix::unistd::gethostname()
             .map_err(|source| AgentError::Node {
-                call: "getifaddrs",
+                call: "gethostname",
                 source,
             })?
             .to_string_lossy()

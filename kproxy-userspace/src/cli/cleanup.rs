@@ -12,7 +12,7 @@ use kproxy::{
     iptables::{Flavor, netfilter},
     record,
 };
-use log::info;
+use log::{info, warn};
 
 #[derive(Args)]
 pub struct Cleanup {
@@ -22,10 +22,20 @@ pub struct Cleanup {
     /// Only this iptables backend (default: both nft and legacy).
     #[arg(long, value_enum)]
     iptables_backend: Option<Flavor>,
+    /// Instead of kproxy's state, remove what a kube-proxy left, as `kube-proxy
+    /// --cleanup` does: its iptables chains and jumps (IPv4 and IPv6; kubelet's chains
+    /// stay) and its nftables tables `ip kube-proxy` and `ip6 kube-proxy`. kproxy's own
+    /// pins and links are not touched, but kproxy's iptables-mode rules are kube-proxy's
+    /// and go too.
+    #[arg(long, conflicts_with = "pin_path")]
+    kube_proxy_rules: bool,
 }
 
 impl Cleanup {
     pub fn run(self) -> anyhow::Result<()> {
+        if self.kube_proxy_rules {
+            return self.kube_proxy_leftovers();
+        }
         let links_dir = self.pin_path.join("links");
         if links_dir.exists() {
             let pins = LinkPins::new(&self.pin_path)?;
@@ -35,11 +45,7 @@ impl Cleanup {
         }
         ebpf::unpin_all(&self.pin_path)?;
         record::remove(&self.pin_path)?;
-        let flavors = match self.iptables_backend {
-            Some(only) => vec![only],
-            None => vec![Flavor::Nft, Flavor::Legacy],
-        };
-        for flavor in flavors {
+        for flavor in self.flavors() {
             if !netfilter::available(flavor) {
                 continue;
             }
@@ -49,6 +55,37 @@ impl Cleanup {
             }
         }
         info!("cleanup of {} done", self.pin_path.display());
+        Ok(())
+    }
+
+    fn flavors(&self) -> Vec<Flavor> {
+        match self.iptables_backend {
+            Some(only) => vec![only],
+            None => vec![Flavor::Nft, Flavor::Legacy],
+        }
+    }
+
+    fn kube_proxy_leftovers(&self) -> anyhow::Result<()> {
+        for flavor in self.flavors() {
+            if !netfilter::available(flavor) {
+                continue;
+            }
+            let done = netfilter::cleanup_kube_proxy(flavor)?;
+            for family in &done.skipped_families {
+                info!("{family} iptables ({flavor:?}) not usable here: skipped");
+            }
+            info!(
+                "removed {} of kube-proxy's iptables chains and their jumps ({flavor:?})",
+                done.chains
+            );
+        }
+        if netfilter::nft_available() {
+            for table in netfilter::cleanup_kube_proxy_nft()? {
+                info!("removed kube-proxy's nftables table {table}");
+            }
+        } else {
+            warn!("nft is not installed: kube-proxy's nftables tables (if any) were not checked");
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use clap::Args;
 use kproxy::{
-    agent::{self, AgentOptions, HealthzBind, Mode, SocketLbCgroup},
+    agent::{self, AgentOptions, HealthzBind, Mode, ModelSourceOptions, SocketLbCgroup},
     ebpf::DEFAULT_PIN_DIR,
     iptables::Flavor,
 };
@@ -19,8 +19,23 @@ const DEFAULT_MASQUERADE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 #[derive(Args)]
 pub struct Run {
     /// Service/EndpointSlice YAML files or directories (repeatable); watched for changes.
-    #[arg(long = "model", required = true, value_name = "PATH")]
+    /// Without --model or --kubeconfig the model comes from the API server through the
+    /// in-cluster configuration (a DaemonSet's service account).
+    #[arg(long = "model", value_name = "PATH", conflicts_with = "kubeconfig")]
     models: Vec<PathBuf>,
+    /// Watch Services, EndpointSlices and this node's Node on the API server this
+    /// kubeconfig names (cluster mode).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The node's name (over the configuration's hostnameOverride and the host name): its
+    /// Node object is watched and endpoints with this nodeName are local.
+    #[arg(long, value_name = "NAME")]
+    hostname_override: Option<String>,
+    /// Cluster mode: serve only the services labelled
+    /// `service.kubernetes.io/service-proxy-name=NAME` (default: only services without
+    /// that label, as kube-proxy).
+    #[arg(long, value_name = "NAME")]
+    service_proxy_name: Option<String>,
     /// A KubeProxyConfiguration file (missing: kube-proxy's defaults).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -84,11 +99,24 @@ impl Run {
                 "--mode ebpf needs at least one --iface PATTERN to attach to (e.g. --iface 'veth*' --iface eth0)"
             );
         }
+        if !self.models.is_empty() && self.service_proxy_name.is_some() {
+            anyhow::bail!(
+                "--service-proxy-name filters the API server's services: it needs cluster mode, not --model"
+            );
+        }
         if self.mode == Mode::Iptables && !self.xdp_ifaces.is_empty() {
             anyhow::bail!("--xdp-iface needs --mode ebpf");
         }
         let opts = AgentOptions {
-            models: self.models,
+            source: if self.models.is_empty() {
+                ModelSourceOptions::Cluster {
+                    kubeconfig: self.kubeconfig,
+                    service_proxy_name: self.service_proxy_name,
+                }
+            } else {
+                ModelSourceOptions::Files(self.models)
+            },
+            hostname_override: self.hostname_override,
             config: self.config,
             mode: self.mode,
             ifaces: self.ifaces,

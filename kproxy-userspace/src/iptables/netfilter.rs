@@ -26,18 +26,23 @@ pub enum Flavor {
 }
 
 impl Flavor {
+    /// `iptables-save` → `iptables-nft-save`, `ip6tables` → `ip6tables-legacy`, …
     fn binary(self, tool: &str) -> String {
-        match self {
-            Flavor::System => tool.to_string(),
-            Flavor::Nft => tool.replacen("iptables", "iptables-nft", 1),
-            Flavor::Legacy => tool.replacen("iptables", "iptables-legacy", 1),
+        let suffix = match self {
+            Flavor::System => return tool.to_string(),
+            Flavor::Nft => "-nft",
+            Flavor::Legacy => "-legacy",
+        };
+        match tool.split_once('-') {
+            Some((base, rest)) => format!("{base}{suffix}-{rest}"),
+            None => format!("{tool}{suffix}"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
-    #[error("run {command} (is the iptables package installed? `cargo xtask setup` installs it)")]
+    #[error("run {command} (is its package installed? `cargo xtask setup` installs iptables and nftables)")]
     Spawn {
         command: String,
         #[source]
@@ -73,9 +78,12 @@ pub fn ensure_route_localnet() -> Result<bool, NetfilterError> {
 }
 
 fn run(flavor: Flavor, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
-    let binary = flavor.binary(tool);
+    run_binary(&flavor.binary(tool), args, stdin)
+}
+
+fn run_binary(binary: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
     let command = format!("{binary} {}", args.join(" "));
-    let mut child = Command::new(&binary)
+    let mut child = Command::new(binary)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -145,11 +153,17 @@ fn is_kube_chain(name: &str) -> bool {
 /// The `iptables-restore --noflush` payload that removes every `KUBE-*` chain of one
 /// `iptables-save -t TABLE` listing and every rule jumping to them from other chains.
 pub fn cleanup_payload(table: &str, saved: &str) -> Option<String> {
+    removal_payload(table, saved, is_kube_chain)
+}
+
+/// The payload removing the chains of `saved` that `owned` names, and every rule of the
+/// other chains that jumps to one of them (or the chain could not be deleted).
+fn removal_payload(table: &str, saved: &str, owned: impl Fn(&str) -> bool) -> Option<String> {
     let chains: Vec<&str> = saved
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| is_kube_chain(c))
+        .filter(|c| owned(c))
         .collect();
     if chains.is_empty() {
         return None;
@@ -164,8 +178,8 @@ pub fn cleanup_payload(table: &str, saved: &str) -> Option<String> {
         let jumps_to_kube = rule
             .split(" -j ")
             .nth(1)
-            .is_some_and(|t| is_kube_chain(t.split_whitespace().next().unwrap_or("")));
-        if !is_kube_chain(chain) && jumps_to_kube {
+            .is_some_and(|t| owned(t.split_whitespace().next().unwrap_or("")));
+        if !owned(chain) && jumps_to_kube {
             let _ = writeln!(out, "-D {rule}");
         }
     }
@@ -194,9 +208,183 @@ pub fn cleanup(flavor: Flavor) -> Result<usize, NetfilterError> {
     Ok(removed)
 }
 
+/// The chains `kube-proxy --cleanup` removes (its `CleanupLeftovers`), by table. Not
+/// KUBE-FIREWALL, KUBE-MARK-DROP nor KUBE-KUBELET-CANARY: kubelet owns those.
+const KUBE_PROXY_CHAINS: &[(&str, &[&str])] = &[
+    (
+        "nat",
+        &[
+            "KUBE-SERVICES",
+            "KUBE-NODEPORTS",
+            "KUBE-POSTROUTING",
+            "KUBE-MARK-MASQ",
+            "KUBE-PROXY-CANARY",
+        ],
+    ),
+    (
+        "filter",
+        &[
+            "KUBE-SERVICES",
+            "KUBE-EXTERNAL-SERVICES",
+            "KUBE-FORWARD",
+            "KUBE-NODEPORTS",
+            "KUBE-PROXY-FIREWALL",
+            "KUBE-PROXY-CANARY",
+        ],
+    ),
+    ("mangle", &["KUBE-PROXY-CANARY"]),
+];
+
+/// kube-proxy's per-service chains (nat): cluster and local policy, endpoint, firewall,
+/// external, and the pre-1.26 `KUBE-XLB-`.
+const KUBE_PROXY_SERVICE_CHAIN_PREFIXES: &[&str] = &[
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-SEP-",
+    "KUBE-FW-",
+    "KUBE-EXT-",
+    "KUBE-XLB-",
+];
+
+/// The table kube-proxy's nftables mode keeps its state in, in families `ip` and `ip6`.
+const KUBE_PROXY_NFT_TABLE: &str = "kube-proxy";
+
+fn is_kube_proxy_chain(table: &str, chain: &str) -> bool {
+    let named = KUBE_PROXY_CHAINS
+        .iter()
+        .any(|(t, chains)| *t == table && chains.contains(&chain));
+    named
+        || (table == "nat"
+            && KUBE_PROXY_SERVICE_CHAIN_PREFIXES
+                .iter()
+                .any(|p| chain.starts_with(p)))
+}
+
+/// The payload removing kube-proxy's chains from one `iptables-save -t TABLE` listing,
+/// with every rule of other chains jumping to them (kube-proxy's commented jumps from
+/// the built-in chains, and any other: a referenced chain cannot be deleted).
+pub fn kube_proxy_cleanup_payload(table: &str, saved: &str) -> Option<String> {
+    removal_payload(table, saved, |chain| is_kube_proxy_chain(table, chain))
+}
+
+/// What [`cleanup_kube_proxy`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KubeProxyLeftovers {
+    /// iptables chains, over both IP families.
+    pub chains: usize,
+    /// The IP families whose iptables could not be read (no kernel support), skipped.
+    pub skipped_families: Vec<&'static str>,
+}
+
+/// Removes the iptables state an iptables-mode kube-proxy left (`kube-proxy --cleanup`):
+/// its jumps from the built-in chains, its chains in nat, filter and mangle, for IPv4
+/// and IPv6. kubelet's chains and every other chain stay.
+pub fn cleanup_kube_proxy(flavor: Flavor) -> Result<KubeProxyLeftovers, NetfilterError> {
+    let mut done = KubeProxyLeftovers::default();
+    for (family, prefix) in [("IPv4", "iptables"), ("IPv6", "ip6tables")] {
+        let save_tool = format!("{prefix}-save");
+        let restore_tool = format!("{prefix}-restore");
+        for (i, (table, _)) in KUBE_PROXY_CHAINS.iter().enumerate() {
+            let saved = match run(flavor, &save_tool, &["-t", table], None) {
+                Ok(saved) => saved,
+                // As kube-proxy's best-effort family detection: a family whose first
+                // table cannot be read is not there (e.g. no ip6_tables).
+                Err(_) if i == 0 => {
+                    done.skipped_families.push(family);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(payload) = kube_proxy_cleanup_payload(table, &saved) {
+                done.chains += payload.lines().filter(|l| l.starts_with("-X ")).count();
+                run(flavor, &restore_tool, &["--noflush"], Some(&payload))?;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Whether the `nft` binary is installed.
+pub fn nft_available() -> bool {
+    run_binary("nft", &["--version"], None).is_ok()
+}
+
+/// Deletes kube-proxy's nftables-mode tables (`ip kube-proxy`, `ip6 kube-proxy`), as
+/// its `--cleanup` does; returns the ones that existed. Other tables stay.
+pub fn cleanup_kube_proxy_nft() -> Result<Vec<String>, NetfilterError> {
+    let listed = run_binary("nft", &["list", "tables"], None)?;
+    let mut deleted = Vec::new();
+    for family in ["ip", "ip6"] {
+        let present = listed.lines().any(|line| {
+            line.split_whitespace()
+                .eq(["table", family, KUBE_PROXY_NFT_TABLE])
+        });
+        if present {
+            run_binary("nft", &["delete", "table", family, KUBE_PROXY_NFT_TABLE], None)?;
+            deleted.push(format!("{family} {KUBE_PROXY_NFT_TABLE}"));
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::cleanup_payload;
+    use super::{Flavor, cleanup_payload, kube_proxy_cleanup_payload};
+
+    #[test]
+    fn flavors_name_both_families_binaries() {
+        assert_eq!(Flavor::Nft.binary("iptables-restore"), "iptables-nft-restore");
+        assert_eq!(Flavor::Legacy.binary("ip6tables-save"), "ip6tables-legacy-save");
+        assert_eq!(Flavor::Nft.binary("ip6tables"), "ip6tables-nft");
+        assert_eq!(Flavor::System.binary("ip6tables-save"), "ip6tables-save");
+    }
+
+    #[test]
+    fn kube_proxy_cleanup_keeps_kubelet_and_foreign_chains() {
+        let saved = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-MARK-DROP - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-SVC-ABC - [0:0]
+:KUBE-SEP-DEF - [0:0]
+:CNI-HOSTPORT - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A PREROUTING -j CNI-HOSTPORT
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-DROP -j MARK --set-xmark 0x8000/0x8000
+-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-ABC
+-A KUBE-SVC-ABC -j KUBE-SEP-DEF
+COMMIT
+";
+        let payload = kube_proxy_cleanup_payload("nat", saved).expect("kube-proxy chains");
+        assert_eq!(
+            payload,
+            "*nat
+-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-D POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-ABC - [0:0]
+:KUBE-SEP-DEF - [0:0]
+-X KUBE-SERVICES
+-X KUBE-POSTROUTING
+-X KUBE-MARK-MASQ
+-X KUBE-SVC-ABC
+-X KUBE-SEP-DEF
+COMMIT
+"
+        );
+        // kubelet's KUBE-FIREWALL is not kube-proxy's to remove.
+        let filter =
+            "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n";
+        assert_eq!(kube_proxy_cleanup_payload("filter", filter), None);
+    }
 
     #[test]
     fn cleanup_deletes_jumps_then_flushes_and_removes_kube_chains() {

@@ -128,11 +128,40 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, ManifestError> {
 /// local, and the Node of that name in `objects` (if any) gives the model's zone. The
 /// node-hints gate is at its default (on); [`load`] applies the configuration's.
 pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, ManifestError> {
+    assemble(objects, family, node_name, None)
+}
+
+/// Builds the model as [`build_model`] does, but leaves out each object that fails and
+/// returns its error beside the model: in cluster mode one broken object must not hold
+/// back every other service's changes (kube-proxy, too, skips what it cannot use).
+pub fn build_model_skipping(
+    objects: &Objects,
+    family: IpFamily,
+    node_name: &str,
+) -> (Model, Vec<ManifestError>) {
+    let mut skipped = Vec::new();
+    let model = assemble(objects, family, node_name, Some(&mut skipped))
+        .expect("with a list to put them in, object errors are skipped");
+    (model, skipped)
+}
+
+fn assemble(
+    objects: &Objects,
+    family: IpFamily,
+    node_name: &str,
+    mut skipped: Option<&mut Vec<ManifestError>>,
+) -> Result<Model, ManifestError> {
     let mut service_ports = Vec::new();
     for service in &objects.services {
-        service_ports.extend(service::service_ports(service, family)?);
+        match service::service_ports(service, family) {
+            Ok(ports) => service_ports.extend(ports),
+            Err(err) => match skipped.as_deref_mut() {
+                Some(skipped) => skipped.push(err),
+                None => return Err(err),
+            },
+        }
     }
-    let endpoints = endpoint_slice::collect_endpoints(&objects.endpoint_slices, family, node_name)?;
+    let endpoints = endpoint_slice::collect_endpoints(&objects.endpoint_slices, family, node_name, skipped)?;
     for port in &mut service_ports {
         if let Some(list) = endpoints.get(&port.name) {
             port.endpoints = list.clone();
