@@ -8,7 +8,8 @@
 //!   (Service and EndpointSlice YAML, the proxy configuration), [`two_node`] (the
 //!   two-node cluster: host1 and host2 on a bridged LAN, an agent each), [`cgroup`]
 //!   (a cgroup v2 directory of the test's own for the socket-LB programs, and the
-//!   `kproxy-probe` client run inside it).
+//!   `kproxy-probe` client run inside it), [`apiserver`] (an in-process Kubernetes API
+//!   server for cluster mode: list, watch, 410, 403, drops).
 //! - Packets: [`packet`] (frames and checksums), [`prog_test_run`] (one frame through a
 //!   program), [`fixture`] (the case harness the fixture tables run on), [`pins`] (a
 //!   loaded datapath under its own pin directory).
@@ -16,6 +17,7 @@
 //! Names are unique per process and per call, so suites can run side by side.
 
 pub mod agent;
+pub mod apiserver;
 pub mod cgroup;
 pub mod cluster;
 pub mod fixture;
