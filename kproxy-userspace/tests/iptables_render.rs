@@ -152,7 +152,7 @@ fn masquerade_matrix() {
             )),
         ),
         (
-            "clusterCIDR: 10.0.0.0/8\nmasqueradeAll: true\n",
+            "clusterCIDR: 10.0.0.0/8\niptables: {masqueradeAll: true}\n",
             Some(format!("-A KUBE-SVC-GNZBNJ2PO5MGZ6GT {cip} -j KUBE-MARK-MASQ")),
             Some(format!(
                 "-A KUBE-EXT-GNZBNJ2PO5MGZ6GT {pod} -s 10.0.0.0/8 -j KUBE-SVC-GNZBNJ2PO5MGZ6GT"
@@ -375,5 +375,108 @@ fn directories_lists_and_duplicate_endpoints() {
             ("172.16.166.130:8080".to_string(), true),
             ("172.16.192.89:8080".to_string(), false)
         ]
+    );
+}
+
+/// Per-endpoint jumps of `service`'s KUBE-SVC (cluster policy) or KUBE-SVL (local
+/// policy) chain in a restore payload, as `("SVC", "10.180.0.1:80")`.
+fn endpoint_jumps(payload: &str, service: &str) -> Vec<(String, String)> {
+    let marker = format!("--comment \"{service} -> ");
+    payload
+        .lines()
+        .filter(|l| l.contains("-j KUBE-SEP-"))
+        .filter_map(|line| {
+            let chain = line.strip_prefix("-A KUBE-")?.get(..3)?;
+            let endpoint = line.split_once(&marker)?.1.split('"').next()?;
+            Some((chain.to_string(), endpoint.to_string()))
+        })
+        .collect()
+}
+
+/// Zone hints through the exporter: with this node's Node object (zone-a) among the
+/// model files, KUBE-SVC jumps only to the endpoints hinted for zone-a, as kube-proxy's
+/// `CategorizeEndpoints` picks them; the external-Local chain still uses the local
+/// endpoint of zone-b (traffic policy Local ignores hints), which therefore keeps its
+/// KUBE-SEP chain. Without the Node object (no zone known) every endpoint is used.
+#[test]
+fn zone_hints_narrow_the_cluster_chain_to_this_nodes_zone() {
+    let config = "kind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\n";
+    let config = ProxyConfig::parse(config, "inline config").unwrap();
+    let node = NodeInfo::upstream_test_node(IpFamily::V4);
+    let payload = |paths: &[&str]| {
+        let paths: Vec<PathBuf> = paths.iter().map(|p| repo_path(p)).collect();
+        let model = manifests::load(&paths, &config, &node).expect("model loads");
+        let setup = Setup {
+            config: config.clone(),
+            node: node.clone(),
+            model,
+        };
+        restore(&setup, Runtime::default())
+    };
+    let jumps = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter().map(|(c, e)| (c.to_string(), e.to_string())).collect()
+    };
+    let service = "tests/fixtures/topology/service.yaml";
+
+    let zoned = payload(&[service, "tests/fixtures/topology/node.yaml"]);
+    assert_eq!(
+        endpoint_jumps(&zoned, "ns1/svc1:p80"),
+        jumps(&[("SVC", "10.180.0.1:80"), ("SVC", "10.180.0.3:80")]),
+        "{zoned}"
+    );
+    assert!(
+        !zoned.contains("10.180.0.2"),
+        "the zone-b endpoint has no chain at all: {zoned}"
+    );
+    assert_eq!(
+        endpoint_jumps(&zoned, "ns2/svc2:p80"),
+        jumps(&[("SVC", "10.180.1.1:80"), ("SVL", "10.180.1.2:80")]),
+        "{zoned}"
+    );
+    // Two-endpoint chains split 50/50 as kube-proxy's do, over the zone's endpoints.
+    assert!(
+        zoned.contains(
+            "\"ns1/svc1:p80 -> 10.180.0.1:80\" -m statistic --mode random --probability 0.5000000000 "
+        ),
+        "{zoned}"
+    );
+
+    let unzoned = payload(&[service]);
+    assert_eq!(
+        endpoint_jumps(&unzoned, "ns1/svc1:p80"),
+        jumps(&[
+            ("SVC", "10.180.0.1:80"),
+            ("SVC", "10.180.0.2:80"),
+            ("SVC", "10.180.0.3:80")
+        ]),
+        "{unzoned}"
+    );
+    assert_eq!(
+        endpoint_jumps(&unzoned, "ns2/svc2:p80"),
+        jumps(&[
+            ("SVC", "10.180.1.1:80"),
+            ("SVC", "10.180.1.2:80"),
+            ("SVL", "10.180.1.2:80")
+        ]),
+        "{unzoned}"
+    );
+
+    // The zone can also come from the node's facts (cluster mode's watched Node).
+    let from_facts = {
+        let node = NodeInfo::upstream_test_node(IpFamily::V4).with_zone(Some("zone-b".into()));
+        let model = manifests::load(&[repo_path(service)], &config, &node).unwrap();
+        restore(
+            &Setup {
+                config: config.clone(),
+                node,
+                model,
+            },
+            Runtime::default(),
+        )
+    };
+    assert_eq!(
+        endpoint_jumps(&from_facts, "ns1/svc1:p80"),
+        jumps(&[("SVC", "10.180.0.2:80")]),
+        "{from_facts}"
     );
 }

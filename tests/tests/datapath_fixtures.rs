@@ -961,6 +961,8 @@ fn stale_udp_flows_and_affinity_are_removed_after_their_endpoint_left() {
         serving: true,
         terminating: false,
         is_local: false,
+        zone_hints: vec![],
+        node_hints: vec![],
     };
     let model = Model {
         service_ports: vec![ServicePort {

@@ -574,7 +574,7 @@ impl HealthServers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Protocol, ServicePort};
+    use crate::model::{Endpoint, Protocol, ServicePort, Topology};
 
     fn at(seconds: u64, nanos: u32) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos)
@@ -672,6 +672,8 @@ mod tests {
             serving: true,
             terminating: !ready,
             is_local: local,
+            zone_hints: vec![],
+            node_hints: vec![],
         }
     }
 
@@ -706,6 +708,7 @@ mod tests {
     fn local_endpoints_are_distinct_ready_local_ips_per_service() {
         let model = Model {
             family: IpFamily::V4,
+            topology: Topology::default(),
             service_ports: vec![
                 service_port(
                     "lb",

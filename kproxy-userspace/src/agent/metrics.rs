@@ -354,6 +354,7 @@ struct Changes {
 fn changes(previous: Option<&Model>, model: &Model) -> Changes {
     let empty = Model {
         family: model.family,
+        topology: model.topology.clone(),
         service_ports: Vec::new(),
     };
     let before = group(previous.unwrap_or(&empty));
@@ -420,7 +421,7 @@ fn no_local_endpoints(model: &Model) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{IpFamily, Protocol};
+    use crate::model::{IpFamily, Protocol, Topology};
 
     fn port(name: &str, port: &str, endpoints: &[(&str, bool)]) -> ServicePort {
         let mut p = ServicePort::new(
@@ -442,6 +443,8 @@ mod tests {
                 serving: true,
                 terminating: false,
                 is_local: *local,
+                zone_hints: vec![],
+                node_hints: vec![],
             })
             .collect();
         p
@@ -450,6 +453,7 @@ mod tests {
     fn model(ports: Vec<ServicePort>) -> Model {
         Model {
             family: IpFamily::V4,
+            topology: Topology::default(),
             service_ports: ports,
         }
     }

@@ -144,7 +144,9 @@ impl ModelSource {
                 match &snapshot.node {
                     Some(object) => {
                         *node_missing = false;
-                        node = node.with_pod_cidrs(cluster::node_pod_cidrs(object));
+                        node = node
+                            .with_pod_cidrs(cluster::node_pod_cidrs(object))
+                            .with_zone(cluster::node_zone(object));
                         if !*node_ip_given && let Some(ip) = cluster::node_address(object, node.family) {
                             node = node.with_node_ip(Some(ip));
                         }
@@ -158,8 +160,11 @@ impl ModelSource {
                     }
                     None => {}
                 }
-                let (model, skipped) =
+                let (mut model, skipped) =
                     manifests::build_model_skipping(&snapshot.objects, node.family, &node.name);
+                // Topology hints follow the watched Node's zone and the configured gate.
+                model.topology.zone.clone_from(&node.zone);
+                model.topology.prefer_same_node = config.prefer_same_traffic_distribution();
                 for err in &skipped {
                     warn!("object left out of the model: {}", error_chain(err));
                 }

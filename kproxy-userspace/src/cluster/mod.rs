@@ -189,6 +189,8 @@ impl ClusterSource {
             objects: Objects {
                 services: services.into_iter().map(|o| sourced(&path, o)).collect(),
                 endpoint_slices: slices.into_iter().map(|o| sourced(&path, o)).collect(),
+                // This node's Node travels as `node` below; the agent gives the model its zone.
+                nodes: Vec::new(),
             },
             node: self.nodes.state().first().cloned(),
         }

@@ -30,7 +30,7 @@ use std::{
 use super::maps::{Frontend, FrontendOptions, Masquerade, SourceRange};
 use crate::{
     config::{ConfigError, LocalTraffic, NodePortAddresses, ProxyConfig},
-    model::{Endpoint, Model, NodeInfo, Protocol, ServicePort},
+    model::{Endpoint, Model, NodeInfo, Protocol, ServicePort, Topology},
 };
 
 /// Which ClusterIP flows kube-proxy masquerades, from the configuration (external
@@ -141,9 +141,11 @@ fn source_ranges(port: &ServicePort, node_ip: Option<IpAddr>) -> Vec<SourceRange
 }
 
 /// The frontends of one service port and the maps' state for each, under the masquerade
-/// `policy` (`node_ip`: the node's primary IP, for the source-range exception).
+/// `policy` (`node_ip`: the node's primary IP, for the source-range exception), on the
+/// node `topology` describes (the model's).
 pub fn port_frontends(
     port: &ServicePort,
+    topology: &Topology,
     policy: &MasqueradePolicy,
     node_ip: Option<IpAddr>,
     out: &mut DesiredState,
@@ -160,7 +162,7 @@ pub fn port_frontends(
             .push(format!("{service}: IPv6 is not handled by the eBPF datapath"));
         return;
     };
-    let sets = port.categorize();
+    let sets = port.categorize(topology);
     let serving: Vec<&Endpoint> = port.endpoints.iter().filter(|e| e.serving).collect();
     out.serving.extend(backends_of(&serving));
     let internal = backends_of(if port.internal_policy_local {
@@ -254,7 +256,7 @@ pub fn desired_state(model: &Model, policy: &MasqueradePolicy, node_ip: Option<I
         ));
     }
     for port in &model.service_ports {
-        port_frontends(port, policy, node_ip, &mut out);
+        port_frontends(port, &model.topology, policy, node_ip, &mut out);
     }
     out
 }
@@ -413,7 +415,7 @@ endpoints:
         let kind = "kind: KubeProxyConfiguration\n";
         let by_cidr = parse(&format!("{kind}clusterCIDR: 10.244.0.0/16\n"));
         assert_eq!(by_cidr.cluster_cidr, Some((Ipv4Addr::new(10, 244, 0, 0), 16)));
-        let all = parse(&format!("{kind}masqueradeAll: true\n"));
+        let all = parse(&format!("{kind}iptables: {{masqueradeAll: true}}\n"));
         let by_iface = parse(&format!(
             "{kind}detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: veth}}\n"
         ));
@@ -518,5 +520,47 @@ endpoints:
                 .values()
                 .all(|s| !s.options.drop_without_backends)
         );
+    }
+
+    /// Zone hints reach the eBPF writer through the same categorisation: the ClusterIP's
+    /// slots hold only the endpoints hinted for this node's zone (the Node object in the
+    /// model files), while both stay in the backends map as serving endpoints.
+    #[test]
+    fn zone_hints_pick_the_cluster_ip_backends() {
+        let yaml = |zone: &str| {
+            format!(
+                "apiVersion: v1
+kind: Node
+metadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: {zone}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: zoned, namespace: shop}}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{{name: http, protocol: TCP, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: zoned-1, namespace: shop, labels: {{kubernetes.io/service-name: zoned}}}}
+addressType: IPv4
+ports: [{{name: http, protocol: TCP, port: 8080}}]
+endpoints:
+- {{addresses: [10.2.0.1], nodeName: node-b, hints: {{forZones: [{{name: zone-a}}]}}}}
+- {{addresses: [10.2.0.2], nodeName: node-c, hints: {{forZones: [{{name: zone-b}}]}}}}
+"
+            )
+        };
+        let node = NodeInfo::new("node-a", crate::model::IpFamily::V4);
+        let policy = MasqueradePolicy::new(&ProxyConfig::default(), &node).unwrap();
+        let vip = Frontend::Address {
+            addr: sock("10.96.0.20:80"),
+            proto: Protocol::Tcp,
+        };
+        for (zone, backend) in [("zone-a", "10.2.0.1:8080"), ("zone-b", "10.2.0.2:8080")] {
+            let state = desired_state(&model(&yaml(zone)), &policy, None);
+            assert_eq!(state.frontends[&vip].backends, vec![sock(backend)], "{zone}");
+            assert_eq!(state.serving.len(), 2, "{zone}");
+        }
     }
 }

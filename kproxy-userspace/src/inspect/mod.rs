@@ -158,7 +158,7 @@ impl Inspection {
         let mut index = BTreeMap::new();
         for port in &self.model.service_ports {
             for (frontend, state) in
-                port_desired(self.model.family, port, &self.masquerade, self.node.node_ip).frontends
+                port_desired(&self.model, port, &self.masquerade, self.node.node_ip).frontends
             {
                 index.insert(frontend, (port, state));
             }
@@ -172,16 +172,18 @@ fn matches_service(port: &ServicePort, selector: &str) -> bool {
     selector == port.name.service() || selector == port.name.to_string()
 }
 
-/// The desired state of one service port alone (the same definition the agent uses).
+/// The desired state of one service port of `model` alone (the same definition the
+/// agent uses, with the model's topology).
 pub fn port_desired(
-    family: IpFamily,
+    model: &Model,
     port: &ServicePort,
     policy: &MasqueradePolicy,
     node_ip: Option<IpAddr>,
 ) -> DesiredState {
     ebpf::desired_state(
         &Model {
-            family,
+            family: model.family,
+            topology: model.topology.clone(),
             service_ports: vec![port.clone()],
         },
         policy,

@@ -291,7 +291,7 @@ impl Inspection {
         let nat = &self.ruleset.nat;
         let declared = |chain: &String| nat.chains.contains(chain).then(|| chain.clone());
         let endpoints: Vec<EndpointChain> = port
-            .categorize()
+            .categorize(&self.model.topology)
             .reachable
             .iter()
             .map(|e| EndpointChain {
@@ -312,7 +312,7 @@ impl Inspection {
         let sep_of = |addr: &SocketAddrV4| endpoint_chain(&port.name, &addr.to_string());
 
         let mut desired: Vec<(Frontend, FrontendState)> =
-            port_desired(self.model.family, port, &self.masquerade, self.node.node_ip)
+            port_desired(&self.model, port, &self.masquerade, self.node.node_ip)
                 .frontends
                 .into_iter()
                 .collect();

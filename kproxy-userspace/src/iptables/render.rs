@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     config::{ConfigError, LocalTraffic, NodePortAddresses, ProxyConfig},
-    model::{Cidr, Endpoint, IpFamily, Model, NodeInfo, ServicePort},
+    model::{Cidr, Endpoint, IpFamily, Model, NodeInfo, ServicePort, Topology},
 };
 
 const SERVICES: &str = "KUBE-SERVICES";
@@ -92,7 +92,7 @@ pub fn render(model: &Model, options: &RenderOptions) -> Ruleset {
     let mut out = Builder::new(options, model.total_endpoints() > LARGE_CLUSTER_ENDPOINTS);
     out.fixed_chains();
     for port in &model.service_ports {
-        out.service_port(port);
+        out.service_port(port, &model.topology);
     }
     out.fixed_rules();
     Ruleset {
@@ -334,11 +334,11 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn service_port(&mut self, port: &ServicePort) {
+    fn service_port(&mut self, port: &ServicePort, topology: &Topology) {
         let name = port.name.to_string();
         let protocol = port.name.protocol;
         let chains = ServiceChains::of(&port.name);
-        let sets = port.categorize();
+        let sets = port.categorize(topology);
         let has_endpoints = sets.has_any;
         let uses_cluster_chain = !sets.cluster.is_empty() && port.uses_cluster_endpoints();
         let uses_local_chain = !sets.local.is_empty() && port.uses_local_endpoints();

@@ -128,6 +128,7 @@ fn slice_entries(
                 continue;
             }
             let conditions = endpoint.conditions.as_ref();
+            let hints = endpoint.hints.as_ref();
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             entries.push((
                 name.clone(),
@@ -138,6 +139,14 @@ fn slice_entries(
                     serving: conditions.and_then(|c| c.serving).unwrap_or(true),
                     terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
                     is_local: endpoint.node_name.as_deref() == Some(node_name),
+                    zone_hints: hints
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|zones| zones.iter().map(|z| z.name.clone()).collect())
+                        .unwrap_or_default(),
+                    node_hints: hints
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .map(|nodes| nodes.iter().map(|n| n.name.clone()).collect())
+                        .unwrap_or_default(),
                 },
             ));
         }

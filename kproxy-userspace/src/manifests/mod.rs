@@ -1,8 +1,10 @@
 //! Kubernetes manifests → k8s-openapi objects → the [`crate::model`].
 //!
 //! A path is a YAML file with any number of `---` documents or a directory whose
-//! `*.yaml`/`*.yml` files are read in name order. `Service` (v1) and `EndpointSlice`
-//! (discovery.k8s.io/v1) documents are parsed with the k8s-openapi types; a `List`
+//! `*.yaml`/`*.yml` files are read in name order. `Service` (v1), `EndpointSlice`
+//! (discovery.k8s.io/v1) and `Node` (v1) documents are parsed with the k8s-openapi
+//! types (the Node named as this node gives the model its zone, so labs and tests can
+//! exercise topology hints); a `List`
 //! (any `*List` kind) is unpacked; other kinds are skipped with a debug log, so the
 //! manifests a user `kubectl apply`s can be pointed at directly.
 //!
@@ -13,7 +15,7 @@
 //! let node = NodeInfo::new("host1", IpFamily::V4);
 //! let model = manifests::load(&[PathBuf::from("examples/hello-app.yaml")], &config, &node)?;
 //! for port in &model.service_ports {
-//!     let sets = port.categorize();
+//!     let sets = port.categorize(&model.topology);
 //!     println!("{} -> {} cluster endpoints", port.name, sets.cluster.len());
 //! }
 //! # Ok::<(), kproxy::manifests::ManifestError>(())
@@ -27,14 +29,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
     config::ProxyConfig,
-    model::{IpFamily, Model, NodeInfo},
+    model::{IpFamily, Model, NodeInfo, Topology},
 };
+
+/// The Node label naming the node's zone (`v1.LabelTopologyZone`).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -69,20 +77,40 @@ pub struct Sourced<T> {
     pub object: T,
 }
 
-/// Every Service and EndpointSlice found under `paths`, in reading order.
+/// Every Service, EndpointSlice and Node found under `paths`, in reading order.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    /// Only the one named as this node matters (its zone label).
+    pub nodes: Vec<Sourced<Node>>,
+}
+
+/// A Node's zone: its `topology.kubernetes.io/zone` label, `None` when absent or empty
+/// (kube-proxy reads a missing label as "" and then applies no zone hints).
+pub fn zone_of(node: &Node) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(ZONE_LABEL))
+        .filter(|zone| !zone.is_empty())
+        .cloned()
 }
 
 /// Reads `paths` (files or directories of `*.yaml`/`*.yml`) into the model for `node`'s
-/// IP family; `config` supplies the node name override. A broken file is an error naming
-/// the file, the object and the field; no partial model is returned.
+/// IP family; `config` supplies the node name override and the node-hints gate. The
+/// model's zone is that of this node's Node object in `paths`, else `node.zone`. A
+/// broken file is an error naming the file, the object and the field; no partial model
+/// is returned.
 pub fn load(paths: &[PathBuf], config: &ProxyConfig, node: &NodeInfo) -> Result<Model, ManifestError> {
     let node_name = config.hostname_override.as_deref().unwrap_or(&node.name);
     let objects = read_objects(paths)?;
-    build_model(&objects, node.family, node_name)
+    let mut model = build_model(&objects, node.family, node_name)?;
+    if model.topology.zone.is_none() {
+        model.topology.zone.clone_from(&node.zone);
+    }
+    model.topology.prefer_same_node = config.prefer_same_traffic_distribution();
+    Ok(model)
 }
 
 /// Reads every path; fails on the first broken file.
@@ -96,7 +124,9 @@ pub fn read_objects(paths: &[PathBuf]) -> Result<Objects, ManifestError> {
     Ok(objects)
 }
 
-/// Builds the model for `family` from `objects`; `node_name` decides which endpoints are local.
+/// Builds the model for `family` from `objects`; `node_name` decides which endpoints are
+/// local, and the Node of that name in `objects` (if any) gives the model's zone. The
+/// node-hints gate is at its default (on); [`load`] applies the configuration's.
 pub fn build_model(objects: &Objects, family: IpFamily, node_name: &str) -> Result<Model, ManifestError> {
     assemble(objects, family, node_name, None)
 }
@@ -140,8 +170,20 @@ fn assemble(
     // kube-proxy's test normalisation orders services by "namespace/name"; ports keep
     // their spec order (the sort is stable).
     service_ports.sort_by_cached_key(|p| p.name.service());
+    // The last Node of this name wins, as a later `kubectl apply` would.
+    let zone = objects
+        .nodes
+        .iter()
+        .rev()
+        .find(|n| n.object.metadata.name.as_deref() == Some(node_name))
+        .and_then(|n| zone_of(&n.object));
     Ok(Model {
         family,
+        topology: Topology {
+            node_name: node_name.to_string(),
+            zone,
+            ..Topology::default()
+        },
         service_ports,
     })
 }
@@ -215,6 +257,13 @@ fn add_document(
                 object,
             });
         }
+        ("v1", "Node") => {
+            let object = parse_object::<Node>(path, "Node", document)?;
+            objects.nodes.push(Sourced {
+                path: path.into(),
+                object,
+            });
+        }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             let object = parse_object::<EndpointSlice>(path, "EndpointSlice", document)?;
             objects.endpoint_slices.push(Sourced {
@@ -248,15 +297,16 @@ fn add_document(
     Ok(())
 }
 
-/// `namespace/name` of a raw object, for errors raised before it is typed.
-fn raw_object_name(document: &Value) -> String {
+/// `namespace/name` of a raw object, for errors raised before it is typed; the bare
+/// name of a Node (cluster-scoped).
+fn raw_object_name(document: &Value, kind: &str) -> String {
     let meta = document.get("metadata");
     let field = |name| meta.and_then(|m| m.get(name)).and_then(Value::as_str);
-    format!(
-        "{}/{}",
-        field("namespace").unwrap_or("default"),
-        field("name").unwrap_or("<unnamed>")
-    )
+    let name = field("name").unwrap_or("<unnamed>");
+    if kind == "Node" {
+        return name.to_string();
+    }
+    format!("{}/{name}", field("namespace").unwrap_or("default"))
 }
 
 fn parse_object<T: DeserializeOwned>(
@@ -264,7 +314,7 @@ fn parse_object<T: DeserializeOwned>(
     kind: &'static str,
     document: Value,
 ) -> Result<T, ManifestError> {
-    let object = raw_object_name(&document);
+    let object = raw_object_name(&document, kind);
     serde_path_to_error::deserialize(document).map_err(|e| ManifestError::Field {
         path: path.into(),
         kind,
@@ -300,4 +350,83 @@ pub(crate) fn object_name(
         meta.namespace.clone().unwrap_or_else(|| "default".into()),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn zone_of_reads_the_zone_label_only() {
+        assert_eq!(zone_of(&node(&[(ZONE_LABEL, "zone-a")])), Some("zone-a".into()));
+        assert_eq!(zone_of(&node(&[(ZONE_LABEL, "")])), None, "empty is no zone");
+        assert_eq!(
+            zone_of(&node(&[("failure-domain.beta.kubernetes.io/zone", "zone-a")])),
+            None,
+            "kube-proxy reads only topology.kubernetes.io/zone"
+        );
+        assert_eq!(zone_of(&Node::default()), None);
+    }
+
+    #[test]
+    fn a_broken_node_is_named_without_a_namespace() {
+        let document: Value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "node-a", "labels": ["not", "a", "map"]},
+        });
+        let mut objects = Objects::default();
+        let err = add_document(Path::new("nodes.yaml"), 1, document, &mut objects).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nodes.yaml: Node node-a: field metadata.labels: invalid type: sequence, expected a map"
+        );
+    }
+
+    /// `load` gives the model this node's topology: the name after `hostnameOverride`,
+    /// the zone of the Node of that name (else the node facts'), the configured gate.
+    #[test]
+    fn load_fills_the_models_topology() {
+        let fixture = |name: &str| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/topology")
+                .join(name)
+        };
+        let both = [fixture("service.yaml"), fixture("node.yaml")];
+        let facts = NodeInfo::new("host", IpFamily::V4).with_zone(Some("zone-z".into()));
+        let config = |text: &str| ProxyConfig::parse(text, "t").unwrap();
+
+        let model = load(&both, &config("hostnameOverride: node-b1"), &facts).unwrap();
+        assert_eq!(
+            model.topology,
+            Topology {
+                node_name: "node-b1".into(),
+                zone: Some("zone-b".into()),
+                prefer_same_node: true,
+            }
+        );
+        // No Node of this name among the files: the node facts' zone.
+        let model = load(&both, &config(""), &facts).unwrap();
+        assert_eq!(model.topology.zone.as_deref(), Some("zone-z"));
+        let gate_off = config("featureGates: {PreferSameTrafficDistribution: false}");
+        assert!(!load(&both, &gate_off, &facts).unwrap().topology.prefer_same_node);
+    }
 }

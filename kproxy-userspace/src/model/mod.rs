@@ -9,7 +9,9 @@
 //!
 //! [`ServicePort::categorize`] is kube-proxy's `CategorizeEndpoints`: which endpoints
 //! serve cluster-policy traffic, which serve local-policy traffic, which need a
-//! per-endpoint chain/entry at all, and whether the service has usable endpoints.
+//! per-endpoint chain/entry at all, and whether the service has usable endpoints. It
+//! follows the EndpointSlice's topology hints as kube-proxy does, given the model's
+//! [`Topology`] (this node's name and zone).
 
 mod categorize;
 mod ip;
@@ -21,7 +23,7 @@ use std::{fmt, net::IpAddr};
 
 pub use categorize::EndpointSets;
 pub use ip::{Cidr, IpFamily, join_host_port, parse_ip_sloppy};
-pub use node::NodeInfo;
+pub use node::{NodeInfo, Topology};
 pub use stale::UdpServing;
 pub use synthetic::synthetic;
 
@@ -29,6 +31,9 @@ pub use synthetic::synthetic;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
     pub family: IpFamily,
+    /// This node as topology-aware routing sees it (name, zone, gate): the input of
+    /// every [`ServicePort::categorize`].
+    pub topology: Topology,
     /// Ordered by `namespace/name` (byte order), then by the Service's `spec.ports` order.
     pub service_ports: Vec<ServicePort>,
 }
@@ -187,9 +192,10 @@ impl ServicePort {
         self.internal_policy_local || (self.external_policy_local && self.externally_accessible())
     }
 
-    /// kube-proxy's endpoint categorisation for this port.
-    pub fn categorize(&self) -> EndpointSets<'_> {
-        categorize::categorize(self)
+    /// kube-proxy's endpoint categorisation for this port on the node `topology`
+    /// describes (pass the model's [`Model::topology`]).
+    pub fn categorize(&self, topology: &Topology) -> EndpointSets<'_> {
+        categorize::categorize(self, topology)
     }
 }
 
@@ -204,6 +210,10 @@ pub struct Endpoint {
     pub terminating: bool,
     /// On this node (`nodeName` equals the node's name).
     pub is_local: bool,
+    /// `hints.forZones[].name`: the zones this endpoint should serve.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`: the nodes this endpoint should serve.
+    pub node_hints: Vec<String>,
 }
 
 impl Endpoint {

@@ -1,4 +1,5 @@
-//! What this node knows about itself at run time (not in any Service or EndpointSlice).
+//! What this node knows about itself at run time (not in any Service or EndpointSlice),
+//! and what topology-aware routing needs of it.
 
 use std::net::IpAddr;
 
@@ -16,6 +17,35 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// The node's `spec.podCIDRs` (for `detectLocalMode: NodeCIDR`).
     pub pod_cidrs: Vec<Cidr>,
+    /// The Node object's `topology.kubernetes.io/zone` label, when known (cluster mode
+    /// reads the watched Node). The model's [`Topology`] uses it unless the model files
+    /// hold this node's Node object.
+    pub zone: Option<String>,
+}
+
+/// What kube-proxy's topology-aware routing knows of this node: the node name and zone
+/// label `CategorizeEndpoints` is given, and its feature gate. The model carries it, so
+/// both writers (and inspect, re-reading the recorded model) route by the same facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The node's name: node hints (`hints.forNodes`) name it.
+    pub node_name: String,
+    /// The node's `topology.kubernetes.io/zone` label: zone hints (`hints.forZones`) name it.
+    pub zone: Option<String>,
+    /// Follow node hints at all: the `PreferSameTrafficDistribution` gate (on by default
+    /// since 1.34, GA in 1.35).
+    pub prefer_same_node: bool,
+}
+
+impl Default for Topology {
+    /// No node name, no zone: no hint ever matches. The gate at its default (on).
+    fn default() -> Self {
+        Topology {
+            node_name: String::new(),
+            zone: None,
+            prefer_same_node: true,
+        }
+    }
 }
 
 impl NodeInfo {
@@ -50,6 +80,12 @@ impl NodeInfo {
     /// With the node's local addresses.
     pub fn with_addresses(mut self, addresses: Vec<IpAddr>) -> Self {
         self.addresses = addresses;
+        self
+    }
+
+    /// With the node's zone label.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone;
         self
     }
 

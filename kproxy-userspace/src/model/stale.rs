@@ -80,6 +80,8 @@ mod tests {
             serving,
             terminating: !serving,
             is_local: false,
+            zone_hints: vec![],
+            node_hints: vec![],
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName};
+use super::{Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, Topology};
 
 /// `services` services `ns-N/svc-N` (one TCP port 80, NodePort from 30000 upward,
 /// wrapping), each with `endpoints_per_service` ready endpoints (every other one local).
@@ -22,6 +22,8 @@ pub fn synthetic(services: usize, endpoints_per_service: usize) -> Model {
                         serving: true,
                         terminating: false,
                         is_local: e % 2 == 0,
+                        zone_hints: vec![],
+                        node_hints: vec![],
                     }
                 })
                 .collect();
@@ -50,6 +52,7 @@ pub fn synthetic(services: usize, endpoints_per_service: usize) -> Model {
     service_ports.sort_by_cached_key(|p| p.name.service());
     Model {
         family: IpFamily::V4,
+        topology: Topology::default(),
         service_ports,
     }
 }
