@@ -158,7 +158,19 @@ pub fn run(opts: &AgentOptions) -> Result<(), AgentError> {
     let health = start_health_servers(opts, &start_config, &metrics)?;
     conntrack::apply(&start_config.conntrack);
     let node_name = node_info(&start_config, opts.node_ip)?.name;
-    let mut source = ModelSource::start(&opts.source, &node_name, opts.node_ip.is_some())?;
+    // kube-proxy's precedence: --kubeconfig, then clientConnection.kubeconfig, then the
+    // in-cluster configuration.
+    let source_options = match &opts.source {
+        ModelSourceOptions::Cluster {
+            kubeconfig: None,
+            service_proxy_name,
+        } => ModelSourceOptions::Cluster {
+            kubeconfig: start_config.kubeconfig.clone(),
+            service_proxy_name: service_proxy_name.clone(),
+        },
+        given => given.clone(),
+    };
+    let mut source = ModelSource::start(&source_options, &node_name, opts.node_ip.is_some())?;
     let mut proxier: Box<dyn Proxier> = match opts.mode {
         Mode::Ebpf => Box::new(ebpf::EbpfProxier::start(opts, &start_config)?),
         Mode::Iptables => Box::new(iptables::IptablesProxier::new(opts)),

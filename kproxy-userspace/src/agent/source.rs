@@ -146,7 +146,7 @@ impl ModelSource {
                         *node_missing = false;
                         node = node
                             .with_pod_cidrs(cluster::node_pod_cidrs(object))
-                            .with_zone(cluster::node_zone(object));
+                            .with_zone(manifests::zone_of(object));
                         if !*node_ip_given && let Some(ip) = cluster::node_address(object, node.family) {
                             node = node.with_node_ip(Some(ip));
                         }

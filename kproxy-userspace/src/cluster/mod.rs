@@ -30,7 +30,7 @@ use k8s_openapi::api::{
 };
 use kube::runtime::reflector::Store;
 
-pub use self::node::{node_address, node_pod_cidrs, node_zone};
+pub use self::node::{node_address, node_pod_cidrs};
 use crate::manifests::{Objects, Sourced};
 
 /// kube-proxy's label for services another proxy serves.

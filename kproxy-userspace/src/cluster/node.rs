@@ -6,9 +6,6 @@ use k8s_openapi::api::core::v1::Node;
 
 use crate::model::{Cidr, IpFamily, parse_ip_sloppy};
 
-/// The label that names the node's zone (topology hints are matched against it).
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-
 /// The node's primary IP of `family` as kube-proxy picks it from the Node object: the
 /// first `InternalIP`, else the first `ExternalIP`.
 pub fn node_address(node: &Node, family: IpFamily) -> Option<IpAddr> {
@@ -35,12 +32,6 @@ pub fn node_pod_cidrs(node: &Node) -> Vec<Cidr> {
     texts.into_iter().filter_map(|t| Cidr::parse_sloppy(t)).collect()
 }
 
-/// The node's `topology.kubernetes.io/zone` label, if set and not empty.
-pub fn node_zone(node: &Node) -> Option<String> {
-    let zone = node.metadata.labels.as_ref()?.get(ZONE_LABEL)?;
-    (!zone.is_empty()).then(|| zone.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,7 +54,6 @@ mod tests {
         }));
         assert_eq!(node_address(&n, IpFamily::V4), Some("10.0.0.7".parse().unwrap()));
         assert_eq!(node_address(&n, IpFamily::V6), Some("fd00::7".parse().unwrap()));
-        assert_eq!(node_zone(&n).as_deref(), Some("zone-a"));
         let cidrs: Vec<String> = node_pod_cidrs(&n).iter().map(ToString::to_string).collect();
         assert_eq!(cidrs, ["10.244.1.0/24", "fd00:1::/64"]);
         let bare = node(serde_json::json!({"metadata": {"name": "n2"},
@@ -72,6 +62,5 @@ mod tests {
             node_address(&bare, IpFamily::V4),
             Some("203.0.113.8".parse().unwrap())
         );
-        assert_eq!(node_zone(&bare), None);
     }
 }
