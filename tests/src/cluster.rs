@@ -179,14 +179,7 @@ impl Cluster {
     /// Starts a new agent on the same pins and model (the old one must have stopped)
     /// and waits for its first sync.
     pub fn restart_agent(&mut self) {
-        self.agent = start_agent(
-            &self.topo,
-            self.mode,
-            &self.source,
-            self.dir.path(),
-            &self.pins,
-            &self.cgroup,
-        );
+        self.agent = self.start_second_agent();
         self.syncs = 0;
         self.wait_sync();
     }

@@ -2,7 +2,8 @@
 
 use std::{
     fs::{self, File},
-    process::Command,
+    io::Write as _,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
 };
@@ -78,6 +79,34 @@ impl NetNs {
             command,
             &format!("{program} {} (in {})", args.join(" "), self.name),
         );
+    }
+
+    /// Runs `PROGRAM ARGS` inside this namespace with `stdin` as its input and returns
+    /// its output, panicking with its stderr when it fails.
+    pub fn exec_with_input(&self, program: &str, args: &[&str], stdin: &str) -> String {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "`{program} {}` (in {}) failed: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
     }
 
     /// Runs `f` on a thread that has entered only this network namespace (not the

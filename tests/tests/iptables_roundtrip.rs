@@ -3,11 +3,7 @@
 //! (nft and legacy backends), and iptables-save / `iptables -n -L` then print exactly
 //! the `save` / `list` renderings (up to header comments and counters).
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::path::{Path, PathBuf};
 
 use kproxy::{
     config::ProxyConfig,
@@ -58,32 +54,6 @@ fn backends(family: IpFamily) -> [Backend; 2] {
     }
 }
 
-/// Runs `program args` inside `ns` with `stdin`, returning stdout; panics with stderr on failure.
-fn run_in(ns: &NetNs, program: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 /// Drops `#` header lines and zeroes chain counters.
 fn normalise_save(text: &str) -> String {
     text.lines()
@@ -117,19 +87,19 @@ fn round_trip(model_path: &str, config_path: &str, family: IpFamily) {
     for backend in backends(family) {
         let what = format!("{model_path} ({family:?}, {})", backend.name);
         let ns = NetNs::new("ipt");
-        run_in(&ns, backend.restore, &["--noflush"], &payload);
-        run_in(&ns, backend.restore, &["--noflush"], &jump_payload);
-        let version = run_in(&ns, backend.list, &["--version"], "");
+        ns.exec_with_input(backend.restore, &["--noflush"], &payload);
+        ns.exec_with_input(backend.restore, &["--noflush"], &jump_payload);
+        let version = ns.exec_with_input(backend.list, &["--version"], "");
         let style = ProtocolColumn::for_version(&version);
         for table in [Table::Filter, Table::Nat] {
-            let real = run_in(&ns, backend.save, &["-t", table.name()], "");
+            let real = ns.exec_with_input(backend.save, &["-t", table.name()], "");
             let ours = iptables::save::save(&ruleset, &jumps, Some(table));
             assert_eq!(
                 normalise_save(&ours),
                 normalise_save(&real),
                 "{what}: iptables-save -t {table} differs"
             );
-            let real = run_in(&ns, backend.list, &["-n", "-t", table.name(), "-L"], "");
+            let real = ns.exec_with_input(backend.list, &["-n", "-t", table.name(), "-L"], "");
             let ours = iptables::list::list(&ruleset, &jumps, table, None, style).expect("list");
             assert_eq!(ours, real, "{what}: iptables -n -t {table} -L differs");
         }
@@ -140,7 +110,7 @@ fn round_trip(model_path: &str, config_path: &str, family: IpFamily) {
             .iter()
             .find(|c| c.starts_with("KUBE-SVC-"))
             .expect("a KUBE-SVC chain");
-        let real = run_in(&ns, backend.list, &["-n", "-t", "nat", "-L", chain], "");
+        let real = ns.exec_with_input(backend.list, &["-n", "-t", "nat", "-L", chain], "");
         let ours =
             iptables::list::list(&ruleset, &jumps, Table::Nat, Some(chain), style).expect("list chain");
         assert_eq!(ours, real, "{what}: iptables -n -t nat -L {chain} differs");

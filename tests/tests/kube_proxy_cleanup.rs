@@ -4,11 +4,7 @@
 //! kube-proxy's nftables-mode tables beside a foreign table. Everything kube-proxy's
 //! `--cleanup` removes must go; everything else must stay.
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::path::{Path, PathBuf};
 
 use kproxy::{
     config::ProxyConfig,
@@ -85,32 +81,6 @@ fn repo(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
 }
 
-/// Runs `program args` in `ns` with `stdin`, returning stdout; panics with stderr on failure.
-fn run_in(ns: &NetNs, program: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
 /// kube-proxy's full-sync payload and its jumps from the built-in chains for one family.
 fn kube_proxy_state(model: &str, config: &str, family: IpFamily) -> (String, String) {
     let config = ProxyConfig::load(Some(&repo(config))).expect("config");
@@ -147,21 +117,21 @@ fn cleans_up_kube_proxy_leftovers(backend: &str) {
         };
         let (payload, jump_payload) = kube_proxy_state(model, config, family);
         let restore = format!("{prefix}-{backend}-restore");
-        run_in(&ns, &restore, &["--noflush"], &payload);
-        run_in(&ns, &restore, &["--noflush"], &jump_payload);
+        ns.exec_with_input(&restore, &["--noflush"], &payload);
+        ns.exec_with_input(&restore, &["--noflush"], &jump_payload);
         // kube-proxy's canaries, then a CNI's and kubelet's state.
-        run_in(
-            &ns,
+        ns.exec_with_input(
             &restore,
             &["--noflush"],
             "*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n*filter\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n",
         );
-        run_in(&ns, &restore, &["--noflush"], FOREIGN_NAT);
+        ns.exec_with_input(&restore, &["--noflush"], FOREIGN_NAT);
     }
-    run_in(&ns, "nft", &["-f", "-"], NFT_STATE);
+    ns.exec_with_input("nft", &["-f", "-"], NFT_STATE);
 
-    let save =
-        |prefix: &str, table: &str| run_in(&ns, &format!("{prefix}-{backend}-save"), &["-t", table], "");
+    let save = |prefix: &str, table: &str| {
+        ns.exec_with_input(&format!("{prefix}-{backend}-save"), &["-t", table], "")
+    };
     // The test means something only if kube-proxy's state is there to begin with.
     for (prefix, _) in prefixes {
         let nat = save(prefix, "nat");
@@ -237,7 +207,7 @@ fn cleans_up_kube_proxy_leftovers(backend: &str) {
     let filter = save("iptables", "filter");
     assert!(chains(&filter).contains(&"KUBE-FIREWALL"), "filter:\n{filter}");
 
-    let tables = run_in(&ns, "nft", &["list", "tables"], "");
+    let tables = ns.exec_with_input("nft", &["list", "tables"], "");
     assert!(
         !tables.contains("kube-proxy"),
         "kube-proxy's nftables tables are left:\n{tables}"
